@@ -1,0 +1,46 @@
+"""eochips: from one recipe file to an ML-ready chip dataset of satellite imagery.
+
+The pipeline, each stage a function and a CLI verb::
+
+    recipe = load_recipe("hls-crop-classification")     # config
+    plan = make_plan(recipe); write_plan(plan, out)     # eochips plan
+    build(out)                                          # eochips build
+    finalize(out)                                       # eochips finalize
+
+:func:`run` does all three.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import Recipe, load_recipe
+from .errors import EochipsError
+
+__version__ = "0.1.0"
+__all__ = ["Recipe", "load_recipe", "run", "EochipsError", "__version__"]
+
+
+def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, scheduler: str | None = None,
+        progress: bool = False) -> dict[str, Any]:
+    """Plan, build and finalise ``recipe`` into the folder ``out``; return the dataset summary.
+
+    Raises
+    ------
+    EochipsError
+        Bad input (recipe, AOI, catalog, labels, output folder), before anything is written.
+    """
+    from .dataset import finalize
+    from .engine import build
+    from .plan import check_output_dir, make_plan, write_plan
+
+    out = Path(out)
+    plan = make_plan(recipe)
+    check_output_dir(out)
+    write_plan(plan, out)
+    build_summary = build(out, workers=workers, scheduler=scheduler, progress=progress)
+    summary = finalize(out)
+    summary["build"] = build_summary.as_dict()
+    return summary

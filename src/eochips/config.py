@@ -1,0 +1,401 @@
+"""The recipe: one YAML file that says everything eochips needs to build a dataset.
+
+A recipe is validated by the pydantic v2 models below (``extra="forbid"`` everywhere, so a
+misspelt key is an error, not a silently ignored option). Loading goes through
+:func:`load_recipe`, which accepts a built-in recipe name or a YAML path, expands
+``${VAR}`` / ``${VAR:-default}`` environment references in strings, and turns every
+validation problem into one :class:`~eochips.errors.RecipeError` line that names the field
+and what would be valid.
+
+The JSON Schema of the model is printed by ``eochips schema``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+
+RECIPE_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CloudCover(_Model):
+    """Bounds on the item property ``eo:cloud_cover`` (percent, inclusive)."""
+
+    min: float | None = Field(None, ge=0, le=100, description="Keep items with eo:cloud_cover >= min.")
+    max: float | None = Field(None, ge=0, le=100, description="Keep items with eo:cloud_cover <= max.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "CloudCover":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class SearchConfig(_Model):
+    """Where and how to look for scenes.
+
+    ``catalog`` is a STAC API root URL (``https://.../stac``), or a static catalog: a path or
+    URL to an ItemCollection / Catalog JSON or a stac-geoparquet file. Both kinds apply the
+    same filters (collections, AOI intersection, datetime, cloud cover, id pattern).
+    """
+
+    catalog: str = Field(..., description="STAC API URL, or path/URL of a static ItemCollection, Catalog or stac-geoparquet file.")
+    collections: list[str] = Field(..., min_length=1, description="Collection ids to search.")
+    datetime: str | None = Field(None, description="RFC 3339 interval 'START/END' (dates or datetimes, UTC).")
+    cloud_cover: CloudCover = Field(default_factory=CloudCover)
+    id_pattern: str | None = Field(None, description="Regular expression an item id must match (e.g. a tile id).")
+    sortby: list[str] | None = Field(None, description="STAC API sort fields, e.g. ['-properties.eo:cloud_cover'].")
+    page_size: int = Field(100, gt=0, le=10000, description="Items per API page.")
+    max_items: int | None = Field(None, gt=0, description="Stop after this many items.")
+    auth: Literal["none", "earthdata", "planetary-computer"] = Field(
+        "none", description="earthdata: bearer token from $EARTHDATA_TOKEN or ~/.netrc; planetary-computer: sign hrefs."
+    )
+    max_retries: int = Field(5, ge=0, le=20, description="Retries for the API requests (5xx, 429, resets).")
+
+    @field_validator("datetime")
+    @classmethod
+    def _interval(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = v.split("/")
+        if len(parts) != 2:
+            raise ValueError(f"expected 'START/END', got {v!r}")
+        start, end = (p.strip() for p in parts)
+        if start not in ("", "..") and end not in ("", "..") and start[:10] > end[:10]:
+            raise ValueError(f"start {start!r} is after end {end!r}")
+        return v
+
+    @field_validator("id_pattern")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+
+class AOIConfig(_Model):
+    """The area of interest: exactly one of ``bbox``, ``geometry`` or ``path``."""
+
+    bbox: tuple[float, float, float, float] | None = Field(None, description="minx, miny, maxx, maxy in `crs`.")
+    geometry: dict[str, Any] | None = Field(None, description="GeoJSON Geometry, Feature or FeatureCollection.")
+    path: str | None = Field(None, description="A vector file (GeoJSON, GeoPackage) whose union is the AOI.")
+    crs: str = Field("EPSG:4326", description="CRS of bbox / geometry (GeoJSON is EPSG:4326 unless said otherwise).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "AOIConfig":
+        given = [k for k in ("bbox", "geometry", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of bbox, geometry, path (got {given or 'none'})")
+        if self.bbox is not None and not (self.bbox[0] < self.bbox[2] and self.bbox[1] < self.bbox[3]):
+            raise ValueError(f"bbox must be minx < maxx and miny < maxy, got {list(self.bbox)}")
+        return self
+
+
+class GridConfig(_Model):
+    """The target grid that chips are cut from.
+
+    Either aligned to a label raster (its CRS, resolution and pixel edges: the seed's CDL
+    EPSG:5070 30 m case) or given as ``crs`` + ``resolution`` (+ optional ``origin``, the
+    top-left corner of pixel (0, 0); default: the AOI's top-left snapped to the resolution).
+    """
+
+    label_raster: str | None = Field(None, description="Align the grid to this raster.")
+    crs: str | None = Field(None, description="Target CRS when no label raster is given, e.g. EPSG:5070.")
+    resolution: float | None = Field(None, gt=0, description="Pixel size in CRS units (metres).")
+    origin: tuple[float, float] | None = Field(None, description="x, y of the grid's top-left corner.")
+    chip_size: int = Field(224, gt=0, le=10000, description="Chip side in pixels.")
+    min_aoi_fraction: float = Field(1.0, gt=0, le=1, description="Keep chips whose area inside the AOI is at least this fraction.")
+
+    @model_validator(mode="after")
+    def _source(self) -> "GridConfig":
+        if self.label_raster is None and (self.crs is None or self.resolution is None):
+            raise ValueError("give label_raster, or both crs and resolution")
+        return self
+
+
+class ProfileConfig(_Model):
+    """A generic collection profile declared in the recipe (see :mod:`eochips.profiles`)."""
+
+    name: str = "generic"
+    bands: dict[str, str] = Field(..., min_length=1, description="Common band name -> asset key.")
+    dtype: Literal["uint8", "uint16", "int16", "int32", "float32"] = "uint16"
+    nodata: float | None = Field(0, description="Fill value of the reflectance assets.")
+    scale: float = 1.0
+    offset: float = 0.0
+    qa_asset: str | None = None
+    qa_kind: Literal["fmask", "scl", "none"] = "none"
+    qa_nodata: int | None = None
+    tile_pattern: str | None = Field(None, description="Regex with one group that extracts the tile id from the item id.")
+
+
+class SelectionConfig(_Model):
+    """How scenes are chosen for each chip (see :mod:`eochips.selection`)."""
+
+    strategy: str = Field("first-middle-last", description="A registered strategy name.")
+    unit: Literal["tile", "chip"] = Field(
+        "tile", description="tile: chips take the scenes of their nearest tile (seed 001); chip: any scene over the chip."
+    )
+    coverage_thresholds: list[float] = Field([100, 90, 80, 70, 60, 50], min_length=1)
+    min_scenes: int = Field(3, gt=0)
+    n_scenes: int = Field(1, gt=0, description="Scenes to keep (least-cloudy).")
+
+
+class QAConfig(_Model):
+    """Per-chip QA rules (seed 001 by default)."""
+
+    bad_fmask_bits: list[Literal["cirrus", "cloud", "adjacent", "shadow", "snow_ice", "water"]] = Field(
+        ["cirrus", "cloud", "shadow", "snow_ice"], description="Fmask bits that make a pixel bad."
+    )
+    max_bad_pct: float = Field(5.0, ge=0, le=100, description="Keep chips whose worst date has bad_pct < this.")
+    max_nodata_pixels: int = Field(0, ge=0, description="Keep chips with at most this many fill pixels (any band, any date).")
+
+
+class LabelsConfig(_Model):
+    """Where labels come from (raster + reclass table, or vector polygons)."""
+
+    raster: str | None = Field(None, description="Label raster (defaults to grid.label_raster).")
+    reclass: str | dict[int, int] | None = Field(None, description="'cdl-13', or a {source code: class} table.")
+    vector: str | None = Field(None, description="GeoJSON / GeoPackage polygons.")
+    class_field: str | None = Field(None, description="Attribute holding the class (vector labels).")
+    classes: dict[str, int] | None = Field(None, description="Attribute value -> class id (vector labels).")
+    class_names: dict[int, str] | None = None
+    unknown_class: int = Field(0, ge=0, le=255, description="Class given to codes missing from the reclass table.")
+    strict: bool = Field(False, description="Fail on codes missing from the reclass table instead of mapping them.")
+    nodata_class: int = Field(0, ge=0, le=255)
+    max_nodata_pixels: int | None = Field(0, ge=0, description="Drop chips with more label-nodata pixels than this (None: keep).")
+    min_labelled_fraction: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LabelsConfig":
+        if self.vector is not None and (self.class_field is None or self.classes is None):
+            raise ValueError("vector labels need class_field and classes")
+        return self
+
+
+class ReadingConfig(_Model):
+    """Resampling and I/O for the windowed reads."""
+
+    resampling: Literal["nearest", "bilinear", "cubic", "average"] = "bilinear"
+    qa_resampling: Literal["nearest"] = "nearest"
+    band_resampling: dict[str, Literal["nearest", "bilinear", "cubic", "average"]] = Field(default_factory=dict)
+    threads: int = Field(4, ge=1, le=64, description="Threads over assets inside one chip task.")
+    max_retries: int = Field(4, ge=0, le=20)
+    gdal_cachemax_mb: int = Field(128, ge=16)
+
+
+class OutputConfig(_Model):
+    """File layout of the written chips."""
+
+    layout: Literal["seed-001"] = "seed-001"
+    compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
+    level: int = Field(6, ge=1, le=12)
+    write_qa: bool = True
+
+
+class SplitConfig(_Model):
+    seed: int = 42
+    train_fraction: float = Field(0.8, gt=0, lt=1)
+
+
+class DatasetConfig(_Model):
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    stats_on: Literal["train", "all"] = Field("train", description="Chips the band statistics and class weights use.")
+    percentiles: tuple[float, float] = (1.5, 98.5)
+
+
+class EngineConfig(_Model):
+    workers: int | None = Field(None, gt=0, description="Dask workers (default: CPU cores).")
+    scheduler: str | None = Field(None, description="tcp://HOST:PORT of an existing Dask scheduler.")
+    processes: bool = True
+
+
+class Recipe(_Model):
+    """A complete eochips recipe (version 1)."""
+
+    version: Literal[1] = RECIPE_VERSION
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    aoi: AOIConfig
+    search: SearchConfig
+    profile: str | ProfileConfig = Field(..., description="A built-in profile name (eochips profiles) or an inline profile.")
+    bands: list[str] = Field(..., min_length=1, description="Common band names, in output order.")
+    grid: GridConfig
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    qa: QAConfig = Field(default_factory=QAConfig)
+    labels: LabelsConfig | None = None
+    reading: ReadingConfig = Field(default_factory=ReadingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+
+# --------------------------------------------------------------------------------------
+# loading
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), obj)
+    if isinstance(obj, list):
+        return [_expand(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _expand(v) for k, v in obj.items()}
+    return obj
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the built-in recipes shipped in ``eochips/recipes/*.yaml``."""
+    root = resources.files("eochips") / "recipes"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_text(name_or_path: str | os.PathLike) -> tuple[str, Path | None]:
+    """Return the YAML text of a built-in recipe name or a recipe file, and its folder.
+
+    Raises
+    ------
+    RecipeError
+        When the name is neither an existing file nor a built-in recipe.
+    """
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise RecipeError(f"recipe file {str(p)!r} does not exist; built-in recipes: {', '.join(builtin_recipes())}")
+        return p.read_text(encoding="utf-8"), p.resolve().parent
+    name = str(name_or_path)
+    if name in builtin_recipes():
+        return (resources.files("eochips") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8"), None
+    raise RecipeError(f"unknown recipe {name!r}: not a file and not one of the built-in recipes ({', '.join(builtin_recipes())})")
+
+
+def _format_error(err: dict[str, Any], model: type[BaseModel]) -> str:
+    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+    if err["type"] == "extra_forbidden":
+        return f"recipe field {loc!r}: unknown key{_valid_keys(model, err['loc'])}"
+    if err["type"] == "missing":
+        return f"recipe field {loc!r}: required but missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"recipe field {loc!r}: {msg}{shown}" if loc else f"recipe: {msg}"
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> str:
+    cur: Any = model
+    for part in loc[:-1]:
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        cands = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not cands:
+            return ""
+        cur = cands[0]
+    keys = sorted(getattr(cur, "model_fields", {}))
+    return f"; valid keys: {', '.join(keys)}" if keys else ""
+
+
+def parse_recipe(data: Any, base_dir: Path | None = None) -> Recipe:
+    """Validate a recipe mapping (already parsed from YAML).
+
+    Relative file paths in the recipe (label raster, vectors, AOI file, static catalog) are
+    resolved against ``base_dir`` (the recipe file's folder) when given.
+
+    Raises
+    ------
+    RecipeError
+        Naming the first invalid field and what would be valid.
+    """
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
+    data = _expand(data)
+    if base_dir is not None:
+        data = _resolve_paths(data, base_dir)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        errs = exc.errors()
+        raise RecipeError(_format_error(errs[0], Recipe) + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else "")) from None
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and v and "://" not in v and not os.path.isabs(v):
+            return str((base / v).resolve())
+        return v
+
+    out = dict(data)
+    for section, keys in (("grid", ["label_raster"]), ("labels", ["raster", "vector"]), ("aoi", ["path"]), ("search", ["catalog"])):
+        sec = out.get(section)
+        if isinstance(sec, dict):
+            sec = dict(sec)
+            for k in keys:
+                if k in sec:
+                    sec[k] = fix(sec[k])
+            out[section] = sec
+    return out
+
+
+def load_recipe(name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load and validate a recipe.
+
+    Parameters
+    ----------
+    name_or_path
+        A built-in recipe name (``eochips recipes``) or a YAML file path.
+    overrides
+        Dotted keys to set before validation, e.g. ``{"grid.chip_size": 32}``.
+
+    Raises
+    ------
+    RecipeError
+        Malformed YAML, an unknown key, a wrong type or a bad value.
+    """
+    text, base = recipe_text(name_or_path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"recipe {str(name_or_path)!r} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    for key, value in (overrides or {}).items():
+        data = set_dotted(data, key, value)
+    return parse_recipe(data, base)
+
+
+def set_dotted(data: dict, key: str, value: Any) -> dict:
+    """Return a copy of ``data`` with ``a.b.c`` set to ``value`` (intermediate dicts created)."""
+    if not isinstance(data, dict):
+        raise RecipeError("recipe: expected a mapping at the top level")
+    out = dict(data)
+    head, _, rest = key.partition(".")
+    if rest:
+        sub = out.get(head) or {}
+        if not isinstance(sub, dict):
+            raise RecipeError(f"recipe field {head!r}: cannot set {key!r} inside a {type(sub).__name__}")
+        out[head] = set_dotted(sub, rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON Schema of :class:`Recipe` (what ``eochips schema`` prints)."""
+    return Recipe.model_json_schema()

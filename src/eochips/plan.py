@@ -1,0 +1,375 @@
+"""The plan: which chips exist, which scenes each one uses, and why any chip was dropped early.
+
+``make_plan`` runs AOI -> target grid -> chips -> label pre-scan -> search -> tile assignment
+-> selection, without reading a pixel of imagery. ``write_plan`` stores it in
+``{output}/plan/`` (``plan.json`` with the recipe and grid, ``chips.parquet`` and
+``scenes.parquet``, both GeoParquet), so ``eochips build`` can run from it later and a
+``--dry-run`` can print counts and a byte estimate first.
+
+Label pre-scan: label rules (label no-data, unknown reclass codes in strict mode, minimum
+labelled fraction) are checked here, from the label source alone, so chips that the seed's
+chip-sampling step would have excluded (CDL value 0) never cost an imagery read, and a
+strict-mode failure stops the run before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import CRS
+
+from .chips import ChipTask, LabelSpec, StepSpec
+from .config import Recipe, parse_recipe
+from .errors import LabelError, OutputError, ProfileError
+from .grid import Chip, TargetGrid, load_aoi, make_grid, reproject_geometry, tile_chips
+from .labels import CDL_13_COLORS, CDL_13_NAMES, Reclass, default_colormap, make_reclass, rasterize_vector
+from .profiles import Profile, get_profile
+from .reading import gdal_env, read_onto
+from .search import Scene, gdal_auth_env, scene_from_item, search, sign_hrefs
+from .selection import Candidate, SelectionFailed, get_strategy
+from .writers import atomic_write_text
+
+PLAN_DIR = "plan"
+
+
+@dataclass
+class ChipPlan:
+    """One chip of the plan: its scenes per time step, or the reason it was dropped."""
+
+    chip: Chip
+    tile: str | None = None
+    scene_ids: list[str] = field(default_factory=list)
+    status: str = "planned"
+    reason: str = ""
+    label_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """The whole plan of a recipe (see module docstring)."""
+
+    recipe: Recipe
+    grid: TargetGrid
+    chips: list[ChipPlan]
+    scenes: dict[str, Scene]
+
+    @property
+    def planned(self) -> list[ChipPlan]:
+        return [c for c in self.chips if c.status == "planned"]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and the byte estimate printed by ``eochips plan --dry-run``."""
+        r = self.recipe
+        profile = get_profile(r.profile)
+        n_assets = len(r.bands) + (1 if profile.qa_kind != "none" and profile.qa_asset else 0)
+        steps = sum(len(c.scene_ids) for c in self.planned)
+        # upper bound: every 256 px source block a chip window touches, at the grid's resolution
+        blocks = (math.ceil(r.grid.chip_size / 256) + 1) ** 2
+        itemsize = np.dtype(profile.dtype).itemsize
+        est = steps * n_assets * blocks * 256 * 256 * itemsize // 2  # DEFLATE ~2:1 on reflectance
+        dropped: dict[str, int] = {}
+        for c in self.chips:
+            if c.status == "dropped":
+                key = c.reason.split(":")[0]
+                dropped[key] = dropped.get(key, 0) + 1
+        return {
+            "recipe": r.name, "scenes": len(self.scenes), "chips_total": len(self.chips),
+            "chips_planned": len(self.planned), "chips_dropped_in_plan": dropped,
+            "reads": steps * n_assets, "estimated_bytes": int(est),
+        }
+
+
+def _label_spec(recipe: Recipe) -> LabelSpec | None:
+    lab = recipe.labels
+    if lab is None:
+        return None
+    raster = lab.raster or (recipe.grid.label_raster if lab.vector is None else None)
+    reclass = make_reclass(lab.reclass, lab.unknown_class, lab.strict) if raster else None
+    if lab.reclass == "cdl-13":
+        cmap = CDL_13_COLORS
+    else:
+        n = max([*(lab.classes or {}).values(), *((reclass.table.values()) if reclass else []), 1])
+        cmap = default_colormap(int(n))
+    if raster is None and lab.vector is None:
+        raise LabelError("labels: give labels.raster, labels.vector, or grid.label_raster")
+    return LabelSpec(raster=raster, reclass=reclass, vector=lab.vector, class_field=lab.class_field,
+                     classes=tuple(sorted((lab.classes or {}).items())), colormap=tuple(sorted(cmap.items())))
+
+
+def class_names(recipe: Recipe) -> dict[int, str]:
+    """Class id -> name for plots and the catalog."""
+    lab = recipe.labels
+    if lab is None:
+        return {}
+    if lab.class_names:
+        return dict(lab.class_names)
+    if lab.reclass == "cdl-13":
+        return dict(CDL_13_NAMES)
+    if lab.classes:
+        return {0: "unlabelled", **{v: k for k, v in lab.classes.items()}}
+    return {}
+
+
+def _scan_labels(recipe: Recipe, spec: LabelSpec, chips: list[ChipPlan]) -> None:
+    """Apply the label rules to every chip (see module docstring)."""
+    lab = recipe.labels
+    env = gdal_env()
+    strict_bad: dict[str, list[int]] = {}
+    for cp in chips:
+        ch = cp.chip
+        if spec.vector:
+            classes = rasterize_vector(spec.vector, spec.class_field, dict(spec.classes), ch.crs, ch.transform, (ch.size, ch.size))
+            unknown: dict[int, int] = {}
+        else:
+            codes = read_onto(spec.raster, ch.crs, ch.transform, (ch.size, ch.size), resampling="nearest", env=env)
+            if spec.reclass is not None:
+                relaxed = Reclass(spec.reclass.table, spec.reclass.unknown_class, strict=False)
+                classes, unknown = relaxed.apply(codes)
+            else:
+                classes, unknown = codes.astype(np.uint8), {}
+        n_nodata = int((classes == lab.nodata_class).sum())
+        cp.label_info = {"label_nodata_pixels": n_nodata}
+        if unknown:
+            cp.label_info["unknown_codes"] = unknown
+            if lab.strict:
+                strict_bad[ch.id] = sorted(unknown)
+        labelled = 1.0 - n_nodata / classes.size
+        if lab.max_nodata_pixels is not None and n_nodata > lab.max_nodata_pixels:
+            cp.status, cp.reason = "dropped", f"labels: {n_nodata} no-data label pixels > {lab.max_nodata_pixels}"
+        elif labelled < lab.min_labelled_fraction:
+            cp.status, cp.reason = "dropped", f"labels: labelled fraction {labelled:.3f} < {lab.min_labelled_fraction:g}"
+    if strict_bad:
+        codes = sorted({c for v in strict_bad.values() for c in v})
+        first = sorted(strict_bad)[:5]
+        raise LabelError(
+            f"labels: code(s) {codes} are not in the reclass table {lab.reclass!r} (in {len(strict_bad)} chip(s), e.g. "
+            f"{', '.join(first)}); add them to labels.reclass or set labels.strict: false"
+        )
+
+
+def _coverage(scenes: list[Scene], profile: Profile, chips: list[ChipPlan], grid_crs: str) -> np.ndarray:
+    """``(n_chips, n_scenes)`` coverage in percent: the item's own coverage attribute when it has
+    one (HLS SPATIAL_COVERAGE), else footprint-over-chip area."""
+    foot = np.array([reproject_geometry(s.geometry, "EPSG:4326", grid_crs) for s in scenes], dtype=object)
+    polys = np.array([c.chip.polygon for c in chips], dtype=object)
+    shapely.prepare(foot)
+    cov = np.zeros((len(chips), len(scenes)))
+    area = shapely.area(polys)
+    for j, f in enumerate(foot):
+        inter = shapely.intersects(f, polys)
+        if inter.any():
+            cov[inter, j] = 100.0 * shapely.area(shapely.intersection(polys[inter], f)) / area[inter]
+    for j, s in enumerate(scenes):
+        attr = s.properties.get(profile.coverage_property) if profile.coverage_property else None
+        if attr is not None:
+            cov[cov[:, j] > 0, j] = float(attr)
+    return cov
+
+
+def _assign_tiles(scenes: list[Scene], profile: Profile, chips: list[ChipPlan], grid_crs: str) -> dict[str, list[int]]:
+    """Seed 001's chip -> tile rule: the tile whose centroid is nearest (projected distance in the
+    grid CRS); among tiles whose footprints cover the chip fully when there are any."""
+    by_tile: dict[str, list[int]] = {}
+    for j, s in enumerate(scenes):
+        t = profile.tile_of(s.id, s.properties)
+        if t is None:
+            return {}
+        by_tile.setdefault(t, []).append(j)
+    names = sorted(by_tile)
+    unions = [shapely.union_all([reproject_geometry(scenes[j].geometry, "EPSG:4326", grid_crs) for j in by_tile[t]]) for t in names]
+    cents = [u.centroid for u in unions]
+    for cp in chips:
+        if cp.status != "planned":
+            continue
+        poly = cp.chip.polygon
+        c = poly.centroid
+        full = [i for i, u in enumerate(unions) if u.covers(poly)]
+        pool = full or range(len(names))
+        best = min(pool, key=lambda i: (c.distance(cents[i]), names[i]))
+        cp.tile = names[best]
+    return by_tile
+
+
+def make_plan(recipe: Recipe) -> Plan:
+    """Plan a recipe (no imagery is read).
+
+    Raises
+    ------
+    AOIError, RecipeError, LabelError, CatalogError, NoScenesError, ProfileError
+        Bad input, each with a message naming the field or file.
+    """
+    profile = get_profile(recipe.profile)
+    for b in recipe.bands:
+        profile.asset_key(b)
+    get_strategy(recipe.selection.strategy)
+    aoi, aoi_crs = load_aoi(recipe.aoi)
+    grid = make_grid(recipe.grid, aoi, aoi_crs)
+    aoi_grid = reproject_geometry(aoi, aoi_crs, grid.crs)
+    chips = [ChipPlan(c) for c in tile_chips(grid, recipe.grid.chip_size, aoi_grid, recipe.grid.min_aoi_fraction)]
+    if not chips:
+        raise LabelError(f"no {recipe.grid.chip_size} px chip of the target grid lies inside the AOI; enlarge the AOI or lower grid.chip_size")
+    spec = _label_spec(recipe)
+    if spec is not None:
+        _scan_labels(recipe, spec, chips)
+    aoi_ll = reproject_geometry(aoi, aoi_crs, "EPSG:4326")
+    scenes = search(recipe.search, aoi_ll)  # unsigned: signed hrefs never reach the plan files
+    _check_assets(scenes, profile, recipe)
+    strategy = get_strategy(recipe.selection.strategy)
+    live = [c for c in chips if c.status == "planned"]
+    if live:
+        cov = _coverage(scenes, profile, live, grid.crs)
+        tiles = _assign_tiles(scenes, profile, live, grid.crs) if recipe.selection.unit == "tile" else {}
+        for i, cp in enumerate(live):
+            idx = tiles.get(cp.tile, range(len(scenes))) if tiles else range(len(scenes))
+            cands = [Candidate(scenes[j], float(cov[i, j])) for j in idx if cov[i, j] > 0]
+            try:
+                cp.scene_ids = [s.id for s in strategy(cands, recipe.selection)]
+            except SelectionFailed as exc:
+                cp.status, cp.reason = "dropped", str(exc)
+    return Plan(recipe, grid, chips, {s.id: s for s in scenes})
+
+
+def _check_assets(scenes: list[Scene], profile: Profile, recipe: Recipe) -> None:
+    keys = [profile.asset_key(b) for b in recipe.bands]
+    if profile.qa_kind != "none" and profile.qa_asset:
+        keys.append(profile.qa_asset)
+    for s in scenes:
+        missing = [k for k in keys if k not in s.assets]
+        if missing:
+            raise ProfileError(
+                f"item {s.id!r} has no asset(s) {missing} that profile {profile.name!r} needs; its assets: {sorted(s.assets)}"
+            )
+
+
+# --------------------------------------------------------------------------------------
+# persistence
+
+def check_output_dir(out: Path) -> None:
+    """Create ``out`` if needed and check it is a writable folder.
+
+    Raises
+    ------
+    OutputError
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {str(out)!r} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".eochips-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"output folder {str(out)!r} is not writable: {exc.strerror or exc}") from None
+
+
+def write_plan(plan: Plan, out: Path) -> None:
+    """Write ``plan/plan.json``, ``plan/chips.parquet`` and ``plan/scenes.parquet`` atomically."""
+    import geopandas as gpd
+
+    d = out / PLAN_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    chips = gpd.GeoDataFrame(
+        {
+            "chip_id": [c.chip.id for c in plan.chips], "row": [c.chip.row for c in plan.chips],
+            "col": [c.chip.col for c in plan.chips], "tile": [c.tile for c in plan.chips],
+            "scene_ids": [list(c.scene_ids) for c in plan.chips], "status": [c.status for c in plan.chips],
+            "reason": [c.reason for c in plan.chips],
+            "label_info": [json.dumps(c.label_info, sort_keys=True) for c in plan.chips],
+        },
+        geometry=[c.chip.polygon for c in plan.chips], crs=plan.grid.crs,
+    )
+    scenes = sorted(plan.scenes.values(), key=lambda s: (s.datetime, s.id))
+    sc = gpd.GeoDataFrame(
+        {
+            "id": [s.id for s in scenes], "collection": [s.collection for s in scenes],
+            "datetime": [s.datetime.isoformat() for s in scenes], "cloud_cover": [s.cloud_cover for s in scenes],
+            "item": [json.dumps(_scene_item(s), sort_keys=True) for s in scenes],
+        },
+        geometry=[s.geometry for s in scenes], crs="EPSG:4326",
+    )
+    for name, frame in (("chips.parquet", chips), ("scenes.parquet", sc)):
+        tmp = d / f".{name}.tmp"
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(d / name)
+    doc = {"recipe": plan.recipe.model_dump(mode="json"), "grid": plan.grid.__dict__ | {"transform": list(plan.grid.transform)},
+           "summary": plan.summary()}
+    atomic_write_text(d / "plan.json", json.dumps(doc, indent=2, sort_keys=True))
+
+
+def _scene_item(s: Scene) -> dict:
+    return {"type": "Feature", "id": s.id, "collection": s.collection, "properties": dict(s.properties),
+            "geometry": shapely.geometry.mapping(s.geometry),
+            "assets": {k: {"href": h} for k, h in s.assets.items()}}
+
+
+def load_plan(out: Path) -> Plan:
+    """Read a plan written by :func:`write_plan`.
+
+    Raises
+    ------
+    OutputError
+        No plan in ``out`` (run ``eochips plan`` first).
+    """
+    import geopandas as gpd
+
+    d = out / PLAN_DIR
+    if not (d / "plan.json").is_file():
+        raise OutputError(f"no plan in {str(out)!r}; run 'eochips plan RECIPE --output {out}' first")
+    doc = json.loads((d / "plan.json").read_text())
+    recipe = parse_recipe(doc["recipe"])
+    g = doc["grid"]
+    grid = TargetGrid(g["crs"], tuple(g["transform"]), g["width"], g["height"])
+    chips_df = gpd.read_parquet(d / "chips.parquet")
+    size = recipe.grid.chip_size
+    from affine import Affine
+
+    a = Affine(*grid.transform)
+    chips = []
+    for r in chips_df.itertuples():
+        ch = Chip(int(r.row), int(r.col), grid.crs, tuple(a * Affine.translation(r.col * size, r.row * size))[:6], size)
+        chips.append(ChipPlan(ch, r.tile, list(r.scene_ids), r.status, r.reason, json.loads(r.label_info)))
+    sc = gpd.read_parquet(d / "scenes.parquet")
+    scenes = {s.id: s for s in (scene_from_item(json.loads(it)) for it in sc["item"])}
+    return Plan(recipe, grid, chips, scenes)
+
+
+def make_tasks(plan: Plan, out: Path) -> list[ChipTask]:
+    """One :class:`ChipTask` per planned chip, in chip-id order."""
+    r = plan.recipe
+    profile = get_profile(r.profile)
+    keys = tuple(profile.asset_key(b) for b in r.bands)
+    qa_key = profile.qa_asset if profile.qa_kind != "none" else None
+    rs = tuple(r.reading.band_resampling.get(b, r.reading.resampling) for b in r.bands)
+    env = gdal_env(r.reading.gdal_cachemax_mb, gdal_auth_env(r.search.auth))
+    labels = _label_spec(r)
+    signed = {s.id: s for s in sign_hrefs(plan.scenes.values(), r.search.auth)}
+    tasks = []
+    for cp in sorted(plan.planned, key=lambda c: c.chip.id):
+        steps = []
+        for sid in cp.scene_ids:
+            s = signed[sid]
+            steps.append(StepSpec(sid, s.datetime.isoformat(), tuple(s.assets[k] for k in keys),
+                                  s.assets.get(qa_key) if qa_key else None, profile.offset_dn(s.properties)))
+        ch = cp.chip
+        tasks.append(ChipTask(
+            chip_id=ch.id, crs=ch.crs, transform=ch.transform, size=ch.size, band_names=keys, steps=tuple(steps),
+            dtype=profile.dtype, nodata=profile.nodata, scale=profile.scale, offset=profile.offset, resampling=rs,
+            out_dir=str(out / "chips"), qa_kind=profile.qa_kind if qa_key else "none",
+            qa_nodata=profile.qa_nodata, bad_bits=tuple(r.qa.bad_fmask_bits), max_bad_pct=r.qa.max_bad_pct,
+            max_nodata_pixels=r.qa.max_nodata_pixels, labels=labels, compress=r.output.compress, level=r.output.level,
+            write_qa=r.output.write_qa, threads=r.reading.threads, max_retries=r.reading.max_retries,
+            env=tuple(sorted(env.items())),
+        ))
+    return tasks
+
+
+def grid_crs_name(grid: TargetGrid) -> str:
+    """``EPSG:n`` when the grid CRS has an EPSG code, else its WKT."""
+    epsg = CRS.from_user_input(grid.crs).to_epsg()
+    return f"EPSG:{epsg}" if epsg else grid.crs
