@@ -1,8 +1,14 @@
 """Reading assets onto a chip's grid: windowed COG reads + warp, nothing more.
 
-Each read opens the asset (local path, ``http(s)://``, ``s3://``), wraps it in a GDAL
-``WarpedVRT`` whose output grid *is* the chip (CRS, transform, size) and reads that: GDAL
-fetches only the source blocks the chip's footprint needs, never the whole scene.
+Each read opens the asset (local path, ``http(s)://``, ``s3://``), computes the source
+window the chip's footprint needs (plus the resampling kernel's margin), reads only that
+window (GDAL fetches only the COG blocks it touches, never the whole scene) and warps the
+small array onto the chip grid with GDAL's warper (``rasterio.warp.reproject``).
+
+Why not a ``WarpedVRT``: on a chip-sized VRT, GDAL's warped-VRT block path gave bilinear
+values up to 80 DN away from ``gdalwarp`` of the same grid (only ~5 % of pixels equal on
+real HLS), while the window + reproject route equals ``gdalwarp`` exactly; see
+``tests/test_reading.py``.
 
 - Resampling is per band (bilinear for reflectance, nearest for QA by default).
 - Nodata is carried through: source fill pixels are excluded from interpolation and the
@@ -26,7 +32,10 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
+from rasterio.crs import CRS
+from rasterio.warp import reproject
+from rasterio.warp import transform as warp_transform
+from rasterio.windows import Window
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from .errors import ReadError, TransientReadError
@@ -91,6 +100,48 @@ def close_cached() -> None:
     cache = _cache()
     while cache:
         cache.popitem()[1].close()
+
+
+_MARGIN = {Resampling.nearest: 1, Resampling.bilinear: 2, Resampling.cubic: 3, Resampling.average: 2}
+
+
+def source_window(ds, crs: str, transform: Affine, shape: tuple[int, int], margin: int = 2) -> Window | None:
+    """The source pixel window a chip needs (its footprint in source pixels, densified edges,
+    widened by ``margin`` pixels for the resampling kernel, clipped to the raster); None
+    when the chip does not overlap the source."""
+    h, w = shape
+    n = 9
+    ts = np.linspace(0, 1, n)
+    edge_x = np.concatenate([ts * w, np.full(n, w), ts[::-1] * w, np.zeros(n)])
+    edge_y = np.concatenate([np.zeros(n), ts * h, np.full(n, h), ts[::-1] * h])
+    xs, ys = transform * (edge_x, edge_y)
+    if CRS.from_user_input(crs) != ds.crs:
+        xs, ys = warp_transform(crs, ds.crs, list(xs), list(ys))
+    cols, rows = ~ds.transform * (np.asarray(xs), np.asarray(ys))
+    c0 = max(int(np.floor(np.min(cols))) - margin, 0)
+    r0 = max(int(np.floor(np.min(rows))) - margin, 0)
+    c1 = min(int(np.ceil(np.max(cols))) + margin, ds.width)
+    r1 = min(int(np.ceil(np.max(rows))) + margin, ds.height)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def _warp_window(ds, band: int, crs: str, transform: Affine, shape: tuple[int, int], rs: Resampling,
+                 nodata: float | None, dtype: str) -> np.ndarray:
+    """Windowed read of the source blocks a chip needs, then a GDAL warp of that small array
+    onto the chip grid (same result as ``gdalwarp`` of the whole band onto the chip grid)."""
+    fill = nodata if nodata is not None else 0
+    out = np.full(shape, fill, dtype=dtype)
+    win = source_window(ds, crs, transform, shape, _MARGIN.get(rs, 3))
+    if win is None:
+        return out
+    src = ds.read(band, window=win)
+    reproject(
+        src, out, src_transform=ds.window_transform(win), src_crs=ds.crs, src_nodata=nodata,
+        dst_transform=transform, dst_crs=crs, dst_nodata=fill, resampling=rs,
+    )
+    return out
 
 
 def classify(exc: BaseException, href: str) -> ReadError:
@@ -161,12 +212,7 @@ def read_onto(
                 nodata = ds.nodatavals[band - 1]
                 if nodata is None:
                     nodata = src_nodata
-                with WarpedVRT(
-                    ds, crs=crs, transform=Affine(*transform), width=shape[1], height=shape[0],
-                    resampling=rs, src_nodata=nodata, nodata=nodata,
-                    dtype=dtype or ds.dtypes[band - 1],
-                ) as vrt:
-                    return vrt.read(band, out_dtype=dtype or ds.dtypes[band - 1])
+                return _warp_window(ds, band, crs, Affine(*transform), shape, rs, nodata, dtype or ds.dtypes[band - 1])
         except ReadError:
             _evict(href)
             raise

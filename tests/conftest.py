@@ -1,0 +1,151 @@
+"""Shared fixtures: real data from ../shared, real local servers.
+
+Tests that need ``../shared`` skip with a clear reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from servers import RangeServer, pg_available, pgstac_api
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL = SHARED / "data" / "real"
+EXETER = REAL / "hls_multitemporal_exeter"
+
+needs_shared = pytest.mark.skipif(not REAL.is_dir(), reason=f"real test data not found at {REAL} (../shared is absent)")
+
+HLS_BANDS = ["B02", "B03", "B04", "B08"]
+TILE = "30UVB"  # MGRS tile of Exeter (UTM 30N, 100 km square VB)
+# The CDL-coded label raster the crop test writes (EPSG:32630, 30 m, 7 x 6 chips of 32 px);
+# its top and right edges reach the fill row / column of the real Exeter scenes.
+LABEL_ORIGIN = (460860.0, 5622180.0)
+LABEL_SHAPE = (192, 224)  # rows, cols
+LABEL_CODES = [1, 5, 24, 36, 61, 111, 121, 141, 176, 190, 2, 4, 3, 37]
+CDL_NODATA_CHIP = (3, 3)  # holds CDL code 0 (no data): dropped in the plan
+UNKNOWN_CODE_CHIP = (4, 1)  # holds code 99, not in the CDL -> 13 table
+UNKNOWN_CODE = 99
+
+
+def _write_cog(path: Path, arr: np.ndarray, profile: dict, **tags) -> None:
+    import rasterio
+    from rasterio.shutil import copy as rio_copy
+
+    mem = path.with_suffix(".mem.tif")
+    with rasterio.open(mem, "w", driver="GTiff", **profile) as ds:
+        ds.write(arr, 1)
+        if tags:
+            ds.update_tags(**tags)
+        if "scale" in tags:
+            ds.scales = (float(tags["scale"]),)
+    rio_copy(mem, path, driver="COG", COMPRESS="DEFLATE", PREDICTOR="2", BLOCKSIZE=256)
+    mem.unlink()
+
+
+def build_hls_granules(dst: Path) -> list[dict]:
+    """Split each real Exeter HLS S30 file into per-band COG assets laid out like real HLS
+    granules (``HLS.S30.T30UVB.YYYYDDDTHHMMSS.v2.0.B02.tif`` ..., Fmask uint8 with fill 255),
+    and return STAC items whose metadata comes from the files themselves: datetime from the
+    GeoTIFF ``datetime`` tag (UTC), footprint from the valid-data mask, eo:cloud_cover as the
+    percent of valid Fmask pixels with the cloud or cloud-shadow bit (HLS CLOUD_COVERAGE)."""
+    import rasterio
+    import shapely
+    from rasterio.features import shapes
+    from shapely.geometry import mapping, shape
+
+    from eochips.grid import reproject_geometry
+
+    dst.mkdir(parents=True, exist_ok=True)
+    items = []
+    for f in sorted(EXETER.glob("*.tif")):
+        with rasterio.open(f) as ds:
+            arr = ds.read()
+            dt = datetime.strptime(ds.tags()["datetime"][:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+            gid = f"HLS.S30.T{TILE}.{dt:%Y}{dt.timetuple().tm_yday:03d}T{dt:%H%M%S}.v2.0"
+            prof = dict(crs=ds.crs, transform=ds.transform, width=ds.width, height=ds.height, count=1)
+            valid = arr[0] != -9999
+            assets = {}
+            for i, band in enumerate(HLS_BANDS):
+                p = dst / f"{gid}.{band}.tif"
+                _write_cog(p, arr[i], dict(prof, dtype="int16", nodata=-9999), scale="0.0001")
+                assets[band] = {"href": p.name, "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                                "roles": ["data"]}
+            fm = np.where(arr[4] == -9999, 255, np.clip(arr[4], 0, 254)).astype(np.uint8)
+            _write_cog(dst / f"{gid}.Fmask.tif", fm, dict(prof, dtype="uint8", nodata=255))
+            assets["Fmask"] = {"href": f"{gid}.Fmask.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]}
+            polys = [shape(g) for g, v in shapes(valid.astype(np.uint8), mask=valid, transform=ds.transform) if v == 1]
+            foot = reproject_geometry(shapely.union_all(polys), ds.crs, "EPSG:4326")
+            fv = fm[fm != 255].astype(int)
+            cloud = round(100.0 * float((((fv >> 1) & 1) | ((fv >> 3) & 1)).mean()), 2)
+            items.append({
+                "type": "Feature", "stac_version": "1.0.0", "id": gid, "collection": "HLSS30_2.0",
+                "geometry": mapping(foot), "bbox": list(foot.bounds),
+                "properties": {"datetime": dt.strftime("%Y-%m-%dT%H:%M:%SZ"), "eo:cloud_cover": cloud,
+                               "proj:wkt2": ds.crs.to_wkt()},
+                "links": [], "assets": assets,
+            })
+    return items
+
+
+def write_cdl_raster(path: Path) -> Path:
+    """A CDL-coded (uint8) label raster over Exeter in EPSG:32630 at 30 m (see constants)."""
+    import rasterio
+    from affine import Affine
+
+    rows, cols = LABEL_SHAPE
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    codes = np.array(LABEL_CODES, dtype=np.uint8)[((yy // 16) * 3 + (xx // 16)) % len(LABEL_CODES)]
+    r, c = CDL_NODATA_CHIP
+    codes[r * 32 + 10:r * 32 + 12, c * 32 + 10:c * 32 + 12] = 0
+    r, c = UNKNOWN_CODE_CHIP
+    codes[r * 32 + 5:r * 32 + 8, c * 32 + 5:c * 32 + 8] = UNKNOWN_CODE
+    with rasterio.open(path, "w", driver="GTiff", width=cols, height=rows, count=1, dtype="uint8", crs="EPSG:32630",
+                       transform=Affine(30, 0, LABEL_ORIGIN[0], 0, -30, LABEL_ORIGIN[1]), nodata=0) as ds:
+        ds.write(codes, 1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hls_dir(tmp_path_factory) -> tuple[Path, list[dict]]:
+    if not REAL.is_dir():
+        pytest.skip(f"real test data not found at {REAL} (../shared is absent)")
+    d = tmp_path_factory.mktemp("hls")
+    return d, build_hls_granules(d)
+
+
+@pytest.fixture(scope="session")
+def cog_server(hls_dir):
+    with RangeServer(hls_dir[0]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def stac_api(hls_dir, cog_server):
+    reason = pg_available()
+    if reason:
+        pytest.skip(reason)
+    _, items = hls_dir
+    served = []
+    for it in items:
+        it = json.loads(json.dumps(it))
+        for a in it["assets"].values():
+            a["href"] = f"{cog_server.url}/{a['href']}"
+        served.append(it)
+    collection = {
+        "type": "Collection", "stac_version": "1.0.0", "id": "HLSS30_2.0", "description": "HLS S30 v2.0 (Exeter sample)",
+        "license": "proprietary", "links": [],
+        "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [["2015-01-01T00:00:00Z", None]]}},
+    }
+    with pgstac_api([collection], served) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def cdl_raster(tmp_path_factory) -> Path:
+    return write_cdl_raster(tmp_path_factory.mktemp("cdl") / "cdl_exeter.tif")

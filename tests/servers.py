@@ -1,0 +1,218 @@
+"""Real local servers for the tests: a Range-capable static HTTP server and a pgstac STAC API.
+
+Both bind to 127.0.0.1 only and stop when their fixture ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RangeServer:
+    """Serves ``root`` over HTTP/1.1 on 127.0.0.1 with single-range ``Range`` support.
+
+    ``bytes_sent`` and ``requests`` count what was served (for read-efficiency checks).
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.bytes_sent = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(server.root), **kw)
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _count(self, n: int) -> None:
+                with server._lock:
+                    server.bytes_sent += n
+                    server.requests += 1
+
+            def do_GET(self):  # noqa: N802
+                path = Path(self.translate_path(self.path))
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                size = path.stat().st_size
+                rng = self.headers.get("Range")
+                start, end = 0, size - 1
+                status = 200
+                if rng:
+                    m = _RANGE.match(rng.strip())
+                    if not m:
+                        self.send_error(416)
+                        return
+                    a, b = m.groups()
+                    if a == "":
+                        start, end = max(0, size - int(b)), size - 1
+                    else:
+                        start, end = int(a), min(int(b) if b else size - 1, size - 1)
+                    if start >= size:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{size}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    status = 206
+                length = end - start + 1
+                self.send_response(status)
+                self.send_header("Content-Type", "image/tiff" if path.suffix == ".tif" else "application/octet-stream")
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(length))
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.end_headers()
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    self.wfile.write(f.read(length))
+                self._count(length)
+
+            def do_HEAD(self):  # noqa: N802
+                path = Path(self.translate_path(self.path))
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(path.stat().st_size))
+                self.end_headers()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "RangeServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# --------------------------------------------------------------------------------------
+# PostgreSQL + pgstac + stac-fastapi-pgstac
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def pg_available() -> str | None:
+    """None when a pgstac API can be started here, else the reason it cannot."""
+    if not (PG_BIN / "initdb").exists():
+        return "PostgreSQL 15 server binaries are not installed (apt-get install postgresql-15 postgresql-15-postgis-3)"
+    if not Path("/usr/share/postgresql/15/extension/postgis.control").exists():
+        return "PostGIS for PostgreSQL 15 is not installed (apt-get install postgresql-15-postgis-3)"
+    try:
+        import pypgstac  # noqa: F401
+        import stac_fastapi.pgstac  # noqa: F401
+    except ImportError as exc:
+        return f"pgstac test dependencies missing: {exc}"
+    return None
+
+
+def _as_pg_user(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def _app_target() -> str:
+    """stac-fastapi-pgstac >= 6 exposes an app factory; older releases a module-level ``app``."""
+    import stac_fastapi.pgstac.app as mod
+
+    return "stac_fastapi.pgstac.app:create_app --factory" if hasattr(mod, "create_app") else "stac_fastapi.pgstac.app:app"
+
+
+@contextmanager
+def pgstac_api(collections: list[dict], items: list[dict]) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster with pgstac, loaded with ``collections`` and ``items``,
+    and stac-fastapi-pgstac under uvicorn on 127.0.0.1. Yields the API root URL."""
+    tmp = Path(tempfile.mkdtemp(prefix="eochips-pg-"))
+    data, sock = tmp / "data", tmp / "sock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(tmp, "postgres")
+        shutil.chown(sock, "postgres")
+    port = free_port()
+    _as_pg_user([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+    _as_pg_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(tmp / "pg.log"), "-w", "-o",
+                 f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
+    api = None
+    try:
+        dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        env = dict(os.environ, PGUSER="postgres", PGPASSWORD="x", PGHOST="127.0.0.1", PGPORT=str(port),
+                   PGDATABASE="postgres")
+        bindir = Path(sys.executable).parent
+        subprocess.run([str(bindir / "pypgstac"), "migrate", "--dsn", dsn], check=True, capture_output=True, env=env)
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET search_path TO pgstac, public")
+            conn.execute(
+                "INSERT INTO queryables (name, definition, property_wrapper, property_index_type) "
+                "VALUES ('eo:cloud_cover', '{\"type\": \"number\", \"minimum\": 0, \"maximum\": 100}', 'to_float', 'BTREE')"
+            )
+            for c in collections:
+                conn.execute("SELECT create_collection(%s::jsonb)", (json.dumps(c),))
+            for it in items:
+                conn.execute("SELECT create_item(%s::jsonb)", (json.dumps(it),))
+        api_port = free_port()
+        api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", *_app_target().split(), "--host", "127.0.0.1", "--port", str(api_port),
+             "--log-level", "warning"],
+            env=dict(env, ENABLED_EXTENSIONS="query,sort,fields,filter,pagination,collection_search"),
+            stdout=subprocess.DEVNULL, stderr=open(tmp / "api.log", "w"),
+        )
+        url = f"http://127.0.0.1:{api_port}"
+        import requests
+
+        for _ in range(120):
+            try:
+                if requests.get(url + "/", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if api.poll() is not None:
+                raise RuntimeError("stac-fastapi-pgstac exited: " + (tmp / "api.log").read_text()[-2000:])
+            time.sleep(0.25)
+        else:
+            raise RuntimeError("stac-fastapi-pgstac did not start: " + (tmp / "api.log").read_text()[-2000:])
+        yield url
+    finally:
+        if api is not None:
+            api.terminate()
+            try:
+                api.wait(10)
+            except subprocess.TimeoutExpired:
+                api.kill()
+        _as_pg_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
+        shutil.rmtree(tmp, ignore_errors=True)
