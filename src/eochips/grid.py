@@ -50,11 +50,13 @@ def load_aoi(cfg: AOIConfig) -> tuple[BaseGeometry, CRS]:
         geom, file_crs = _read_vector_union(cfg.path)
         if file_crs is not None:
             crs = file_crs
-    if geom.is_empty or geom.area == 0:
-        raise AOIError("aoi is empty (zero area); give a polygon or bbox with an area")
+    if geom.is_empty:
+        raise AOIError("aoi is empty; give a polygon or bbox with an area")
     if not geom.is_valid:
         reason = shapely.is_valid_reason(geom)
         raise AOIError(f"aoi geometry is not valid ({reason}); fix it, e.g. with shapely.make_valid")
+    if geom.area == 0:
+        raise AOIError("aoi has zero area; give a polygon or bbox with an area")
     if crs.is_geographic:
         minx, miny, maxx, maxy = geom.bounds
         if minx < -180 or maxx > 180 or miny < -90 or maxy > 90:

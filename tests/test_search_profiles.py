@@ -1,0 +1,113 @@
+"""Real STAC items (CMR-STAC HLS, Earth Search v1, Planetary Computer S2 / S1 / DEM) parse into
+Scenes, and each profile resolves the right asset for each band; static catalogs and the STAC
+API apply the same filters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from shapely.geometry import box
+
+from conftest import REAL, needs_shared
+from eochips.config import CloudCover, SearchConfig
+from eochips.errors import NoScenesError, ProfileError
+from eochips.profiles import PROFILES, get_profile
+from eochips.search import scene_from_item, search
+
+pytestmark = needs_shared
+ITEMS = REAL / "stac_items"
+
+
+def _items(name):
+    doc = json.loads((ITEMS / name).read_text())
+    return doc["features"] if isinstance(doc, dict) and "features" in doc else (doc if isinstance(doc, list) else [doc])
+
+
+def test_cmr_stac_hls_items():
+    items = _items("pystacclient__cmrstac_HLSL30.v1.5_sample-item-collection.json")
+    scenes = [scene_from_item(it) for it in items]
+    assert len(scenes) == 10 and all(s.cloud_cover is not None for s in scenes)
+    s = scenes[0]
+    assert s.id == "G1994512890-LPCLOUD" and s.date == "2021-01-01" and s.cloud_cover == 17
+    p = PROFILES["hls-l30"]
+    # L30: narrow NIR is B05, SWIR B06/B07 (HLS user guide); the CMR items carry those keys
+    for band, key in {"blue": "B02", "nir08": "B05", "swir16": "B06", "swir22": "B07"}.items():
+        assert p.asset_key(band) == key and s.assets[key].endswith(f".{key}.tif")
+    assert s.assets["Fmask"].endswith(".Fmask.tif")
+    assert PROFILES["hls-s30"].asset_key("nir08") == "B8A" and PROFILES["hls-s30"].asset_key("swir16") == "B11"
+    assert PROFILES["hls-s30"].tile_of("HLS.S30.T13RCN.2024128T173909.v2.0", {}) == "13RCN"
+
+
+def test_earth_search_s2_items():
+    scenes = [scene_from_item(it) for it in _items("pystacclient__earthsearch_v1_sentinel-2-l2a_extracted.json")]
+    p = get_profile("sentinel-2-l2a-earthsearch")
+    for s in scenes:
+        for band in ("blue", "green", "red", "nir", "nir08", "swir16", "swir22"):
+            assert p.asset_key(band) in s.assets and s.assets[p.asset_key(band)].endswith(".tif")
+        assert p.qa_asset in s.assets and s.assets["scl"].endswith("SCL.tif")
+    s = scenes[0]
+    assert s.properties["s2:processing_baseline"] == "05.11" and p.offset_dn(s.properties) == -1000
+    assert p.tile_of(s.id, s.properties) is None or isinstance(p.tile_of(s.id, s.properties), str)
+
+
+def test_planetary_computer_items():
+    s2 = [scene_from_item(it) for it in _items("stacgeoparquet__sentinel-2-l2a-pc.json")]
+    p = get_profile("sentinel-2-l2a-pc")
+    for s in s2:
+        assert s.assets[p.asset_key("nir08")].split("?")[0].endswith("_B8A_20m.tif")
+        assert s.assets[p.asset_key("red")].split("?")[0].endswith("_B04_10m.tif")
+        assert s.assets[p.qa_asset].split("?")[0].endswith("_SCL_20m.tif")
+        assert p.tile_of(s.id, s.properties) == s.properties["s2:mgrs_tile"]
+    assert p.offset_dn(s2[0].properties) == -1000  # baseline 05.10
+    old = [scene_from_item(it) for it in _items("odcstac__site2-2020_jun_jul-35MNM.geojson")]
+    assert len(old) == 13 and all(p.offset_dn(s.properties) == 0 for s in old)  # baseline 02.12
+    s1 = [scene_from_item(it) for it in _items("stacgeoparquet__sentinel-1-rtc-pc.json")]
+    for s in s1:
+        assert get_profile("sentinel-1-rtc").asset_key("vv") in s.assets and "vh" in s.assets
+    dem = [scene_from_item(it) for it in _items("stacgeoparquet__cop-dem-glo-30-pc.json")]
+    assert all(s.assets[get_profile("cop-dem-glo-30").asset_key("elevation")].endswith("_DEM.tif") for s in dem)
+
+
+def test_unknown_band_and_profile_messages():
+    with pytest.raises(ProfileError, match="band 'nir08' is not in profile 'sentinel-1-rtc'; valid bands: vh, vv"):
+        get_profile("sentinel-1-rtc").asset_key("nir08")
+    with pytest.raises(ProfileError, match="unknown profile 'hls'"):
+        get_profile("hls")
+
+
+def test_static_catalog_filters(tmp_path):
+    path = ITEMS / "odcstac__site2-2020_jun_jul-35MNM.geojson"
+    scenes = [scene_from_item(it) for it in _items(path.name)]
+    aoi = scenes[0].geometry.buffer(-0.01)
+    cfg = SearchConfig(catalog=str(path), collections=["sentinel-2-l2a"], datetime="2020-06-01/2020-06-30",
+                       cloud_cover=CloudCover(max=10))
+    got = search(cfg, aoi)
+    want = sorted((s for s in scenes if s.datetime.month == 6 and s.cloud_cover <= 10 and s.geometry.intersects(aoi)),
+                  key=lambda s: (s.datetime, s.id))
+    assert [s.id for s in got] == [s.id for s in want] and len(got) > 0
+    with pytest.raises(NoScenesError, match="search found no scenes"):
+        search(cfg.model_copy(update={"datetime": "2019-01-01/2019-01-31"}), aoi)
+
+
+def _ids(cfg, aoi):
+    try:
+        return [s.id for s in search(cfg, aoi)]
+    except NoScenesError:
+        return []
+
+
+def test_api_and_static_catalog_agree(stac_api, hls_dir, tmp_path):
+    _, items = hls_dir
+    static = tmp_path / "items.json"
+    static.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    aoi = box(-3.55, 50.70, -3.47, 50.74)
+    for cc in (CloudCover(), CloudCover(max=12), CloudCover(min=30, max=80), CloudCover(max=5)):
+        api = _ids(SearchConfig(catalog=stac_api, collections=["HLSS30_2.0"], cloud_cover=cc), aoi)
+        st = _ids(SearchConfig(catalog=str(static), collections=["HLSS30_2.0"], cloud_cover=cc), aoi)
+        assert api == st
+    cheap = search(SearchConfig(catalog=stac_api, collections=["HLSS30_2.0"], cloud_cover=CloudCover(max=12)), aoi)
+    assert [s.date for s in cheap] == ["2021-06-13", "2021-07-18"]  # 11.9 % and 10.4 % cloud + shadow
+    assert _ids(SearchConfig(catalog=stac_api, collections=["HLSS30_2.0"], cloud_cover=CloudCover(min=30, max=80)), aoi) == [
+        it["id"] for it in sorted(items, key=lambda i: i["properties"]["datetime"]) if 30 <= it["properties"]["eo:cloud_cover"] <= 80
+    ]
