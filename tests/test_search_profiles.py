@@ -111,3 +111,33 @@ def test_api_and_static_catalog_agree(stac_api, hls_dir, tmp_path):
     assert _ids(SearchConfig(catalog=stac_api, collections=["HLSS30_2.0"], cloud_cover=CloudCover(min=30, max=80)), aoi) == [
         it["id"] for it in sorted(items, key=lambda i: i["properties"]["datetime"]) if 30 <= it["properties"]["eo:cloud_cover"] <= 80
     ]
+
+
+def test_api_paging(stac_api):
+    aoi = box(-3.55, 50.70, -3.47, 50.74)
+    one = search(SearchConfig(catalog=stac_api, collections=["HLSS30_2.0"], page_size=1), aoi)
+    assert len(one) == 4 and [s.date for s in one] == ["2021-06-08", "2021-06-13", "2021-06-23", "2021-07-18"]
+    assert len(search(SearchConfig(catalog=stac_api, collections=["HLSS30_2.0"], page_size=1, max_items=2), aoi)) == 2
+
+
+def test_not_a_stac_api(cog_server):
+    from eochips.errors import CatalogError
+
+    with pytest.raises(CatalogError, match="is not a reachable STAC API"):
+        search(SearchConfig(catalog=cog_server.url + "/nothing-here", collections=["x"]), box(0, 0, 1, 1))
+
+
+def test_earthdata_token_sources(tmp_path, monkeypatch):
+    from eochips.search import earthdata_token, gdal_auth_env, redact
+
+    monkeypatch.delenv("EARTHDATA_TOKEN", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine urs.earthdata.nasa.gov login someone password tok-from-netrc\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert earthdata_token() == "tok-from-netrc"
+    monkeypatch.setenv("EARTHDATA_TOKEN", "tok-from-env")
+    assert gdal_auth_env("earthdata") == {"GDAL_HTTP_HEADERS": "Authorization: Bearer tok-from-env"}
+    assert gdal_auth_env("none") == {}
+    signed = "https://x.blob.core.windows.net/c/a.tif?st=2024&se=2025&sp=rl&sig=SECRETSIG%3D"
+    assert "SECRETSIG" not in redact(signed) and redact(signed).startswith("https://x.blob.core.windows.net/c/a.tif?")

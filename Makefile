@@ -1,0 +1,31 @@
+# eochips: `make demo` runs the main job on the embedded real sample; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SAMPLE ?= sample-data
+DEMO_OUT ?= demo-output
+
+.PHONY: install sysdeps demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+sysdeps:
+	bash scripts/install-system-deps.sh
+
+demo: install
+	$(VENV)/bin/eochips sample-data --output $(SAMPLE)
+	rm -rf $(DEMO_OUT)
+	EOCHIPS_SAMPLE_DIR=$(SAMPLE) $(VENV)/bin/eochips run demo --output $(DEMO_OUT)
+	@echo "dataset: $(DEMO_OUT)/ (index.parquet, chips/, stats.json, checksums.sha256)"
+
+test: install sysdeps
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(DEMO_OUT) build dist src/*.egg-info .pytest_cache
