@@ -141,3 +141,19 @@ def test_earthdata_token_sources(tmp_path, monkeypatch):
     assert gdal_auth_env("none") == {}
     signed = "https://x.blob.core.windows.net/c/a.tif?st=2024&se=2025&sp=rl&sig=SECRETSIG%3D"
     assert "SECRETSIG" not in redact(signed) and redact(signed).startswith("https://x.blob.core.windows.net/c/a.tif?")
+
+
+def test_stac_geoparquet_static_catalog(tmp_path):
+    pytest.importorskip("stac_geoparquet")
+    import pyarrow.parquet as pq
+    import stac_geoparquet.arrow as sga
+
+    items = _items("odcstac__site2-2020_jun_jul-35MNM.geojson")
+    path = tmp_path / "items.parquet"
+    pq.write_table(sga.parse_stac_items_to_arrow(items).read_all(), path)
+    scenes = [scene_from_item(it) for it in items]
+    aoi = scenes[0].geometry.buffer(-0.01)
+    for cfg in (SearchConfig(catalog=str(path), collections=["sentinel-2-l2a"], cloud_cover=CloudCover(max=1)),
+                SearchConfig(catalog=str(path), collections=["sentinel-2-l2a"], datetime="2020-07-01/2020-07-31")):
+        from_json = search(cfg.model_copy(update={"catalog": str(ITEMS / "odcstac__site2-2020_jun_jul-35MNM.geojson")}), aoi)
+        assert [s.id for s in search(cfg, aoi)] == [s.id for s in from_json] and from_json

@@ -177,8 +177,8 @@ class Chip:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         a = Affine(*self.transform)
-        x0, y0 = a * (0, 0)
-        x1, y1 = a * (self.size, self.size)
+        x0, y0 = a @ (0, 0)
+        x1, y1 = a @ (self.size, self.size)
         return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
     @property
@@ -249,8 +249,8 @@ def make_grid(cfg: GridConfig, aoi: BaseGeometry, aoi_crs: CRS) -> TargetGrid:
 
 def _grid_bounds(grid: TargetGrid) -> tuple[float, float, float, float]:
     a = grid.affine
-    x0, y0 = a * (0, 0)
-    x1, y1 = a * (grid.width, grid.height)
+    x0, y0 = a @ (0, 0)
+    x1, y1 = a @ (grid.width, grid.height)
     return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
@@ -277,13 +277,13 @@ def tile_chips(grid: TargetGrid, chip_size: int, aoi_grid: BaseGeometry, min_fra
     n_rows, n_cols = grid.height // chip_size, grid.width // chip_size
     inv = ~a
     minx, miny, maxx, maxy = aoi_grid.bounds
-    cs = [inv * (x, y) for x in (minx, maxx) for y in (miny, maxy)]
+    cs = [inv @ (x, y) for x in (minx, maxx) for y in (miny, maxy)]
     c0 = max(0, int(math.floor(min(c[0] for c in cs) / chip_size)))
     c1 = min(n_cols - 1, int(math.floor(max(c[0] for c in cs) / chip_size)))
     r0 = max(0, int(math.floor(min(c[1] for c in cs) / chip_size)))
     r1 = min(n_rows - 1, int(math.floor(max(c[1] for c in cs) / chip_size)))
     chips = [
-        Chip(r, c, grid.crs, tuple(a * Affine.translation(c * chip_size, r * chip_size))[:6], chip_size)
+        Chip(r, c, grid.crs, tuple(a @ Affine.translation(c * chip_size, r * chip_size))[:6], chip_size)
         for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)
     ]
     if not chips:

@@ -173,8 +173,8 @@ def rasterize_vector(path: str, class_field: str, classes: Mapping[str, int], cr
 
     gdf = _vector_frame(path, crs, class_field)
     a = Affine(*transform)
-    x0, y0 = a * (0, 0)
-    x1, y1 = a * (shape[1], shape[0])
+    x0, y0 = a @ (0, 0)
+    x1, y1 = a @ (shape[1], shape[0])
     sub = gdf.cx[min(x0, x1):max(x0, x1), min(y0, y1):max(y0, y1)]
     shapes = [(g, classes[str(v)]) for g, v in zip(sub.geometry, sub[class_field]) if str(v) in classes and g is not None]
     if not shapes:

@@ -332,7 +332,7 @@ def load_plan(out: Path) -> Plan:
     a = Affine(*grid.transform)
     chips = []
     for r in chips_df.itertuples():
-        ch = Chip(int(r.row), int(r.col), grid.crs, tuple(a * Affine.translation(r.col * size, r.row * size))[:6], size)
+        ch = Chip(int(r.row), int(r.col), grid.crs, tuple(a @ Affine.translation(r.col * size, r.row * size))[:6], size)
         chips.append(ChipPlan(ch, r.tile, list(r.scene_ids), r.status, r.reason, json.loads(r.label_info)))
     sc = gpd.read_parquet(d / "scenes.parquet")
     scenes = {s.id: s for s in (scene_from_item(json.loads(it)) for it in sc["item"])}

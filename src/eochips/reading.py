@@ -114,10 +114,10 @@ def source_window(ds, crs: str, transform: Affine, shape: tuple[int, int], margi
     ts = np.linspace(0, 1, n)
     edge_x = np.concatenate([ts * w, np.full(n, w), ts[::-1] * w, np.zeros(n)])
     edge_y = np.concatenate([np.zeros(n), ts * h, np.full(n, h), ts[::-1] * h])
-    xs, ys = transform * (edge_x, edge_y)
+    xs, ys = transform @ (edge_x, edge_y)
     if CRS.from_user_input(crs) != ds.crs:
         xs, ys = warp_transform(crs, ds.crs, list(xs), list(ys))
-    cols, rows = ~ds.transform * (np.asarray(xs), np.asarray(ys))
+    cols, rows = ~ds.transform @ (np.asarray(xs), np.asarray(ys))
     c0 = max(int(np.floor(np.min(cols))) - margin, 0)
     r0 = max(int(np.floor(np.min(rows))) - margin, 0)
     c1 = min(int(np.ceil(np.max(cols))) + margin, ds.width)

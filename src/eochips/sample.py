@@ -90,7 +90,7 @@ def _footprint(path: Path):
         f = 8
         h, w = ds.height // f, ds.width // f
         mask = ds.dataset_mask(out_shape=(h, w)) > 0
-        tr = ds.transform * ds.transform.scale(ds.width / w, ds.height / h)
+        tr = ds.transform @ ds.transform.scale(ds.width / w, ds.height / h)
         polys = [shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask, transform=tr) if v == 1]
         geom = shapely.union_all(polys).simplify(ds.res[0] * f)
         return reproject_geometry(geom, ds.crs, "EPSG:4326"), ds.crs.to_epsg(), [ds.height, ds.width], list(ds.transform)[:6]
