@@ -20,7 +20,6 @@ from affine import Affine
 from pyproj import CRS, Transformer
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform as shp_transform
 
 from .config import AOIConfig, GridConfig
 from .errors import AOIError, LabelError, RecipeError
@@ -111,7 +110,7 @@ def reproject_geometry(geom: BaseGeometry, src: CRS | str, dst: CRS | str) -> Ba
         return geom
     dense = shapely.segmentize(geom, max_segment_length=_densify_step(geom))
     tr = Transformer.from_crs(src, dst, always_xy=True)
-    return shp_transform(tr.transform, dense)
+    return shapely.transform(dense, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
 
 
 def _densify_step(geom: BaseGeometry) -> float:

@@ -25,6 +25,7 @@ real HLS), while the window + reproject route equals ``gdalwarp`` exactly; see
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from typing import Mapping
 
@@ -51,6 +52,11 @@ DEFAULT_GDAL_ENV: dict[str, str | int | bool] = {
     "VSI_CACHE": "TRUE",
     "GDAL_CACHEMAX": 128,
 }
+
+# rasterio's in-memory datasets (used by reproject on arrays) read their transform before it is set
+# and warn; the arrays are georeferenced right after. Filter exactly that message, process-wide
+# (warnings.catch_warnings is not thread-safe).
+warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=rasterio.errors.NotGeoreferencedWarning)
 
 _PERMANENT = ("404", "not recognized as being in a supported file format", "does not exist", "No such file",
               "not a TIFF", "TIFFReadDirectory", "403", "401", "HTTP response code: 4")
@@ -138,7 +144,7 @@ def _warp_window(ds, band: int, crs: str, transform: Affine, shape: tuple[int, i
         return out
     src = ds.read(band, window=win)
     reproject(
-        src, out, src_transform=ds.window_transform(win), src_crs=ds.crs, src_nodata=nodata,
+        src, out, src_transform=ds.transform @ Affine.translation(win.col_off, win.row_off), src_crs=ds.crs, src_nodata=nodata,
         dst_transform=transform, dst_crs=crs, dst_nodata=fill, resampling=rs,
     )
     return out
