@@ -25,22 +25,31 @@ __all__ = ["Recipe", "load_recipe", "run", "EochipsError", "__version__"]
 
 def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, scheduler: str | None = None,
         progress: bool = False) -> dict[str, Any]:
-    """Plan, build and finalise ``recipe`` into the folder ``out``; return the dataset summary.
+    """Plan, build and finalise ``recipe`` into ``out`` (a folder or an fsspec URL such as
+    ``s3://bucket/prefix``); return the dataset summary.
 
     Raises
     ------
     EochipsError
-        Bad input (recipe, AOI, catalog, labels, output folder), before anything is written.
+        Bad input (recipe, AOI, catalog, assets, labels, output location), before anything is
+        written; a write failure (disk full) removes what this call created.
     """
     from .dataset import finalize
     from .engine import build
-    from .plan import check_output_dir, make_plan, write_plan
+    from .plan import make_plan, write_plan
+    from .writers import OutputStore
 
-    out = Path(out)
+    store = OutputStore(out)
     plan = make_plan(recipe)
-    check_output_dir(out)
-    write_plan(plan, out)
-    build_summary = build(out, workers=workers, scheduler=scheduler, progress=progress)
+    created = store.is_local and not store.root.exists()
+    store.ensure()
+    try:
+        write_plan(plan, store)
+    except EochipsError:
+        if created and not any(store.root.iterdir()):
+            store.root.rmdir()
+        raise
+    build_summary = build(out, plan=plan, workers=workers, scheduler=scheduler, progress=progress)
     summary = finalize(out)
     summary["build"] = build_summary.as_dict()
     return summary

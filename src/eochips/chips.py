@@ -15,16 +15,18 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ReadError
+from . import failpoints
+from .errors import OutputError, ReadError
 from .labels import Reclass, rasterize_vector
 from .qa import FMASK_FILL, fmask_bad_pct
 from .reading import read_onto
-from .writers import write_cog
+from .writers import OutputStore, write_cog
+
+CHIPS_DIR = "chips"
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class ChipTask:
     scale: float
     offset: float
     resampling: tuple[str, ...]
-    out_dir: str
+    out: str
     qa_kind: str = "none"
     qa_nodata: int | None = FMASK_FILL
     bad_bits: tuple[str, ...] = ("cirrus", "cloud", "shadow", "snow_ice")
@@ -100,12 +102,12 @@ class ChipTask:
         return (self.size, self.size)
 
     def file_names(self) -> dict[str, str]:
-        """Seed 001's file names for this chip."""
-        names = {"image": f"{self.chip_id}_merged.tif"}
+        """Seed 001's file names for this chip, relative to the output root."""
+        names = {"image": f"{CHIPS_DIR}/{self.chip_id}_merged.tif"}
         if self.labels is not None:
-            names["mask"] = f"{self.chip_id}.mask.tif"
+            names["mask"] = f"{CHIPS_DIR}/{self.chip_id}.mask.tif"
         if self.qa_kind == "fmask" and self.write_qa:
-            names["qa"] = f"{self.chip_id}_Fmask.tif"
+            names["qa"] = f"{CHIPS_DIR}/{self.chip_id}_Fmask.tif"
         return names
 
 
@@ -115,7 +117,9 @@ class ChipResult:
 
     ``status`` is ``kept`` (files written), ``dropped`` (a filter rule said no; ``reason``
     says which) or ``failed`` (an error; ``reason`` is its message). ``files`` maps file
-    names (relative to the output folder) to sha256.
+    names (relative to the output folder) to sha256. ``retries`` counts transient read
+    failures that were retried (kept in the state file, not in the dataset, so the dataset
+    does not depend on network luck).
     """
 
     chip_id: str
@@ -123,6 +127,7 @@ class ChipResult:
     reason: str = ""
     files: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
 
 
 _pool_lock = threading.Lock()
@@ -141,8 +146,8 @@ def _threads(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def read_chip(task: ChipTask) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a chip's imagery and QA.
+def read_chip(task: ChipTask, retries: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a chip's imagery and QA (``retries`` collects one entry per retried read).
 
     Returns
     -------
@@ -167,7 +172,7 @@ def read_chip(task: ChipTask) -> tuple[np.ndarray, np.ndarray | None]:
     def run(job):
         kind, t, b, href, rs, nd, dt = job
         return job, read_onto(href, task.crs, task.transform, task.shape, resampling=rs, src_nodata=nd, dtype=dt,
-                              env=env, max_retries=task.max_retries)
+                              env=env, max_retries=task.max_retries, retries=retries)
 
     image = np.empty((len(task.steps), len(task.band_names), task.size, task.size), dtype=task.dtype)
     qa = np.empty((len(task.steps), task.size, task.size), dtype=np.uint8) if task.qa_kind != "none" else None
@@ -220,11 +225,12 @@ def process_chip(task: ChipTask) -> ChipResult:
         ``failed`` with the error message when an asset cannot be read; other exceptions
         propagate (they are bugs).
     """
+    retries: list = []
     try:
-        image, qa = read_chip(task)
+        image, qa = read_chip(task, retries)
         label, unknown = read_labels(task)
     except ReadError as exc:
-        return ChipResult(task.chip_id, "failed", str(exc))
+        return ChipResult(task.chip_id, "failed", str(exc), retries=len(retries))
     metrics: dict[str, Any] = {
         "scene_ids": [s.scene_id for s in task.steps],
         "datetimes": [s.datetime for s in task.steps],
@@ -240,20 +246,25 @@ def process_chip(task: ChipTask) -> ChipResult:
             metrics["unknown_codes"] = {int(k): int(v) for k, v in unknown.items()}
 
     if metrics["nodata_pixels"] > task.max_nodata_pixels:
-        return ChipResult(task.chip_id, "dropped", f"nodata: {metrics['nodata_pixels']} fill pixels > {task.max_nodata_pixels}", metrics=metrics)
+        return ChipResult(task.chip_id, "dropped", f"nodata: {metrics['nodata_pixels']} fill pixels > {task.max_nodata_pixels}",
+                          metrics=metrics, retries=len(retries))
     if "bad_qa_pct" in metrics:
         worst = max(metrics["bad_qa_pct"])
         if worst >= task.max_bad_pct:
             t = metrics["bad_qa_pct"].index(worst)
-            return ChipResult(task.chip_id, "dropped", f"qa: bad_pct {worst:.2f} >= {task.max_bad_pct:g} on {task.steps[t].date}", metrics=metrics)
+            return ChipResult(task.chip_id, "dropped", f"qa: bad_pct {worst:.2f} >= {task.max_bad_pct:g} on {task.steps[t].date}",
+                              metrics=metrics, retries=len(retries))
 
-    files = write_chip(task, image, qa, label)
-    return ChipResult(task.chip_id, "kept", "", files, metrics)
+    try:
+        files = write_chip(task, image, qa, label)
+    except OutputError as exc:
+        return ChipResult(task.chip_id, "failed", str(exc), metrics=metrics, retries=len(retries))
+    return ChipResult(task.chip_id, "kept", "", files, metrics, retries=len(retries))
 
 
 def write_chip(task: ChipTask, image: np.ndarray, qa: np.ndarray | None, label: np.ndarray | None) -> dict[str, str]:
-    """Write seed 001's files of a kept chip; return ``{file name: sha256}``."""
-    out = Path(task.out_dir)
+    """Write seed 001's files of a kept chip; return ``{relative path: sha256}``."""
+    out = OutputStore(task.out)
     names = task.file_names()
     nt, nb = image.shape[:2]
     desc = [f"{b}@{s.date}" for s in task.steps for b in task.band_names]
@@ -261,15 +272,16 @@ def write_chip(task: ChipTask, image: np.ndarray, qa: np.ndarray | None, label: 
     common = dict(compress=task.compress, level=task.level)
     files = {
         names["image"]: write_cog(
-            out / names["image"], image.reshape(nt * nb, task.size, task.size), task.crs, task.transform,
+            out, names["image"], image.reshape(nt * nb, task.size, task.size), task.crs, task.transform,
             nodata=task.nodata, descriptions=desc, scales=[task.scale] * (nt * nb), offsets=offsets,
             tags={"scene_ids": ",".join(s.scene_id for s in task.steps)}, **common,
         )
     }
+    failpoints.hit("chip:after-image")
     if label is not None:
-        files[names["mask"]] = write_cog(out / names["mask"], label, task.crs, task.transform,
+        files[names["mask"]] = write_cog(out, names["mask"], label, task.crs, task.transform,
                                          colormap=dict(task.labels.colormap) or None, **common)
     if "qa" in names and qa is not None:
-        files[names["qa"]] = write_cog(out / names["qa"], qa, task.crs, task.transform, nodata=task.qa_nodata,
+        files[names["qa"]] = write_cog(out, names["qa"], qa, task.crs, task.transform, nodata=task.qa_nodata,
                                        descriptions=[f"Fmask@{s.date}" for s in task.steps], **common)
     return files

@@ -51,7 +51,7 @@ def _load(recipe: str, sets: list[str] | None):
     return load_recipe(recipe, _overrides(sets))
 
 
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
+def _print_summary(summary: dict[str, Any], out: str) -> None:
     t = Table(title=f"eochips: {summary['recipe']}", show_header=False)
     t.add_row("chips in plan", str(summary["chips_total"]))
     t.add_row("kept", str(summary["kept"]))
@@ -64,8 +64,9 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     if summary.get("unknown_label_codes"):
         t.add_row("unknown label codes (pixels)", json.dumps(summary["unknown_label_codes"]))
     if "build" in summary:
+        t.add_row("read retries", str(summary["build"]["read_retries"]))
         t.add_row("build seconds", str(summary["build"]["seconds"]))
-    t.add_row("dataset", str(out.resolve()))
+    t.add_row("dataset", out if "://" in out else str(Path(out).resolve()))
     out_console.print(t)
     for cid, reason in sorted(summary.get("failed_reasons", {}).items())[:10]:
         err.print(f"failed {cid}: {reason}", highlight=False, markup=False)
@@ -77,7 +78,7 @@ SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set gri
 @app.command()
 def run(
     recipe: str = typer.Argument(..., help="Built-in recipe name or YAML path."),
-    output: Path = typer.Option(..., "--output", "-o", help="Dataset folder."),
+    output: str = typer.Option(..., "--output", "-o", help="Dataset folder, or an fsspec URL (s3://bucket/prefix)."),
     workers: Optional[int] = typer.Option(None, help="LocalCluster workers (default: cores)."),
     scheduler: Optional[str] = typer.Option(None, help="tcp://HOST:PORT of a Dask scheduler."),
     sets: Optional[List[str]] = SetOpt,
@@ -95,18 +96,20 @@ def run(
 @app.command()
 def plan(
     recipe: str = typer.Argument(..., help="Built-in recipe name or YAML path."),
-    output: Path = typer.Option(..., "--output", "-o"),
+    output: str = typer.Option(..., "--output", "-o", help="Dataset folder or URL."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print scenes, chips and a read estimate; write nothing."),
     sets: Optional[List[str]] = SetOpt,
 ) -> None:
     """Search and select scenes, tile chips, and write OUTPUT/plan (no pixels are read)."""
-    from .plan import check_output_dir, make_plan, write_plan
+    from .plan import make_plan, write_plan
+    from .writers import OutputStore
 
     def go():
         p = make_plan(_load(recipe, sets))
         if not dry_run:
-            check_output_dir(output)
-            write_plan(p, output)
+            store = OutputStore(output)
+            store.ensure()
+            write_plan(p, store)
         return p
 
     p = _guard(go)
@@ -126,7 +129,7 @@ def plan(
 
 @app.command()
 def build(
-    output: Path = typer.Argument(..., help="Dataset folder holding plan/."),
+    output: str = typer.Argument(..., help="Dataset folder or URL holding plan/."),
     workers: Optional[int] = typer.Option(None),
     scheduler: Optional[str] = typer.Option(None),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -141,7 +144,7 @@ def build(
 
 
 @app.command()
-def finalize(output: Path = typer.Argument(..., help="Dataset folder.")) -> None:
+def finalize(output: str = typer.Argument(..., help="Dataset folder or URL.")) -> None:
     """Write the index, split, statistics, plots and manifest."""
     from .dataset import finalize as fin
 

@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from .engine import CHIPS_DIR, STATE_FILE, State
+from . import failpoints
+from .engine import STATE_FILE, State, state_path
 from .plan import class_names, load_plan
 from .profiles import get_profile
-from .writers import TMP_MARK, atomic_write_bytes, atomic_write_text, sha256_file
+from .writers import OutputStore
 
 MANIFEST = "checksums.sha256"
 
@@ -113,14 +114,24 @@ def class_weights(hist: dict[int, int], n_classes: int) -> list[float]:
 
 
 def finalize(out: str | os.PathLike) -> dict[str, Any]:
-    """Finalise the dataset in ``out`` (see module docstring); return the summary dict."""
+    """Finalise the dataset in ``out`` (a folder or URL; see module docstring); return the summary.
+
+    Raises
+    ------
+    OutputError
+        No plan, or a file cannot be written.
+    """
+    import io
+
     import geopandas as gpd
     import rasterio
+    from rasterio.io import MemoryFile
 
-    out = Path(out)
-    plan = load_plan(out)
+    store = OutputStore(out)
+    store.remove_temporaries()
+    plan = load_plan(store)
     r = plan.recipe
-    state = State(out / STATE_FILE)
+    state = State(state_path(store))
     try:
         records = state.all()
     finally:
@@ -134,6 +145,7 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
         rec = records.get(cp.chip.id) or {"status": "pending", "reason": "not built", "files": {}, "metrics": {}}
         m = rec["metrics"]
         scenes = m.get("scene_ids") or cp.scene_ids
+        files = sorted(rec["files"])
         rows.append({
             "chip_id": cp.chip.id, "row": cp.chip.row, "col": cp.chip.col, "tile": cp.tile,
             "status": rec["status"], "reason": rec["reason"] or "", "split": split_of.get(cp.chip.id),
@@ -142,16 +154,15 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
             "bad_qa_pct": m.get("bad_qa_pct"), "nodata_pixels": m.get("nodata_pixels"),
             "label_hist": json.dumps(m.get("label_hist", {}), sort_keys=True),
             "unknown_codes": json.dumps(m.get("unknown_codes") or cp.label_info.get("unknown_codes") or {}, sort_keys=True),
-            "files": [f"{CHIPS_DIR}/{n}" for n in sorted(rec["files"])],
-            "sha256": [rec["files"][n] for n in sorted(rec["files"])],
+            "files": files, "sha256": [rec["files"][n] for n in files],
             "geometry": cp.chip.polygon,
         })
-    gdf = gpd.GeoDataFrame(rows, geometry="geometry", crs=plan.grid.crs)
-    tmp = out / f"index.parquet{TMP_MARK}"
-    gdf.to_parquet(tmp, index=False)
-    tmp.replace(out / "index.parquet")
-    atomic_write_text(out / "train_ids.csv", "ids\n" + "".join(f"{c}\n" for c in train))
-    atomic_write_text(out / "val_ids.csv", "ids\n" + "".join(f"{c}\n" for c in val))
+    buf = io.BytesIO()
+    gpd.GeoDataFrame(rows, geometry="geometry", crs=plan.grid.crs).to_parquet(buf, index=False)
+    store.write_bytes("index.parquet", buf.getvalue())
+    store.write_text("train_ids.csv", "ids\n" + "".join(f"{c}\n" for c in train))
+    store.write_text("val_ids.csv", "ids\n" + "".join(f"{c}\n" for c in val))
+    failpoints.hit("finalize:after-index")
 
     # statistics over the chosen chips, one streaming pass over the written files
     profile = get_profile(r.profile)
@@ -160,7 +171,9 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
     hist_total: dict[int, int] = {}
     bands = [profile.asset_key(b) for b in r.bands]
     for cid in stats_ids:
-        with rasterio.open(out / CHIPS_DIR / f"{cid}_merged.tif") as ds:
+        image = next(f for f in records[cid]["files"] if f.endswith("_merged.tif"))
+        src = store.local_path(image) if store.is_local else None
+        with (rasterio.open(src) if src else MemoryFile(store.read_bytes(image)).open()) as ds:
             arr = ds.read()
             for i, desc in enumerate(ds.descriptions):
                 band = (desc or bands[i % len(bands)]).split("@")[0]
@@ -177,11 +190,12 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
         "class_weights": class_weights(hist_total, n_classes) if r.labels else None,
         "class_pixels": {str(k): v for k, v in sorted(hist_total.items())},
     }
-    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2, sort_keys=True))
+    store.write_text("stats.json", json.dumps(stats, indent=2, sort_keys=True))
     if r.labels:
         for split, ids in (("train", train), ("validation", val)):
-            _plot_classes(out / f"class_distribution_{split}.png", [records[c]["metrics"].get("label_hist", {}) for c in ids],
-                          names, n_classes, f"{r.name}: {split} ({len(ids)} chips)")
+            png = _plot_classes([records[c]["metrics"].get("label_hist", {}) for c in ids], names, n_classes,
+                                f"{r.name}: {split} ({len(ids)} chips)")
+            store.write_bytes(f"class_distribution_{split}.png", png)
 
     dropped: dict[str, int] = {}
     failed = {}
@@ -201,12 +215,14 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
         "scenes": len(plan.scenes), "unknown_label_codes": unknown,
         "selected_dates": sorted({d[:10] for row in rows if row["status"] == "kept" for d in row["datetimes"]}),
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
-    write_manifest(out)
+    store.write_text("summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    failpoints.hit("finalize:before-manifest")
+    write_manifest(store)
     return summary
 
 
-def _plot_classes(path: Path, hists: list[dict], names: dict[int, str], n_classes: int, title: str) -> None:
+def _plot_classes(hists: list[dict], names: dict[int, str], n_classes: int, title: str) -> bytes:
+    """PNG bytes of a bar chart: pixels per class."""
     import io
 
     import matplotlib
@@ -229,15 +245,11 @@ def _plot_classes(path: Path, hists: list[dict], names: dict[int, str], n_classe
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def write_manifest(out: Path) -> None:
-    """Write ``checksums.sha256`` over every file below ``out`` but itself and the state file."""
+def write_manifest(store: OutputStore) -> None:
+    """Write ``checksums.sha256`` over every file of the store but itself and the state file."""
     skip = {MANIFEST, STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm"}
-    lines = []
-    for p in sorted(out.rglob("*")):
-        rel = p.relative_to(out).as_posix()
-        if p.is_file() and rel not in skip and TMP_MARK not in p.name:
-            lines.append(f"{sha256_file(p)}  {rel}\n")
-    atomic_write_text(out / MANIFEST, "".join(lines))
+    lines = [f"{store.sha256(rel)}  {rel}\n" for rel in store.list_files() if rel not in skip]
+    store.write_text(MANIFEST, "".join(lines))

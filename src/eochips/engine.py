@@ -1,38 +1,58 @@
 """Executing chip tasks on Dask, with an SQLite state file for resume.
 
 - Default: a ``LocalCluster`` with one single-threaded worker process per core (reads inside a
-  task overlap I/O with their own small thread pool). ``scheduler="tcp://HOST:PORT"`` uses an
-  existing cluster instead.
-- Results stream back as they finish (``as_completed``) and are recorded in
-  ``{output}/state.sqlite`` immediately; arrays never travel to the driver.
+  task overlap I/O with their own small thread pool). ``scheduler="tcp://HOST:PORT"`` (or
+  ``engine.scheduler`` in the recipe) uses an existing cluster instead: start one with
+  ``dask scheduler`` and ``dask worker tcp://HOST:PORT`` on each machine, or with
+  dask-jobqueue / dask-kubernetes / Coiled, with eochips installed in the workers' environment
+  and the assets and the output location reachable from every worker.
+- Tasks are small picklable :class:`~eochips.chips.ChipTask` objects; workers open assets
+  and write chip files themselves. Results (metrics and file hashes, never arrays) stream back
+  as they finish (``as_completed``) and are recorded in the SQLite state at once.
+- The state lives in ``{output}/state.sqlite`` for a local output; for object storage it lives
+  in ``$EOCHIPS_STATE_DIR`` (default ``~/.cache/eochips/state``) under a name derived from the
+  output URL, and a copy is uploaded as ``state.sqlite`` after each build.
 - A rerun skips chips recorded as kept/dropped whose files still match their sha256, and
   redoes the rest (failed, missing, modified, never finished).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .chips import ChipResult, ChipTask, process_chip
-from .plan import load_plan, make_tasks
-from .writers import remove_temporaries, sha256_file
+from . import failpoints
+from .chips import CHIPS_DIR, ChipResult, ChipTask, process_chip
+from .plan import Plan, load_plan, make_tasks, refresh_hrefs
+from .writers import OutputStore
 
 STATE_FILE = "state.sqlite"
-CHIPS_DIR = "chips"
+__all__ = ["STATE_FILE", "CHIPS_DIR", "State", "build", "state_path", "BuildSummary"]
+
+
+def state_path(store: OutputStore) -> Path:
+    """Where the SQLite state of ``store`` lives (see module docstring)."""
+    if store.is_local:
+        return store.local_path(STATE_FILE)
+    base = Path(os.environ.get("EOCHIPS_STATE_DIR", Path.home() / ".cache" / "eochips" / "state"))
+    base.mkdir(parents=True, exist_ok=True)
+    return base / f"{hashlib.sha1(store.location.encode()).hexdigest()[:16]}.sqlite"
 
 
 class State:
     """The SQLite state of a build: one row per chip.
 
     Columns: ``chip_id``, ``status`` (kept / dropped / failed), ``reason``, ``attempts``,
-    ``files`` (JSON ``{name: sha256}``), ``metrics`` (JSON), ``updated`` (unix seconds).
+    ``retries`` (transient read failures retried, summed over attempts), ``files`` (JSON
+    ``{path: sha256}``), ``metrics`` (JSON), ``updated`` (unix seconds).
     """
 
     def __init__(self, path: Path):
@@ -41,43 +61,48 @@ class State:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS chips (chip_id TEXT PRIMARY KEY, status TEXT NOT NULL, reason TEXT, "
-            "attempts INTEGER NOT NULL DEFAULT 0, files TEXT, metrics TEXT, updated REAL)"
+            "attempts INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0, files TEXT, metrics TEXT, updated REAL)"
         )
         self.db.commit()
 
+    def _row(self, r) -> dict[str, Any]:
+        return {"status": r[0], "reason": r[1], "attempts": r[2], "retries": r[3], "files": json.loads(r[4] or "{}"),
+                "metrics": json.loads(r[5] or "{}")}
+
     def get(self, chip_id: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT status, reason, attempts, files, metrics FROM chips WHERE chip_id=?", (chip_id,)).fetchone()
-        if row is None:
-            return None
-        return {"status": row[0], "reason": row[1], "attempts": row[2], "files": json.loads(row[3] or "{}"),
-                "metrics": json.loads(row[4] or "{}")}
+        row = self.db.execute("SELECT status, reason, attempts, retries, files, metrics FROM chips WHERE chip_id=?",
+                              (chip_id,)).fetchone()
+        return None if row is None else self._row(row)
 
     def all(self) -> dict[str, dict[str, Any]]:
-        rows = self.db.execute("SELECT chip_id, status, reason, attempts, files, metrics FROM chips").fetchall()
-        return {r[0]: {"status": r[1], "reason": r[2], "attempts": r[3], "files": json.loads(r[4] or "{}"),
-                       "metrics": json.loads(r[5] or "{}")} for r in rows}
+        rows = self.db.execute("SELECT chip_id, status, reason, attempts, retries, files, metrics FROM chips").fetchall()
+        return {r[0]: self._row(r[1:]) for r in rows}
 
     def record(self, res: ChipResult) -> None:
         self.db.execute(
-            "INSERT INTO chips (chip_id, status, reason, attempts, files, metrics, updated) VALUES (?,?,?,1,?,?,?) "
+            "INSERT INTO chips (chip_id, status, reason, attempts, retries, files, metrics, updated) VALUES (?,?,?,1,?,?,?,?) "
             "ON CONFLICT(chip_id) DO UPDATE SET status=excluded.status, reason=excluded.reason, attempts=attempts+1, "
-            "files=excluded.files, metrics=excluded.metrics, updated=excluded.updated",
-            (res.chip_id, res.status, res.reason, json.dumps(res.files, sort_keys=True),
+            "retries=retries+excluded.retries, files=excluded.files, metrics=excluded.metrics, updated=excluded.updated",
+            (res.chip_id, res.status, res.reason, res.retries, json.dumps(res.files, sort_keys=True),
              json.dumps(res.metrics, sort_keys=True), time.time()),
         )
         self.db.commit()
+
+    def snapshot(self) -> Path:
+        """A consistent copy of the database in a temporary file (for uploading)."""
+        fd, tmp = tempfile.mkstemp(suffix=".sqlite")
+        os.close(fd)
+        with sqlite3.connect(tmp) as dst:
+            self.db.backup(dst)
+        return Path(tmp)
 
     def close(self) -> None:
         self.db.close()
 
 
-def files_ok(folder: Path, files: dict[str, str]) -> bool:
-    """True when every file exists in ``folder`` with the recorded sha256."""
-    for name, digest in files.items():
-        p = folder / name
-        if not p.is_file() or sha256_file(p) != digest:
-            return False
-    return True
+def files_ok(store: OutputStore, files: dict[str, str]) -> bool:
+    """True when every file exists in ``store`` with the recorded sha256."""
+    return all(store.sha256(rel) == digest for rel, digest in files.items())
 
 
 @dataclass
@@ -89,11 +114,13 @@ class BuildSummary:
     failed: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
     ran: int = 0
+    retries: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"kept": self.kept, "dropped": self.dropped, "failed": len(self.failed), "failed_reasons": self.failed,
-                "skipped_done": self.skipped, "ran": self.ran, "seconds": round(self.seconds, 2)}
+                "skipped_done": self.skipped, "ran": self.ran, "read_retries": self.retries,
+                "seconds": round(self.seconds, 2)}
 
 
 @contextmanager
@@ -118,17 +145,22 @@ def _safe(task: ChipTask) -> ChipResult:
     try:
         return process_chip(task)
     except Exception as exc:  # noqa: BLE001 - recorded, reported, retried on rerun
-        return ChipResult(task.chip_id, "failed", f"{type(exc).__name__}: {exc}")
+        from .search import redact
+
+        return ChipResult(task.chip_id, "failed", redact(f"{type(exc).__name__}: {exc}"))
 
 
-def build(out: str | os.PathLike, *, workers: int | None = None, scheduler: str | None = None,
-          progress: bool = True) -> BuildSummary:
+def build(out: str | os.PathLike, *, plan: Plan | None = None, workers: int | None = None,
+          scheduler: str | None = None, progress: bool = True) -> BuildSummary:
     """Build every planned chip of the plan in ``out`` (see module docstring).
 
     Parameters
     ----------
     out
-        Output folder holding ``plan/``.
+        Output folder or URL holding ``plan/``.
+    plan
+        The plan in memory (``eochips run`` passes it, so credentials in hrefs never need to
+        be stored); default: read ``plan/`` and restore redacted hrefs by searching again.
     workers
         LocalCluster worker processes (default: recipe ``engine.workers``, else CPU cores).
     scheduler
@@ -136,14 +168,13 @@ def build(out: str | os.PathLike, *, workers: int | None = None, scheduler: str 
     progress
         Show a rich progress bar on stderr.
     """
-    out = Path(out)
+    store = OutputStore(out)
     t0 = time.perf_counter()
-    plan = load_plan(out)
-    remove_temporaries(out)
-    tasks = make_tasks(plan, out)
-    state = State(out / STATE_FILE)
+    plan = plan or refresh_hrefs(load_plan(store))
+    store.remove_temporaries()
+    tasks = make_tasks(plan, store)
+    state = State(state_path(store))
     summary = BuildSummary()
-    chips_dir = out / CHIPS_DIR
     try:
         for cp in plan.chips:
             if cp.status == "dropped":
@@ -153,14 +184,16 @@ def build(out: str | os.PathLike, *, workers: int | None = None, scheduler: str 
         todo = []
         for t in tasks:
             prev = state.get(t.chip_id)
-            if prev and prev["status"] in ("kept", "dropped") and files_ok(chips_dir, prev["files"]):
+            if prev and prev["status"] in ("kept", "dropped") and files_ok(store, prev["files"]):
                 summary.skipped += 1
             else:
                 todo.append(t)
+        failpoints.hit("build:before-first-chip")
         if todo:
             _run(todo, state, plan.recipe, workers, scheduler, progress)
         summary.ran = len(todo)
         for cid, rec in state.all().items():
+            summary.retries += rec["retries"]
             if rec["status"] == "kept":
                 summary.kept += 1
             elif rec["status"] == "dropped":
@@ -168,6 +201,9 @@ def build(out: str | os.PathLike, *, workers: int | None = None, scheduler: str 
                 summary.dropped[key] = summary.dropped.get(key, 0) + 1
             else:
                 summary.failed[cid] = rec["reason"]
+        if not store.is_local:
+            snap = state.snapshot()
+            store.publish(snap, STATE_FILE)
     finally:
         state.close()
     summary.seconds = time.perf_counter() - t0
@@ -179,16 +215,18 @@ def _run(todo: list[ChipTask], state: State, recipe, workers, scheduler, progres
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     eng = recipe.engine
+    by_key = {f"chip-{t.chip_id}-{time.time_ns()}": t for t in todo}
     with dask_client(workers or eng.workers, scheduler or eng.scheduler, eng.processes) as client:
-        futures = [client.submit(_safe, t, key=f"chip-{t.chip_id}-{time.time_ns()}", pure=False) for t in todo]
+        futures = [client.submit(_safe, t, key=k, pure=False) for k, t in by_key.items()]
         with Progress(TextColumn("chips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       disable=not progress, transient=False) as bar:
             job = bar.add_task("chips", total=len(futures))
             for fut in as_completed(futures):
                 try:
                     res = fut.result()
-                except Exception as exc:  # worker died, etc.
-                    res = ChipResult(fut.key.split("-")[1], "failed", f"{type(exc).__name__}: {exc}")
+                except Exception as exc:  # a worker died, etc.
+                    res = ChipResult(by_key[fut.key].chip_id, "failed", f"{type(exc).__name__}: {exc}")
                 state.record(res)
+                failpoints.hit("build:after-record")
                 fut.release()
                 bar.advance(job)

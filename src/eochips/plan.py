@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import shapely
 from pyproj import CRS
 
+from . import failpoints
 from .chips import ChipTask, LabelSpec, StepSpec
 from .config import Recipe, parse_recipe
 from .errors import LabelError, OutputError, ProfileError
@@ -31,9 +31,9 @@ from .grid import Chip, TargetGrid, load_aoi, make_grid, reproject_geometry, til
 from .labels import CDL_13_COLORS, CDL_13_NAMES, Reclass, default_colormap, make_reclass, rasterize_vector
 from .profiles import Profile, get_profile
 from .reading import gdal_env, read_onto
-from .search import Scene, gdal_auth_env, scene_from_item, search, sign_hrefs
+from .search import Scene, gdal_auth_env, redact, scene_from_item, search, sign_hrefs
 from .selection import Candidate, SelectionFailed, get_strategy
-from .writers import atomic_write_text
+from .writers import OutputStore
 
 PLAN_DIR = "plan"
 
@@ -196,12 +196,13 @@ def _assign_tiles(scenes: list[Scene], profile: Profile, chips: list[ChipPlan], 
     return by_tile
 
 
-def make_plan(recipe: Recipe) -> Plan:
-    """Plan a recipe (no imagery is read).
+def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
+    """Plan a recipe: no imagery is read, except the header and a decimated overview of the
+    earliest selected scene's assets when ``probe`` is true (see :func:`probe_assets`).
 
     Raises
     ------
-    AOIError, RecipeError, LabelError, CatalogError, NoScenesError, ProfileError
+    AOIError, RecipeError, LabelError, CatalogError, NoScenesError, ProfileError, ReadError
         Bad input, each with a message naming the field or file.
     """
     profile = get_profile(recipe.profile)
@@ -232,7 +233,10 @@ def make_plan(recipe: Recipe) -> Plan:
                 cp.scene_ids = [s.id for s in strategy(cands, recipe.selection)]
             except SelectionFailed as exc:
                 cp.status, cp.reason = "dropped", str(exc)
-    return Plan(recipe, grid, chips, {s.id: s for s in scenes})
+    plan = Plan(recipe, grid, chips, {s.id: s for s in scenes})
+    if probe:
+        probe_assets(plan)
+    return plan
 
 
 def _check_assets(scenes: list[Scene], profile: Profile, recipe: Recipe) -> None:
@@ -248,32 +252,71 @@ def _check_assets(scenes: list[Scene], profile: Profile, recipe: Recipe) -> None
 
 
 # --------------------------------------------------------------------------------------
-# persistence
+# plan-time probe of the assets
 
-def check_output_dir(out: Path) -> None:
-    """Create ``out`` if needed and check it is a writable folder.
+def probe_assets(plan: Plan) -> None:
+    """Open every asset of the earliest selected scene (header + a decimated read) before any
+    output is written, so systematic problems stop the run with exit code 2: a missing asset
+    (404), a file that is not a GeoTIFF (corrupt or truncated), a raster without a CRS, a scene
+    holding only nodata. A single bad asset of another scene is left to the build, where it
+    fails only the chips that use it.
 
     Raises
     ------
-    OutputError
+    ReadError
+        With ``exit_code = 2`` (bad input), naming the scene, the asset and the problem.
     """
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {str(out)!r} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".eochips-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"output folder {str(out)!r} is not writable: {exc.strerror or exc}") from None
+    import rasterio
+
+    from .errors import ReadError
+
+    used = sorted({sid for c in plan.planned for sid in c.scene_ids}, key=lambda i: (plan.scenes[i].datetime, i))
+    if not used:
+        return
+    r = plan.recipe
+    profile = get_profile(r.profile)
+    scene = sign_hrefs([plan.scenes[used[0]]], r.search.auth)[0]
+    keys = [profile.asset_key(b) for b in r.bands] + ([profile.qa_asset] if profile.qa_kind != "none" and profile.qa_asset else [])
+    env = gdal_env(r.reading.gdal_cachemax_mb, gdal_auth_env(r.search.auth)) | {"GDAL_HTTP_TIMEOUT": r.reading.http_timeout} | {"GDAL_HTTP_TIMEOUT": r.reading.http_timeout}
+    for key in keys:
+        href = scene.assets[key]
+        where = f"scene {scene.id!r} asset {key!r} ({redact(href)})"
+        try:
+            with rasterio.Env(**env), rasterio.open(href) as ds:
+                if ds.crs is None:
+                    raise _bad(ReadError(f"{where} has no CRS; give the raster a CRS (gdal_edit.py -a_srs)"))
+                f = max(1, max(ds.width, ds.height) // 64)
+                small = ds.read(1, out_shape=(max(1, ds.height // f), max(1, ds.width // f)))
+                nd = ds.nodata if ds.nodata is not None else profile.nodata
+                if key != profile.qa_asset and nd is not None and small.size and bool((small == nd).all()):
+                    raise _bad(ReadError(f"{where} holds only nodata ({nd:g}); check the scene or the search filters"))
+        except ReadError:
+            raise
+        except Exception as exc:  # rasterio / GDAL errors
+            msg = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise _bad(ReadError(f"{where} cannot be read: {msg}")) from None
 
 
-def write_plan(plan: Plan, out: Path) -> None:
-    """Write ``plan/plan.json``, ``plan/chips.parquet`` and ``plan/scenes.parquet`` atomically."""
+def _bad(exc):
+    exc.exit_code = 2
+    return exc
+
+
+# --------------------------------------------------------------------------------------
+# persistence
+
+def write_plan(plan: Plan, store: OutputStore) -> None:
+    """Write ``plan/chips.parquet``, ``plan/scenes.parquet`` and, last, ``plan/plan.json``.
+
+    Each file is written atomically; a plan counts only once ``plan.json`` exists. Asset
+    hrefs are stored with query-string credentials (SAS tokens, signed-URL parameters)
+    redacted; :func:`refresh_hrefs` restores them by searching again.
+    """
+    import io
+
     import geopandas as gpd
 
-    d = out / PLAN_DIR
-    d.mkdir(parents=True, exist_ok=True)
+    failpoints.hit("plan:before-write")
     chips = gpd.GeoDataFrame(
         {
             "chip_id": [c.chip.id for c in plan.chips], "row": [c.chip.row for c in plan.chips],
@@ -293,39 +336,48 @@ def write_plan(plan: Plan, out: Path) -> None:
         },
         geometry=[s.geometry for s in scenes], crs="EPSG:4326",
     )
-    for name, frame in (("chips.parquet", chips), ("scenes.parquet", sc)):
-        tmp = d / f".{name}.tmp"
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(d / name)
-    doc = {"recipe": plan.recipe.model_dump(mode="json"), "grid": plan.grid.__dict__ | {"transform": list(plan.grid.transform)},
-           "summary": plan.summary()}
-    atomic_write_text(d / "plan.json", json.dumps(doc, indent=2, sort_keys=True))
+    written = []
+    try:
+        for name, frame in (("chips.parquet", chips), ("scenes.parquet", sc)):
+            buf = io.BytesIO()
+            frame.to_parquet(buf, index=False)
+            store.write_bytes(f"{PLAN_DIR}/{name}", buf.getvalue())
+            written.append(f"{PLAN_DIR}/{name}")
+        doc = {"recipe": plan.recipe.model_dump(mode="json"),
+               "grid": plan.grid.__dict__ | {"transform": list(plan.grid.transform)}, "summary": plan.summary()}
+        store.write_text(f"{PLAN_DIR}/plan.json", json.dumps(doc, indent=2, sort_keys=True))
+    except Exception:
+        for rel in written:
+            store.remove(rel)
+        raise
+    failpoints.hit("plan:after-write")
 
 
 def _scene_item(s: Scene) -> dict:
     return {"type": "Feature", "id": s.id, "collection": s.collection, "properties": dict(s.properties),
             "geometry": shapely.geometry.mapping(s.geometry),
-            "assets": {k: {"href": h} for k, h in s.assets.items()}}
+            "assets": {k: {"href": redact(h)} for k, h in s.assets.items()}}
 
 
-def load_plan(out: Path) -> Plan:
+def load_plan(store: OutputStore) -> Plan:
     """Read a plan written by :func:`write_plan`.
 
     Raises
     ------
     OutputError
-        No plan in ``out`` (run ``eochips plan`` first).
+        No plan in ``store`` (run ``eochips plan`` first).
     """
+    import io
+
     import geopandas as gpd
 
-    d = out / PLAN_DIR
-    if not (d / "plan.json").is_file():
-        raise OutputError(f"no plan in {str(out)!r}; run 'eochips plan RECIPE --output {out}' first")
-    doc = json.loads((d / "plan.json").read_text())
+    if not store.exists(f"{PLAN_DIR}/plan.json"):
+        raise OutputError(f"no plan in {store.location!r}; run 'eochips plan RECIPE --output {store.location}' first")
+    doc = json.loads(store.read_bytes(f"{PLAN_DIR}/plan.json"))
     recipe = parse_recipe(doc["recipe"])
     g = doc["grid"]
     grid = TargetGrid(g["crs"], tuple(g["transform"]), g["width"], g["height"])
-    chips_df = gpd.read_parquet(d / "chips.parquet")
+    chips_df = gpd.read_parquet(io.BytesIO(store.read_bytes(f"{PLAN_DIR}/chips.parquet")))
     size = recipe.grid.chip_size
     from affine import Affine
 
@@ -334,19 +386,40 @@ def load_plan(out: Path) -> Plan:
     for r in chips_df.itertuples():
         ch = Chip(int(r.row), int(r.col), grid.crs, tuple(a @ Affine.translation(r.col * size, r.row * size))[:6], size)
         chips.append(ChipPlan(ch, r.tile, list(r.scene_ids), r.status, r.reason, json.loads(r.label_info)))
-    sc = gpd.read_parquet(d / "scenes.parquet")
+    sc = gpd.read_parquet(io.BytesIO(store.read_bytes(f"{PLAN_DIR}/scenes.parquet")))
     scenes = {s.id: s for s in (scene_from_item(json.loads(it)) for it in sc["item"])}
     return Plan(recipe, grid, chips, scenes)
 
 
-def make_tasks(plan: Plan, out: Path) -> list[ChipTask]:
+def refresh_hrefs(plan: Plan) -> Plan:
+    """Restore asset hrefs whose credentials were redacted on disk, by searching again (same
+    recipe, same scene ids). Plans without redacted hrefs are returned unchanged.
+
+    Raises
+    ------
+    CatalogError
+        A scene of the plan is no longer in the catalog.
+    """
+    if not any("REDACTED" in h for s in plan.scenes.values() for h in s.assets.values()):
+        return plan
+    from .errors import CatalogError
+
+    aoi, aoi_crs = load_aoi(plan.recipe.aoi)
+    fresh = {s.id: s for s in search(plan.recipe.search, reproject_geometry(aoi, aoi_crs, "EPSG:4326"))}
+    missing = sorted(set(plan.scenes) - set(fresh))
+    if missing:
+        raise CatalogError(f"scene(s) {missing[:3]} of the plan are no longer in {plan.recipe.search.catalog!r}; plan again")
+    return Plan(plan.recipe, plan.grid, plan.chips, {k: fresh[k] for k in plan.scenes})
+
+
+def make_tasks(plan: Plan, store: OutputStore) -> list[ChipTask]:
     """One :class:`ChipTask` per planned chip, in chip-id order."""
     r = plan.recipe
     profile = get_profile(r.profile)
     keys = tuple(profile.asset_key(b) for b in r.bands)
     qa_key = profile.qa_asset if profile.qa_kind != "none" else None
     rs = tuple(r.reading.band_resampling.get(b, r.reading.resampling) for b in r.bands)
-    env = gdal_env(r.reading.gdal_cachemax_mb, gdal_auth_env(r.search.auth))
+    env = gdal_env(r.reading.gdal_cachemax_mb, gdal_auth_env(r.search.auth)) | {"GDAL_HTTP_TIMEOUT": r.reading.http_timeout}
     labels = _label_spec(r)
     signed = {s.id: s for s in sign_hrefs(plan.scenes.values(), r.search.auth)}
     tasks = []
@@ -360,7 +433,7 @@ def make_tasks(plan: Plan, out: Path) -> list[ChipTask]:
         tasks.append(ChipTask(
             chip_id=ch.id, crs=ch.crs, transform=ch.transform, size=ch.size, band_names=keys, steps=tuple(steps),
             dtype=profile.dtype, nodata=profile.nodata, scale=profile.scale, offset=profile.offset, resampling=rs,
-            out_dir=str(out / "chips"), qa_kind=profile.qa_kind if qa_key else "none",
+            out=store.location, qa_kind=profile.qa_kind if qa_key else "none",
             qa_nodata=profile.qa_nodata, bad_bits=tuple(r.qa.bad_fmask_bits), max_bad_pct=r.qa.max_bad_pct,
             max_nodata_pixels=r.qa.max_nodata_pixels, labels=labels, compress=r.output.compress, level=r.output.level,
             write_qa=r.output.write_qa, threads=r.reading.threads, max_retries=r.reading.max_retries,

@@ -58,8 +58,13 @@ DEFAULT_GDAL_ENV: dict[str, str | int | bool] = {
 # (warnings.catch_warnings is not thread-safe).
 warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=rasterio.errors.NotGeoreferencedWarning)
 
-_PERMANENT = ("404", "not recognized as being in a supported file format", "does not exist", "No such file",
-              "not a TIFF", "TIFFReadDirectory", "403", "401", "HTTP response code: 4")
+# HTTP answers that will not change on retry
+_PERMANENT = ("HTTP response code: 404", "HTTP response code: 403", "HTTP response code: 401",
+              "HTTP response code: 400", "HTTP response code: 410", "does not exist", "No such file")
+# the bytes are not a (complete) GeoTIFF: retried once with a fresh handle (a truncated transfer
+# looks the same), then permanent
+_FORMAT = ("not recognized as being in a supported file format", "not a TIFF", "TIFFReadDirectory",
+           "TIFFFillTile", "TIFFFillStrip", "IReadBlock failed", "Read error", "Cannot read TIFF header")
 _local = threading.local()
 
 
@@ -150,12 +155,21 @@ def _warp_window(ds, band: int, crs: str, transform: Affine, shape: tuple[int, i
     return out
 
 
-def classify(exc: BaseException, href: str) -> ReadError:
-    """Turn a GDAL/rasterio error into a permanent :class:`ReadError` or a :class:`TransientReadError`."""
+def classify(exc: BaseException, href: str, format_failures: int = 0) -> ReadError:
+    """Turn a GDAL/rasterio error into a permanent :class:`ReadError` or a :class:`TransientReadError`.
+
+    HTTP 4xx (but 429) and missing files are permanent at once; "not a TIFF" / decode errors
+    are transient the first time (a truncated transfer looks the same) and permanent when they
+    repeat; everything else (5xx, 429, resets, timeouts) is transient. Messages are redacted.
+    """
     msg = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     where = redact(href)
     if any(p in msg for p in _PERMANENT):
         return ReadError(f"cannot read {where}: {msg}")
+    if any(p in msg for p in _FORMAT):
+        if format_failures >= 1:
+            return ReadError(f"cannot read {where}: not a valid GeoTIFF ({msg})")
+        return TransientReadError(f"cannot read {where} (retrying): {msg}")
     return TransientReadError(f"cannot read {where} (transient): {msg}")
 
 
@@ -171,6 +185,7 @@ def read_onto(
     dtype: str | None = None,
     env: Mapping | None = None,
     max_retries: int = 4,
+    retries: list | None = None,
 ) -> np.ndarray:
     """Read one band of one asset onto a chip grid.
 
@@ -193,6 +208,8 @@ def read_onto(
         GDAL options (see :func:`gdal_env`).
     max_retries
         Extra attempts on transient failures (exponential backoff with jitter, capped at 8 s).
+    retries
+        If given, one entry (the error message) is appended per retried attempt.
 
     Returns
     -------
@@ -208,6 +225,7 @@ def read_onto(
     """
     rs = Resampling[resampling]
     env = dict(env or gdal_env())
+    format_failures = [0]
 
     def attempt() -> np.ndarray:
         try:
@@ -224,12 +242,16 @@ def read_onto(
             raise
         except (rasterio.errors.RasterioError, OSError) as exc:
             _evict(href)
-            raise classify(exc, href) from None
+            err = classify(exc, href, format_failures[0])
+            if any(p in str(exc) for p in _FORMAT):
+                format_failures[0] += 1
+            raise err from None
 
     for att in Retrying(
         retry=retry_if_exception_type(TransientReadError),
         stop=stop_after_attempt(max_retries + 1),
         wait=wait_random_exponential(multiplier=0.25, max=8),
+        before_sleep=(lambda rs: retries.append(str(rs.outcome.exception()))) if retries is not None else None,
         reraise=True,
     ):
         with att:
