@@ -111,6 +111,48 @@ def write_cdl_raster(path: Path) -> Path:
     return path
 
 
+def crop_recipe(catalog: str, cdl_raster: Path, **overrides) -> dict:
+    """The built-in hls-crop-classification recipe pointed at the Exeter test setup: the given
+    catalog, the 4 real bands of the sample, 32 px chips on the CDL-coded label raster, any
+    cloud cover (the real dates are 7-52 % cloudy), unknown CDL codes -> class 13."""
+    import yaml
+
+    from eochips.config import recipe_text, set_dotted
+
+    data = yaml.safe_load(recipe_text("hls-crop-classification")[0])
+    x0, y0 = LABEL_ORIGIN
+    data["aoi"] = {"bbox": [x0, y0 - LABEL_SHAPE[0] * 30, x0 + LABEL_SHAPE[1] * 30, y0], "crs": "EPSG:32630"}
+    data["search"].update(catalog=catalog, auth="none", datetime="2021-06-01/2021-07-31", cloud_cover={"max": 100})
+    data["bands"] = ["blue", "green", "red", "nir"]
+    data["grid"] = {"label_raster": str(cdl_raster), "chip_size": 32}
+    data["labels"]["unknown_class"] = 13
+    data["engine"] = {"workers": 2}
+    for k, v in overrides.items():
+        data = set_dotted(data, k, v)
+    return data
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
+    """Run ``python -m eochips.cli ARGS`` and return the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "eochips.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, **(env or {})))
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def manifest(out: Path) -> str:
+    return (out / "checksums.sha256").read_text()
+
+
 @pytest.fixture(scope="session")
 def hls_dir(tmp_path_factory) -> tuple[Path, list[dict]]:
     if not REAL.is_dir():

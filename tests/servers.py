@@ -29,16 +29,78 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TRANSIENT_KINDS = ("500", "503", "429", "reset", "truncate", "timeout")
+
+
+class Faults:
+    """Which requests fail, and how: each request fails with probability ``rate`` with a kind
+    drawn from ``kinds`` (seeded), but never more than ``max_in_a_row`` times in a row for the
+    same (path, range), so every request eventually succeeds. ``missing`` paths answer 404
+    forever. ``counts`` records what was injected."""
+
+    def __init__(self, rate: float = 0.0, kinds=TRANSIENT_KINDS, seed: int = 0, max_in_a_row: int = 2,
+                 timeout_s: float = 2.5, missing=()):
+        import random
+
+        self.rate, self.kinds, self.max_in_a_row, self.timeout_s = rate, tuple(kinds), max_in_a_row, timeout_s
+        self.missing = set(missing)
+        self._rng = random.Random(seed)
+        self._streak: dict = {}
+        self.counts: dict[str, int] = {}
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def draw(self, key) -> str | None:
+        with self._lock:
+            self.requests += 1
+            if self.rate <= 0 or self._streak.get(key, 0) >= self.max_in_a_row or self._rng.random() >= self.rate:
+                self._streak[key] = 0
+                return None
+            self._streak[key] = self._streak.get(key, 0) + 1
+            kind = self._rng.choice(self.kinds)
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            return kind
+
+
+def _inject(handler, kind: str, body: bytes, faults: Faults) -> None:
+    """Answer ``handler``'s request with the fault ``kind`` instead of ``body``."""
+    import struct
+
+    if kind in ("500", "503"):
+        handler.send_response(int(kind))
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    elif kind == "429":
+        handler.send_response(429)
+        handler.send_header("Retry-After", "1")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    elif kind == "reset":
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    elif kind == "truncate":
+        handler.send_response(206 if handler.headers.get("Range") else 200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body[: max(1, len(body) // 2)])
+        handler.wfile.flush()
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    elif kind == "timeout":
+        time.sleep(faults.timeout_s)
+    handler.close_connection = True
+
+
 class RangeServer:
     """Serves ``root`` over HTTP/1.1 on 127.0.0.1 with single-range ``Range`` support.
 
-    ``bytes_sent`` and ``requests`` count what was served (for read-efficiency checks).
+    ``bytes_sent`` and ``requests`` count what was served (for read-efficiency checks);
+    ``faults`` (a :class:`Faults`) injects transient failures and permanent 404s.
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, faults: Faults | None = None):
         self.root = Path(root)
         self.bytes_sent = 0
         self.requests = 0
+        self.faults = faults or Faults()
         self._lock = threading.Lock()
         server = self
 
@@ -58,7 +120,7 @@ class RangeServer:
 
             def do_GET(self):  # noqa: N802
                 path = Path(self.translate_path(self.path))
-                if not path.is_file():
+                if not path.is_file() or path.name in server.faults.missing:
                     self.send_error(404)
                     return
                 size = path.stat().st_size
@@ -83,6 +145,12 @@ class RangeServer:
                         return
                     status = 206
                 length = end - start + 1
+                kind = server.faults.draw((self.path, rng))
+                if kind:
+                    with open(path, "rb") as f:
+                        f.seek(start)
+                        _inject(self, kind, f.read(length), server.faults)
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", "image/tiff" if path.suffix == ".tif" else "application/octet-stream")
                 self.send_header("Accept-Ranges", "bytes")
@@ -97,7 +165,7 @@ class RangeServer:
 
             def do_HEAD(self):  # noqa: N802
                 path = Path(self.translate_path(self.path))
-                if not path.is_file():
+                if not path.is_file() or path.name in server.faults.missing:
                     self.send_error(404)
                     return
                 self.send_response(200)
@@ -111,6 +179,65 @@ class RangeServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> "RangeServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FaultyProxy:
+    """An HTTP proxy on 127.0.0.1 in front of ``upstream`` (a STAC API) that injects
+    :class:`Faults`. The Host header is rewritten so the API's links point at the proxy."""
+
+    def __init__(self, upstream: str, faults: Faults | None = None):
+        import requests
+        from http.server import BaseHTTPRequestHandler
+
+        self.upstream = upstream.rstrip("/")
+        self.faults = faults or Faults()
+        proxy = self
+        session = requests.Session()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self, method: str) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(n) if n else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
+                headers["Host"] = f"127.0.0.1:{proxy.port}"
+                r = session.request(method, proxy.upstream + self.path, data=data, headers=headers, timeout=60)
+                body = r.content
+                kind = proxy.faults.draw((method, self.path, data))
+                if kind:
+                    _inject(self, kind, body, proxy.faults)
+                    return
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # noqa: N802
+                self._forward("GET")
+
+            def do_POST(self):  # noqa: N802
+                self._forward("POST")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FaultyProxy":
         self._thread.start()
         return self
 

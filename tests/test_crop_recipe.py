@@ -22,6 +22,7 @@ import yaml
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 
+from conftest import crop_recipe, run_cli, write_recipe
 from conftest import CDL_NODATA_CHIP, HLS_BANDS, LABEL_ORIGIN, LABEL_SHAPE, UNKNOWN_CODE, UNKNOWN_CODE_CHIP
 
 CHIP = 32
@@ -39,23 +40,10 @@ def cdl13() -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def crop_run(stac_api, cdl_raster, tmp_path_factory):
-    from eochips.config import recipe_text
-
-    data = yaml.safe_load(recipe_text("hls-crop-classification")[0])
-    x0, y0 = LABEL_ORIGIN
-    data["aoi"] = {"bbox": [x0, y0 - LABEL_SHAPE[0] * 30, x0 + LABEL_SHAPE[1] * 30, y0], "crs": "EPSG:32630"}
-    data["search"].update(catalog=stac_api, auth="none", datetime="2021-06-01/2021-07-31",
-                          cloud_cover={"max": 100})  # the real Exeter dates are 7-52 % cloudy
-    data["bands"] = ["blue", "green", "red", "nir"]  # the sample has B02, B03, B04, B08
-    data["grid"] = {"label_raster": str(cdl_raster), "chip_size": CHIP}
-    data["labels"]["unknown_class"] = 13
-    data["engine"] = {"workers": 2}
     tmp = tmp_path_factory.mktemp("crop")
-    recipe = tmp / "crop.yaml"
-    recipe.write_text(yaml.safe_dump(data))
+    data = crop_recipe(stac_api, cdl_raster)
     out = tmp / "out"
-    proc = subprocess.run([sys.executable, "-m", "eochips.cli", "run", str(recipe), "-o", str(out), "--no-progress"],
-                          capture_output=True, text=True, timeout=600)
+    proc = run_cli("run", str(write_recipe(tmp / "crop.yaml", data)), "-o", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc, data
 

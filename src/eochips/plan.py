@@ -30,7 +30,7 @@ from .errors import LabelError, OutputError, ProfileError
 from .grid import Chip, TargetGrid, load_aoi, make_grid, reproject_geometry, tile_chips
 from .labels import CDL_13_COLORS, CDL_13_NAMES, Reclass, default_colormap, make_reclass, rasterize_vector
 from .profiles import Profile, get_profile
-from .reading import gdal_env, read_onto
+from .reading import gdal_env, probe, read_onto
 from .search import Scene, gdal_auth_env, redact, scene_from_item, search, sign_hrefs
 from .selection import Candidate, SelectionFailed, get_strategy
 from .writers import OutputStore
@@ -266,8 +266,6 @@ def probe_assets(plan: Plan) -> None:
     ReadError
         With ``exit_code = 2`` (bad input), naming the scene, the asset and the problem.
     """
-    import rasterio
-
     from .errors import ReadError
 
     used = sorted({sid for c in plan.planned for sid in c.scene_ids}, key=lambda i: (plan.scenes[i].datetime, i))
@@ -280,21 +278,16 @@ def probe_assets(plan: Plan) -> None:
     env = gdal_env(r.reading.gdal_cachemax_mb, gdal_auth_env(r.search.auth)) | {"GDAL_HTTP_TIMEOUT": r.reading.http_timeout} | {"GDAL_HTTP_TIMEOUT": r.reading.http_timeout}
     for key in keys:
         href = scene.assets[key]
-        where = f"scene {scene.id!r} asset {key!r} ({redact(href)})"
+        where = f"scene {scene.id!r} asset {key!r}"
         try:
-            with rasterio.Env(**env), rasterio.open(href) as ds:
-                if ds.crs is None:
-                    raise _bad(ReadError(f"{where} has no CRS; give the raster a CRS (gdal_edit.py -a_srs)"))
-                f = max(1, max(ds.width, ds.height) // 64)
-                small = ds.read(1, out_shape=(max(1, ds.height // f), max(1, ds.width // f)))
-                nd = ds.nodata if ds.nodata is not None else profile.nodata
-                if key != profile.qa_asset and nd is not None and small.size and bool((small == nd).all()):
-                    raise _bad(ReadError(f"{where} holds only nodata ({nd:g}); check the scene or the search filters"))
-        except ReadError:
-            raise
-        except Exception as exc:  # rasterio / GDAL errors
-            msg = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            raise _bad(ReadError(f"{where} cannot be read: {msg}")) from None
+            crs, nd, small = probe(href, env=env, max_retries=r.reading.max_retries)
+        except ReadError as exc:
+            raise _bad(ReadError(f"{where}: {exc}")) from None
+        if crs is None:
+            raise _bad(ReadError(f"{where} ({redact(href)}) has no CRS; give the raster a CRS (gdal_edit.py -a_srs)"))
+        nd = nd if nd is not None else profile.nodata
+        if key != profile.qa_asset and nd is not None and small.size and bool((small == nd).all()):
+            raise _bad(ReadError(f"{where} ({redact(href)}) holds only nodata ({nd:g}); check the scene or the search filters"))
 
 
 def _bad(exc):

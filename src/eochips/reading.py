@@ -173,6 +173,73 @@ def classify(exc: BaseException, href: str, format_failures: int = 0) -> ReadErr
     return TransientReadError(f"cannot read {where} (transient): {msg}")
 
 
+_uncached: set[str] = set()  # hrefs that had a transient failure in this process
+
+
+def _env_for(href: str, env: Mapping) -> dict:
+    """GDAL options of one read. After a transient failure GDAL's process-wide /vsicurl/ region
+    cache can keep serving the broken transfer (a truncated body was never re-requested in
+    tests), so such an href is read with ``CPL_VSIL_CURL_NON_CACHED`` from then on."""
+    out = dict(env)
+    if href in _uncached and href.startswith(("http://", "https://")):
+        out["CPL_VSIL_CURL_NON_CACHED"] = f"/vsicurl/{href}"
+    return out
+
+
+def _retrying(fn, href: str, max_retries: int, retries: list | None, env: Mapping):
+    """Call ``fn(ds)`` on the cached dataset of ``href`` with the retry policy of this module."""
+    format_failures = [0]
+
+    def attempt():
+        try:
+            with rasterio.Env(**_env_for(href, env)):
+                return fn(_open(href))
+        except ReadError:
+            _evict(href)
+            raise
+        except (rasterio.errors.RasterioError, OSError) as exc:
+            _evict(href)
+            err = classify(exc, href, format_failures[0])
+            if any(p in str(exc) for p in _FORMAT):
+                format_failures[0] += 1
+            if isinstance(err, TransientReadError):
+                _uncached.add(href)
+            raise err from None
+
+    for att in Retrying(
+        retry=retry_if_exception_type(TransientReadError),
+        stop=stop_after_attempt(max_retries + 1),
+        wait=wait_random_exponential(multiplier=0.25, max=8),
+        before_sleep=(lambda rs: retries.append(str(rs.outcome.exception()))) if retries is not None else None,
+        reraise=True,
+    ):
+        with att:
+            return attempt()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def probe(href: str, *, env: Mapping | None = None, max_retries: int = 4, size: int = 64):
+    """Open an asset and read band 1 decimated to about ``size`` pixels a side (overviews are
+    used when the COG has them).
+
+    Returns
+    -------
+    crs, nodata, small
+        The asset's CRS (None if it has none), its declared nodata, and the ``(y, x)`` sample.
+
+    Raises
+    ------
+    ReadError
+        As :func:`read_onto`.
+    """
+
+    def go(ds):
+        f = max(1, max(ds.width, ds.height) // size)
+        return ds.crs, ds.nodata, ds.read(1, out_shape=(max(1, ds.height // f), max(1, ds.width // f)))
+
+    return _retrying(go, href, max_retries, None, env or gdal_env())
+
+
 def read_onto(
     href: str,
     crs: str,
@@ -224,36 +291,14 @@ def read_onto(
         Still failing after the retries.
     """
     rs = Resampling[resampling]
-    env = dict(env or gdal_env())
-    format_failures = [0]
 
-    def attempt() -> np.ndarray:
-        try:
-            with rasterio.Env(**env):
-                ds = _open(href)
-                if ds.crs is None:
-                    raise ReadError(f"asset {redact(href)} has no CRS")
-                nodata = ds.nodatavals[band - 1]
-                if nodata is None:
-                    nodata = src_nodata
-                return _warp_window(ds, band, crs, Affine(*transform), shape, rs, nodata, dtype or ds.dtypes[band - 1])
-        except ReadError:
-            _evict(href)
-            raise
-        except (rasterio.errors.RasterioError, OSError) as exc:
-            _evict(href)
-            err = classify(exc, href, format_failures[0])
-            if any(p in str(exc) for p in _FORMAT):
-                format_failures[0] += 1
-            raise err from None
+    def go(ds) -> np.ndarray:
+        if ds.crs is None:
+            raise ReadError(f"asset {redact(href)} has no CRS")
+        nodata = ds.nodatavals[band - 1]
+        if nodata is None:
+            nodata = src_nodata
+        return _warp_window(ds, band, crs, Affine(*transform), shape, rs, nodata, dtype or ds.dtypes[band - 1])
 
-    for att in Retrying(
-        retry=retry_if_exception_type(TransientReadError),
-        stop=stop_after_attempt(max_retries + 1),
-        wait=wait_random_exponential(multiplier=0.25, max=8),
-        before_sleep=(lambda rs: retries.append(str(rs.outcome.exception()))) if retries is not None else None,
-        reraise=True,
-    ):
-        with att:
-            return attempt()
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _retrying(go, href, max_retries, retries, env or gdal_env())
+

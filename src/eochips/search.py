@@ -190,36 +190,70 @@ def search(cfg: SearchConfig, aoi: BaseGeometry) -> list[Scene]:
     return out
 
 
+class _TransientCatalogError(Exception):
+    pass
+
+
+def _transient(exc: BaseException) -> bool:
+    """Errors of a STAC API request worth retrying: resets, timeouts, truncated bodies, 5xx, 429."""
+    import requests
+
+    markers = ("Max retries exceeded", "Connection broken", "IncompleteRead", "Connection aborted", "Connection reset",
+               "timed out", "RemoteDisconnected")
+    seen = 0
+    while exc is not None and seen < 10:  # pystac wraps the network error: look down the chain
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                            requests.exceptions.ContentDecodingError)):
+            return True
+        text = str(exc)
+        if any(m in text for m in markers) or any(f" {c}" in text or text.startswith(str(c)) for c in (429, 500, 502, 503, 504)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def _search_api(cfg: SearchConfig, aoi: BaseGeometry) -> list[Scene]:
+    """Search a STAC API; the whole request sequence is retried on transient errors
+    (urllib3 retries 5xx/429 per request; resets, timeouts and truncated bodies surface later
+    and are retried here, capped exponential backoff with jitter)."""
     from pystac_client import Client
-    from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
     from urllib3 import Retry
 
-    retry = Retry(total=cfg.max_retries, backoff_factor=0.5, status_forcelist=[429, 500, 502, 503, 504],
-                  allowed_methods=None, respect_retry_after_header=True)
-    try:
-        client = Client.open(cfg.catalog, stac_io=StacApiIO(max_retries=retry), timeout=60)
-    except Exception as exc:  # pystac-client raises many kinds here
-        raise CatalogError(f"catalog {cfg.catalog!r} is not a reachable STAC API: {type(exc).__name__}: {_short(exc)}") from None
-    kwargs: dict[str, Any] = dict(
-        collections=cfg.collections, intersects=shapely.geometry.mapping(aoi), datetime=cfg.datetime,
-        limit=cfg.page_size, max_items=cfg.max_items, method="POST",
-    )
-    cql = _cql2(cfg)
-    try:
+    retry = Retry(total=cfg.max_retries, backoff_factor=0.25, status_forcelist=[429, 500, 502, 503, 504],
+                  allowed_methods=None, respect_retry_after_header=True, raise_on_status=False)
+
+    def attempt() -> list[dict]:
+        try:
+            client = Client.open(cfg.catalog, stac_io=StacApiIO(max_retries=retry, timeout=30))
+        except Exception as exc:  # pystac-client raises many kinds here
+            if _transient(exc):
+                raise _TransientCatalogError(str(exc)) from None
+            raise CatalogError(f"catalog {cfg.catalog!r} is not a reachable STAC API: {type(exc).__name__}: {_short(exc)}") from None
+        kwargs: dict[str, Any] = dict(
+            collections=cfg.collections, intersects=shapely.geometry.mapping(aoi), datetime=cfg.datetime,
+            limit=cfg.page_size, max_items=cfg.max_items, method="POST",
+        )
+        cql = _cql2(cfg)
         if cql is not None and client.conforms_to("FILTER"):
             kwargs.update(filter=cql, filter_lang="cql2-json")
-    except Exception:
-        pass
-    if cfg.sortby:
-        kwargs["sortby"] = cfg.sortby
+        if cfg.sortby:
+            kwargs["sortby"] = cfg.sortby
+        try:
+            return list(client.search(**kwargs).items_as_dicts())
+        except Exception as exc:
+            if _transient(exc):
+                raise _TransientCatalogError(str(exc)) from None
+            raise CatalogError(f"search of {cfg.catalog!r} failed: {type(exc).__name__}: {_short(exc)}") from None
+
     try:
-        items = list(client.search(**kwargs).items_as_dicts())
-    except APIError as exc:
-        raise CatalogError(f"search of {cfg.catalog!r} failed: {_short(exc)}") from None
-    except Exception as exc:
-        raise CatalogError(f"search of {cfg.catalog!r} failed: {type(exc).__name__}: {_short(exc)}") from None
+        for att in Retrying(retry=retry_if_exception_type(_TransientCatalogError), stop=stop_after_attempt(cfg.max_retries + 1),
+                            wait=wait_random_exponential(multiplier=0.25, max=8), reraise=True):
+            with att:
+                items = attempt()
+    except _TransientCatalogError as exc:
+        raise CatalogError(f"search of {cfg.catalog!r} kept failing after {cfg.max_retries} retries: {_short(exc)}") from None
     scenes = [scene_from_item(it) for it in items]
     return [s for s in scenes if matches(s, cfg, aoi)]
 
