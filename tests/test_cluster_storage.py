@@ -1,0 +1,125 @@
+"""A real multi-process Dask cluster (a `dask scheduler` and two `dask worker` processes on
+127.0.0.1) and object storage (a moto S3 server on 127.0.0.1): the crop recipe must give the same
+bytes as with the LocalCluster, with a single worker, and in a local folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import crop_recipe, manifest, needs_shared, run_cli, write_recipe
+from servers import free_port
+
+pytestmark = needs_shared
+
+
+@pytest.fixture(scope="module")
+def recipe(stac_api, cdl_raster, tmp_path_factory):
+    return write_recipe(tmp_path_factory.mktemp("cl") / "crop.yaml", crop_recipe(stac_api, cdl_raster))
+
+
+@pytest.fixture(scope="module")
+def local_run(recipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "out"
+    proc = run_cli("run", str(recipe), "-o", str(out), "--no-progress")  # LocalCluster, 2 workers
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", str(port), "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(1.0)
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", addr, "--nthreads", "1",
+                                           "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(addr, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+            assert len(c.scheduler_info()["workers"]) == 2
+        yield addr
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_multi_process_cluster_gives_the_same_bytes(recipe, local_run, dask_cluster, tmp_path):
+    t0 = time.perf_counter()
+    on_cluster = tmp_path / "cluster"
+    proc = run_cli("run", str(recipe), "-o", str(on_cluster), "--no-progress", "--scheduler", dask_cluster)
+    cluster_s = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    single = tmp_path / "single"
+    proc = run_cli("run", str(recipe), "-o", str(single), "--no-progress", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert manifest(on_cluster) == manifest(local_run) == manifest(single)
+    print(f"\ncluster run: {cluster_s:.1f} s wall")
+
+
+@pytest.fixture(scope="module")
+def s3():
+    port = free_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import boto3
+
+        for _ in range(100):
+            try:
+                boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                             aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="eochips-test")
+                break
+            except Exception:
+                time.sleep(0.1)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_object_storage_output_equals_local(recipe, local_run, s3, tmp_path):
+    pytest.importorskip("s3fs")
+    url = "s3://eochips-test/datasets/crop"
+    proc = run_cli("run", str(recipe), "-o", url, "--no-progress", env=s3 | {"EOCHIPS_STATE_DIR": str(tmp_path / "state")})
+    assert proc.returncode == 0, proc.stderr
+    old = {k: os.environ.get(k) for k in s3}
+    os.environ.update(s3)
+    try:
+        import fsspec
+
+        fs = fsspec.filesystem("s3")
+        remote = {p.split("datasets/crop/", 1)[1]: fs.cat_file(p) for p in fs.find("eochips-test/datasets/crop")}
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    local = {p.relative_to(local_run).as_posix(): p.read_bytes() for p in local_run.rglob("*") if p.is_file()}
+    for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
+        local.pop(name, None)
+    assert "state.sqlite" in remote  # a snapshot of the state travels with the dataset
+    remote.pop("state.sqlite")
+    assert sorted(remote) == sorted(local)
+    assert all(remote[k] == local[k] for k in local), [k for k in local if remote[k] != local[k]]
+    assert not [k for k in remote if ".eochips-tmp-" in k]
+    # a rerun against the same prefix skips every finished chip
+    proc = run_cli("build", url, "--no-progress", env=s3 | {"EOCHIPS_STATE_DIR": str(tmp_path / "state")})
+    assert proc.returncode == 0 and '"ran": 0' in proc.stdout, proc.stdout + proc.stderr
