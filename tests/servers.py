@@ -96,11 +96,13 @@ class RangeServer:
     ``faults`` (a :class:`Faults`) injects transient failures and permanent 404s.
     """
 
-    def __init__(self, root: Path, faults: Faults | None = None):
+    def __init__(self, root: Path, faults: Faults | None = None, require_query: str | None = None):
         self.root = Path(root)
         self.bytes_sent = 0
         self.requests = 0
         self.faults = faults or Faults()
+        self.require_query = require_query  # e.g. "sig=...": answer 403 without it (a signed-URL store)
+        self.authorization: set[str] = set()  # Authorization headers seen
         self._lock = threading.Lock()
         server = self
 
@@ -118,7 +120,17 @@ class RangeServer:
                     server.bytes_sent += n
                     server.requests += 1
 
+            def _denied(self) -> bool:
+                if self.headers.get("Authorization"):
+                    server.authorization.add(self.headers["Authorization"])
+                if server.require_query and server.require_query not in self.path.partition("?")[2]:
+                    self.send_error(403)
+                    return True
+                return False
+
             def do_GET(self):  # noqa: N802
+                if self._denied():
+                    return
                 path = Path(self.translate_path(self.path))
                 if not path.is_file() or path.name in server.faults.missing:
                     self.send_error(404)
@@ -164,6 +176,8 @@ class RangeServer:
                 self._count(length)
 
             def do_HEAD(self):  # noqa: N802
+                if self._denied():
+                    return
                 path = Path(self.translate_path(self.path))
                 if not path.is_file() or path.name in server.faults.missing:
                     self.send_error(404)

@@ -46,8 +46,10 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
     try:
         write_plan(plan, store)
     except EochipsError:
-        if created and not any(store.root.iterdir()):
-            store.root.rmdir()
+        if created and not any(p.is_file() for p in store.root.rglob("*")):
+            import shutil
+
+            shutil.rmtree(store.root, ignore_errors=True)
         raise
     build_summary = build(out, plan=plan, workers=workers, scheduler=scheduler, progress=progress)
     summary = finalize(out)

@@ -73,6 +73,14 @@ class SearchConfig(_Model):
         if len(parts) != 2:
             raise ValueError(f"expected 'START/END', got {v!r}")
         start, end = (p.strip() for p in parts)
+        from datetime import datetime as _dt
+
+        for part in (start, end):
+            if part not in ("", ".."):
+                try:
+                    _dt.fromisoformat(part.replace("Z", "+00:00"))
+                except ValueError:
+                    raise ValueError(f"{part!r} is not an ISO 8601 date or datetime (e.g. 2022-03-01)") from None
         if start not in ("", "..") and end not in ("", "..") and start[:10] > end[:10]:
             raise ValueError(f"start {start!r} is after end {end!r}")
         return v
@@ -102,7 +110,8 @@ class AOIConfig(_Model):
         if len(given) != 1:
             raise ValueError(f"give exactly one of bbox, geometry, path (got {given or 'none'})")
         if self.bbox is not None and not (self.bbox[0] < self.bbox[2] and self.bbox[1] < self.bbox[3]):
-            raise ValueError(f"bbox must be minx < maxx and miny < maxy, got {list(self.bbox)}")
+            hint = " (a bbox crossing the antimeridian must be split in two)" if self.bbox[0] > self.bbox[2] else ""
+            raise ValueError(f"bbox must be minx < maxx and miny < maxy, got {list(self.bbox)}{hint}")
         return self
 
 

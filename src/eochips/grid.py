@@ -63,6 +63,11 @@ def load_aoi(cfg: AOIConfig) -> tuple[BaseGeometry, CRS]:
                 f"aoi coordinates {tuple(round(v, 3) for v in geom.bounds)} are outside lon/lat range; "
                 f"if they are projected, set aoi.crs (now {cfg.crs})"
             )
+        if maxx - minx > 180:
+            raise AOIError(
+                f"aoi spans {maxx - minx:.1f} degrees of longitude: it crosses the antimeridian (or is wider than a "
+                f"hemisphere); split it at 180 degrees into a MultiPolygon, or give it in a projected aoi.crs"
+            )
     return geom, crs
 
 

@@ -155,21 +155,35 @@ def _warp_window(ds, band: int, crs: str, transform: Affine, shape: tuple[int, i
     return out
 
 
-def classify(exc: BaseException, href: str, format_failures: int = 0) -> ReadError:
+def error_text(exc: BaseException) -> str:
+    """The most specific message of an exception chain (rasterio's "Read failed. See previous
+    exception for details." hides GDAL's own message in ``__cause__``)."""
+    msgs = []
+    while exc is not None and len(msgs) < 8:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "See previous exception" not in text:
+            msgs.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return msgs[-1] if msgs else "unknown error"
+
+
+def classify(exc: BaseException, href: str) -> ReadError:
     """Turn a GDAL/rasterio error into a permanent :class:`ReadError` or a :class:`TransientReadError`.
 
-    HTTP 4xx (but 429) and missing files are permanent at once; "not a TIFF" / decode errors
-    are transient the first time (a truncated transfer looks the same) and permanent when they
-    repeat; everything else (5xx, 429, resets, timeouts) is transient. Messages are redacted.
+    HTTP 4xx (but 429) and missing files are permanent at once. "Not a TIFF" / decode errors
+    are permanent for a local file (its bytes will not change), but transient for a remote one:
+    a truncated transfer gives exactly the error of a truncated file ("TIFFFillTile: Read error
+    ... got N bytes, expected M"), so remote decode errors are retried until the retries run
+    out. Everything else (5xx, 429, resets, timeouts) is transient. Messages are redacted.
     """
-    msg = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    msg = redact(error_text(exc))
     where = redact(href)
     if any(p in msg for p in _PERMANENT):
         return ReadError(f"cannot read {where}: {msg}")
     if any(p in msg for p in _FORMAT):
-        if format_failures >= 1:
+        if not href.startswith(("http://", "https://", "s3://", "gs://", "az://")):
             return ReadError(f"cannot read {where}: not a valid GeoTIFF ({msg})")
-        return TransientReadError(f"cannot read {where} (retrying): {msg}")
+        return TransientReadError(f"cannot read {where}: not a valid GeoTIFF or a broken transfer ({msg})")
     return TransientReadError(f"cannot read {where} (transient): {msg}")
 
 
@@ -188,7 +202,6 @@ def _env_for(href: str, env: Mapping) -> dict:
 
 def _retrying(fn, href: str, max_retries: int, retries: list | None, env: Mapping):
     """Call ``fn(ds)`` on the cached dataset of ``href`` with the retry policy of this module."""
-    format_failures = [0]
 
     def attempt():
         try:
@@ -199,22 +212,23 @@ def _retrying(fn, href: str, max_retries: int, retries: list | None, env: Mappin
             raise
         except (rasterio.errors.RasterioError, OSError) as exc:
             _evict(href)
-            err = classify(exc, href, format_failures[0])
-            if any(p in str(exc) for p in _FORMAT):
-                format_failures[0] += 1
+            err = classify(exc, href)
             if isinstance(err, TransientReadError):
                 _uncached.add(href)
             raise err from None
 
-    for att in Retrying(
-        retry=retry_if_exception_type(TransientReadError),
-        stop=stop_after_attempt(max_retries + 1),
-        wait=wait_random_exponential(multiplier=0.25, max=8),
-        before_sleep=(lambda rs: retries.append(str(rs.outcome.exception()))) if retries is not None else None,
-        reraise=True,
-    ):
-        with att:
-            return attempt()
+    try:
+        for att in Retrying(
+            retry=retry_if_exception_type(TransientReadError),
+            stop=stop_after_attempt(max_retries + 1),
+            wait=wait_random_exponential(multiplier=0.25, max=8),
+            before_sleep=(lambda rs: retries.append(str(rs.outcome.exception()))) if retries is not None else None,
+            reraise=True,
+        ):
+            with att:
+                return attempt()
+    except TransientReadError as exc:
+        raise ReadError(f"{exc} (gave up after {max_retries + 1} attempts)") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -176,7 +176,12 @@ def search(cfg: SearchConfig, aoi: BaseGeometry) -> list[Scene]:
     if _is_api(cfg.catalog):
         scenes = _search_api(cfg, aoi)
     else:
-        scenes = [s for s in _static_scenes(cfg.catalog) if matches(s, cfg, aoi)]
+        every = _static_scenes(cfg.catalog)
+        held = sorted({s.collection for s in every if s.collection})
+        unknown = [c for c in cfg.collections if held and c not in held]
+        if unknown:
+            raise CatalogError(f"search.collections: {unknown} not in {cfg.catalog!r}; it holds: {', '.join(held)}")
+        scenes = [s for s in every if matches(s, cfg, aoi)]
     uniq = {s.id: s for s in scenes}
     out = sorted(uniq.values(), key=lambda s: (s.datetime, s.id))
     if cfg.max_items:
@@ -231,6 +236,17 @@ def _search_api(cfg: SearchConfig, aoi: BaseGeometry) -> list[Scene]:
             if _transient(exc):
                 raise _TransientCatalogError(str(exc)) from None
             raise CatalogError(f"catalog {cfg.catalog!r} is not a reachable STAC API: {type(exc).__name__}: {_short(exc)}") from None
+        unknown = []
+        for cid in cfg.collections:  # one request per id: CMR-STAC lists thousands of collections
+            try:
+                client.get_collection(cid)
+            except Exception as exc:
+                if _transient(exc):
+                    raise _TransientCatalogError(str(exc)) from None
+                unknown.append(cid)
+        if unknown:
+            raise CatalogError(f"search.collections: {unknown} not found in the STAC API {cfg.catalog!r} "
+                               f"(list its collections at {cfg.catalog.rstrip('/')}/collections)")
         kwargs: dict[str, Any] = dict(
             collections=cfg.collections, intersects=shapely.geometry.mapping(aoi), datetime=cfg.datetime,
             limit=cfg.page_size, max_items=cfg.max_items, method="POST",
