@@ -161,6 +161,31 @@ def hls_dir(tmp_path_factory) -> tuple[Path, list[dict]]:
     return d, build_hls_granules(d)
 
 
+DERIVED_SHIFTS_DAYS = (56, 72, 88)
+
+
+def derived_cloudy_items(items: list[dict]) -> list[dict]:
+    """Seed 000 needs >= 6 scenes with 30-80 % cloud; Exeter has 2 (2021-06-08, 58 %; 2021-06-23,
+    73 %). These stand-ins reuse those two granules' real assets and metadata, re-dated by +56,
+    +72 and +88 days (into Aug-Sep 2021, outside the crop tests' June-July window) and marked
+    with ``eochips:derived_from``. Only their dates are not real."""
+    from datetime import timedelta
+
+    out = []
+    for it in items:
+        if not 30 <= it["properties"]["eo:cloud_cover"] <= 80:
+            continue
+        dt = datetime.strptime(it["properties"]["datetime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        for days in DERIVED_SHIFTS_DAYS:
+            d2 = dt + timedelta(days=days)
+            new = json.loads(json.dumps(it))
+            new["id"] = f"HLS.S30.T{TILE}.{d2:%Y}{d2.timetuple().tm_yday:03d}T{d2:%H%M%S}.v2.0"
+            new["properties"]["datetime"] = d2.strftime("%Y-%m-%dT%H:%M:%SZ")
+            new["properties"]["eochips:derived_from"] = it["id"]
+            out.append(new)
+    return out
+
+
 @pytest.fixture(scope="session")
 def cog_server(hls_dir):
     with RangeServer(hls_dir[0]) as srv:
@@ -174,7 +199,7 @@ def stac_api(hls_dir, cog_server):
         pytest.skip(reason)
     _, items = hls_dir
     served = []
-    for it in items:
+    for it in items + derived_cloudy_items(items):
         it = json.loads(json.dumps(it))
         for a in it["assets"].values():
             a["href"] = f"{cog_server.url}/{a['href']}"

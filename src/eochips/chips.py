@@ -43,6 +43,8 @@ class StepSpec:
         Href of the QA asset (Fmask), or None.
     offset_dn
         Extra reflectance offset in DN (-1000 for S2 baseline >= 04.00), recorded as metadata.
+    extra
+        ``(asset key, href)`` of further assets mask models read (s2cloudless, ONNX).
     """
 
     scene_id: str
@@ -50,6 +52,7 @@ class StepSpec:
     band_hrefs: tuple[str, ...]
     qa_href: str | None = None
     offset_dn: int = 0
+    extra: tuple[tuple[str, str], ...] = ()
 
     @property
     def date(self) -> str:
@@ -96,6 +99,14 @@ class ChipTask:
     threads: int = 4
     max_retries: int = 4
     env: tuple[tuple[str, Any], ...] = ()
+    mask_sources: tuple[Any, ...] = ()
+    dilation: int = 0
+    max_cloud_fraction: float | None = None
+    max_shadow_fraction: float | None = None
+    quicklook: bool = False
+    rgb: tuple[int, int, int] | None = None
+    mask_steps: tuple[StepSpec, ...] = ()
+    cmask_bits: tuple[str, ...] = ("cloud",)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -254,9 +265,29 @@ def process_chip(task: ChipTask) -> ChipResult:
             t = metrics["bad_qa_pct"].index(worst)
             return ChipResult(task.chip_id, "dropped", f"qa: bad_pct {worst:.2f} >= {task.max_bad_pct:g} on {task.steps[t].date}",
                               metrics=metrics, retries=len(retries))
+    masks = []
+    if task.mask_sources:
+        try:
+            masks = [chip_masks(task, t, qa, retries) for t in range(len(task.steps))]
+        except ReadError as exc:
+            return ChipResult(task.chip_id, "failed", str(exc), metrics=metrics, retries=len(retries))
+        metrics["mask_fractions"] = [{k: round(v, 6) for k, v in m.fractions().items()} for m in masks]
+        for kind, limit in (("cloud", task.max_cloud_fraction), ("shadow", task.max_shadow_fraction)):
+            worst = max(f[kind] for f in metrics["mask_fractions"])
+            if limit is not None and worst > limit:
+                t = [f[kind] for f in metrics["mask_fractions"]].index(worst)
+                return ChipResult(task.chip_id, "dropped", f"{kind}: fraction {worst:.3f} > {limit:g} on {task.steps[t].date}",
+                                  metrics=metrics, retries=len(retries))
 
     try:
         files = write_chip(task, image, qa, label)
+        if task.mask_steps:
+            cfiles, metrics["cmasks"] = write_cloud_masks(task, retries)
+            files.update(cfiles)
+        if task.quicklook:
+            files.update(write_quicklook(task, image, masks))
+    except ReadError as exc:
+        return ChipResult(task.chip_id, "failed", str(exc), metrics=metrics, retries=len(retries))
     except OutputError as exc:
         return ChipResult(task.chip_id, "failed", str(exc), metrics=metrics, retries=len(retries))
     return ChipResult(task.chip_id, "kept", "", files, metrics, retries=len(retries))
@@ -285,3 +316,110 @@ def write_chip(task: ChipTask, image: np.ndarray, qa: np.ndarray | None, label: 
         files[names["qa"]] = write_cog(out, names["qa"], qa, task.crs, task.transform, nodata=task.qa_nodata,
                                        descriptions=[f"Fmask@{s.date}" for s in task.steps], **common)
     return files
+
+
+def _upsample(mask: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of a ``(y, x)`` array to ``(size, size)`` (pixel centres)."""
+    h, w = mask.shape
+    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(int), h - 1)
+    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(int), w - 1)
+    return mask[np.ix_(rows, cols)]
+
+
+def chip_masks(task: ChipTask, t: int, qa: np.ndarray | None, retries: list | None = None):
+    """The union of the task's mask sources for time step ``t``, dilated, on the chip grid.
+
+    Fmask / SCL come from the QA asset already read (nearest); s2cloudless and ONNX models
+    read their own bands at their working resolution over the chip's footprint and their
+    masks are brought back to the chip grid by nearest neighbour.
+    """
+    from .qa import dilate, fmask_masks, onnx_masks, s2cloudless_masks, scl_masks, union
+
+    step = task.steps[t]
+    extra = dict(step.extra)
+    sets = []
+    for src in task.mask_sources:
+        if src.kind in ("fmask", "scl"):
+            if qa is None:
+                raise ReadError(f"qa.masks kind {src.kind!r} needs the profile's QA asset")
+            sets.append(fmask_masks(qa[t], src.cloud_bits, src.shadow_bits, task.qa_nodata if task.qa_nodata is not None else 255)
+                        if src.kind == "fmask" else scl_masks(qa[t], src.cloud_classes, src.shadow_classes))
+            continue
+        res = abs(task.transform[0])
+        wr = src.working_resolution or res
+        n = max(1, int(round(task.size * res / wr)))
+        tr = (wr * task.size / n * (1 if task.transform[0] > 0 else -1), 0.0, task.transform[2], 0.0,
+              task.transform[4] * task.size / n, task.transform[5])
+        bands = np.stack([read_onto(extra[k], task.crs, tr, (n, n), resampling="bilinear", dtype="float32",
+                                    env=dict(task.env), max_retries=task.max_retries, retries=retries) for k in src.bands])
+        nodata = np.all(bands == 0, axis=0)
+        refl = bands * src.scale
+        if src.kind == "s2cloudless":
+            _, m = s2cloudless_masks(refl, threshold=src.threshold, average_over=src.average_over,
+                                     dilation_size=src.dilation_size, all_bands=len(src.bands) == 13, nodata=nodata)
+        else:
+            m = onnx_masks(refl, list(src.band_order), model=src.model, product_level=src.product_level, nodata_value=0.0)
+        from .qa import MaskSet
+
+        sets.append(MaskSet(*(_upsample(getattr(m, k), task.size) for k in ("cloud", "shadow", "snow", "nodata"))))
+    return dilate(union(*sets), task.dilation)
+
+
+def write_cloud_masks(task: ChipTask, retries: list | None = None) -> tuple[dict[str, str], list[dict]]:
+    """Seed 000's cloud-mask chips: for each mask scene i, ``{chip_id}_{i}_cmask.tif`` (uint8:
+    1 where a chosen Fmask bit, by default bit 1 cloud, is set, 0 clear, 255 where Fmask is
+    fill), Fmask read with nearest. Returns the files and ``[{file, scene_id, cloud_pct}]``
+    with ``cloud_pct`` the cloud fraction (0..1) of all the chip's pixels."""
+    from .qa import fmask_masks
+
+    out = OutputStore(task.out)
+    files, rows = {}, []
+    for i, step in enumerate(task.mask_steps):
+        fm = read_onto(step.qa_href, task.crs, task.transform, task.shape, resampling="nearest", src_nodata=task.qa_nodata,
+                       dtype="uint8", env=dict(task.env), max_retries=task.max_retries, retries=retries)
+        m = fmask_masks(fm, task.cmask_bits, (), task.qa_nodata if task.qa_nodata is not None else 255)
+        cm = np.where(m.nodata, 255, m.cloud).astype(np.uint8)
+        rel = f"{CHIPS_DIR}/{task.chip_id}_{i}_cmask.tif"
+        files[rel] = write_cog(out, rel, cm, task.crs, task.transform, nodata=255,
+                               descriptions=[f"cloud@{step.date}"], tags={"scene_id": step.scene_id},
+                               compress=task.compress, level=task.level)
+        rows.append({"file": rel.split("/")[-1], "scene_id": step.scene_id, "cloud_pct": round(m.fractions()["cloud"], 6)})
+    return files, rows
+
+
+def write_quicklook(task: ChipTask, image: np.ndarray, masks: list) -> dict[str, str]:
+    """``quicklooks/{chip_id}.png``: per date, the RGB (2-98 % stretch) with cloud outlined in
+    red, shadow in blue and nodata in grey; returns ``{path: sha256}``."""
+    import hashlib
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nt = image.shape[0]
+    fig, axes = plt.subplots(1, nt, figsize=(2.5 * nt, 2.7), dpi=100, squeeze=False)
+    for t in range(nt):
+        ax = axes[0, t]
+        if task.rgb is not None:
+            rgb = image[t, list(task.rgb)].astype(np.float64)
+            valid = rgb[0] != task.nodata if task.nodata is not None else np.ones(rgb.shape[1:], bool)
+            lo, hi = (np.percentile(rgb[:, valid], (2, 98)) if valid.any() else (0, 1))
+            ax.imshow(np.clip((np.moveaxis(rgb, 0, -1) - lo) / max(hi - lo, 1e-9), 0, 1), interpolation="nearest")
+        else:
+            ax.imshow(image[t, 0], cmap="gray", interpolation="nearest")
+        if masks:
+            for layer, color in (("cloud", "red"), ("shadow", "blue"), ("nodata", "0.5")):
+                arr = getattr(masks[t], layer)
+                if arr.any() and not arr.all():
+                    ax.contour(arr.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
+        ax.set_title(task.steps[t].date, fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle(task.chip_id, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    rel = f"quicklooks/{task.chip_id}.png"
+    OutputStore(task.out).write_bytes(rel, buf.getvalue())
+    return {rel: hashlib.sha256(buf.getvalue()).hexdigest()}

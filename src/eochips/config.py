@@ -164,14 +164,46 @@ class SelectionConfig(_Model):
     n_scenes: int = Field(1, gt=0, description="Scenes to keep (least-cloudy).")
 
 
+class MaskSource(_Model):
+    """One source of cloud / shadow / snow masks (see :mod:`eochips.qa`); sources are combined by union.
+
+    - ``fmask``: the HLS Fmask QA asset; ``cloud_bits`` / ``shadow_bits`` choose the bits.
+    - ``scl``: the Sentinel-2 L2A SCL asset (nearest); ``cloud_classes`` / ``shadow_classes``.
+    - ``s2cloudless``: the model on ``bands`` (asset keys in s2cloudless's order, L1C reflectance
+      = DN * ``scale``) read at ``working_resolution`` metres.
+    - ``onnx``: ``model`` (``ukis-csmask`` or a ``.onnx`` path) on ``bands`` named by
+      ``band_order`` (common names), at ``working_resolution``.
+    """
+
+    kind: Literal["fmask", "scl", "s2cloudless", "onnx"]
+    cloud_bits: list[Literal["cirrus", "cloud", "adjacent", "shadow", "snow_ice", "water"]] = ["cloud"]
+    shadow_bits: list[Literal["cirrus", "cloud", "adjacent", "shadow", "snow_ice", "water"]] = ["shadow"]
+    cloud_classes: list[int] = [8, 9, 10]
+    shadow_classes: list[int] = [3]
+    bands: list[str] = Field(default_factory=list, description="Asset keys the model reads.")
+    band_order: list[str] = Field(default_factory=list, description="Common names of `bands` (onnx).")
+    scale: float = Field(0.0001, gt=0, description="DN -> reflectance 0..1.")
+    working_resolution: float | None = Field(None, gt=0, description="Metres; default: the chip grid's.")
+    threshold: float = Field(0.4, gt=0, lt=1)
+    average_over: int = Field(4, ge=0)
+    dilation_size: int = Field(2, ge=0)
+    model: str = "ukis-csmask"
+    product_level: Literal["l1c", "l2a"] = "l1c"
+
+
 class QAConfig(_Model):
-    """Per-chip QA rules (seed 001 by default)."""
+    """Per-chip QA rules (seed 001 by default) and optional cloud-mask filters."""
 
     bad_fmask_bits: list[Literal["cirrus", "cloud", "adjacent", "shadow", "snow_ice", "water"]] = Field(
         ["cirrus", "cloud", "shadow", "snow_ice"], description="Fmask bits that make a pixel bad."
     )
     max_bad_pct: float = Field(5.0, ge=0, le=100, description="Keep chips whose worst date has bad_pct < this.")
     max_nodata_pixels: int = Field(0, ge=0, description="Keep chips with at most this many fill pixels (any band, any date).")
+    masks: list[MaskSource] = Field(default_factory=list, description="Mask sources; fractions go to the index.")
+    dilation: int = Field(0, ge=0, le=50, description="Grow cloud and shadow masks by this many pixels.")
+    max_cloud_fraction: float | None = Field(None, ge=0, le=1, description="Drop chips whose worst date has more cloud.")
+    max_shadow_fraction: float | None = Field(None, ge=0, le=1, description="Drop chips whose worst date has more shadow.")
+    quicklook: bool = Field(False, description="Write quicklooks/{chip_id}.png: RGB per date with the masks outlined.")
 
 
 class LabelsConfig(_Model):
@@ -193,6 +225,28 @@ class LabelsConfig(_Model):
     def _one_source(self) -> "LabelsConfig":
         if self.vector is not None and (self.class_field is None or self.classes is None):
             raise ValueError("vector labels need class_field and classes")
+        return self
+
+
+class CloudMaskConfig(_Model):
+    """Seed 000's realistic cloud masks (ClarkCGA cloud-gap-filling-td @8130cd3): a second
+    search for cloudy scenes; per chip, ``n_scenes`` of them chosen by date (seeded); the Fmask
+    cloud bit as a binary mask per scene (fill 255 stays nodata), written as
+    ``{chip_id}_{i}_cmask.tif`` and listed in ``fmask_tracker.csv``."""
+
+    cloud_cover: CloudCover = Field(default_factory=lambda: CloudCover(min=30, max=80))
+    datetime: str | None = Field(None, description="Interval of the cloudy search (default: search.datetime).")
+    coverage_thresholds: list[float] = Field([100, 90, 80, 70, 60, 50], min_length=1)
+    min_scenes: int = Field(6, gt=0)
+    n_scenes: int = Field(6, gt=0)
+    seed: int = 42
+    bits: list[Literal["cirrus", "cloud", "adjacent", "shadow", "snow_ice"]] = ["cloud"]
+    tracker: str = "fmask_tracker.csv"
+
+    @model_validator(mode="after")
+    def _enough(self) -> "CloudMaskConfig":
+        if self.n_scenes > self.min_scenes:
+            raise ValueError(f"n_scenes ({self.n_scenes}) cannot exceed min_scenes ({self.min_scenes})")
         return self
 
 
@@ -248,6 +302,7 @@ class Recipe(_Model):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     qa: QAConfig = Field(default_factory=QAConfig)
     labels: LabelsConfig | None = None
+    cloud_masks: CloudMaskConfig | None = None
     reading: ReadingConfig = Field(default_factory=ReadingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)

