@@ -109,3 +109,47 @@ def test_ukis_csmask_onnx_on_real_s2_l1c():
     assert not (m.cloud & m.shadow).any()
     f = m.fractions()
     assert 0 <= f["cloud"] < 1 and f["cloud"] + f["shadow"] < 1
+
+
+@needs_shared
+def test_mask_filters_and_quicklooks_in_a_recipe(stac_api, cdl_raster, hls_dir, tmp_path):
+    """Fmask as a mask source in the crop recipe: per-date fractions in the index (checked
+    against an independent nearest reprojection), a max-cloud-fraction filter, quicklooks."""
+    import geopandas as gpd
+    from affine import Affine
+    from rasterio.warp import Resampling, reproject
+
+    from conftest import LABEL_ORIGIN, crop_recipe, run_cli, write_recipe
+
+    data = crop_recipe(stac_api, cdl_raster, **{"qa.max_bad_pct": 100, "qa.max_cloud_fraction": 0.2, "qa.quicklook": True,
+                                                "qa.masks": [{"kind": "fmask", "cloud_bits": ["cloud"], "shadow_bits": ["shadow"]}]})
+    out = tmp_path / "out"
+    proc = run_cli("run", str(write_recipe(tmp_path / "r.yaml", data)), "-o", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d, items = hls_dir
+    by_date = {it["properties"]["datetime"][:10]: it for it in items}
+    idx = gpd.read_parquet(out / "index.parquet").set_index("chip_id")
+    checked = {"kept": 0, "cloud": 0}
+    for cid, row in idx.iterrows():
+        if not isinstance(row.mask_fractions, str):  # chips dropped before masks were computed
+            continue
+        r, c = (int(v) for v in cid.split("_")[1:])
+        tr = Affine(30, 0, LABEL_ORIGIN[0] + c * 32 * 30, 0, -30, LABEL_ORIGIN[1] - r * 32 * 30)
+        fr = json.loads(row.mask_fractions)
+        for t, dt in enumerate(row.datetimes):
+            fm = np.full((32, 32), 255, np.uint8)
+            with rasterio.open(d / by_date[dt[:10]]["assets"]["Fmask"]["href"]) as src:
+                reproject(rasterio.band(src, 1), fm, dst_transform=tr, dst_crs="EPSG:32630",
+                          resampling=Resampling.nearest, src_nodata=255, dst_nodata=255)
+            valid = fm != 255
+            assert fr[t]["cloud"] == pytest.approx((((fm >> 1) & 1).astype(bool) & valid).sum() / fm.size, abs=1e-6)
+            assert fr[t]["shadow"] == pytest.approx((((fm >> 3) & 1).astype(bool) & valid).sum() / fm.size, abs=1e-6)
+        worst = max(f["cloud"] for f in fr)
+        if row.status == "kept":
+            assert worst <= 0.2
+            assert (out / "quicklooks" / f"{cid}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            checked["kept"] += 1
+        else:
+            assert row.reason.startswith("cloud: fraction") and worst > 0.2
+            checked["cloud"] += 1
+    assert checked["kept"] > 0 and checked["cloud"] > 0
