@@ -89,7 +89,26 @@ def _inject(handler, kind: str, body: bytes, faults: Faults) -> None:
     handler.close_connection = True
 
 
-class RangeServer:
+class _LoopbackServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1 (a free port), run while used as a context manager."""
+
+    def _serve(self, handler) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class RangeServer(_LoopbackServer):
     """Serves ``root`` over HTTP/1.1 on 127.0.0.1 with single-range ``Range`` support.
 
     ``bytes_sent`` and ``requests`` count what was served (for read-efficiency checks);
@@ -187,21 +206,10 @@ class RangeServer:
                 self.send_header("Content-Length", str(path.stat().st_size))
                 self.end_headers()
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "RangeServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(Handler)
 
 
-class FaultyProxy:
+class FaultyProxy(_LoopbackServer):
     """An HTTP proxy on 127.0.0.1 in front of ``upstream`` (a STAC API) that injects
     :class:`Faults`. The Host header is rewritten so the API's links point at the proxy."""
 
@@ -245,19 +253,7 @@ class FaultyProxy:
             def do_POST(self):  # noqa: N802
                 self._forward("POST")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FaultyProxy":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(Handler)
 
 
 # --------------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ def schema() -> None:
     """Print the recipe JSON Schema."""
     from .config import recipe_schema
 
-    sys.stdout.write(json.dumps(recipe_schema(), indent=2) + "\n")
+    sys.stdout.write(json.dumps(recipe_schema(), indent=2, sort_keys=True) + "\n")
 
 
 @app.command("sample-data")
