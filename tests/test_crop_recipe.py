@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import yaml
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 
 from conftest import crop_recipe, run_cli, write_recipe
-from conftest import CDL_NODATA_CHIP, HLS_BANDS, LABEL_ORIGIN, LABEL_SHAPE, UNKNOWN_CODE, UNKNOWN_CODE_CHIP
+from conftest import CDL_NODATA_CHIP, HLS_BANDS, LABEL_ORIGIN, LABEL_SHAPE, UNKNOWN_CODE
 
 CHIP = 32
 BAD_BITS = 0b11011  # cirrus, cloud, shadow, snow/ice

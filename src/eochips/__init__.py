@@ -13,7 +13,6 @@ The pipeline, each stage a function and a CLI verb::
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from .config import Recipe, load_recipe

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import shapely
-from pyproj import CRS
 
 from . import failpoints
 from .chips import ChipTask, LabelSpec, StepSpec
@@ -498,9 +497,3 @@ def _rgb_indices(r: Recipe) -> tuple[int, int, int] | None:
         return (r.bands.index("red"), r.bands.index("green"), r.bands.index("blue"))
     except ValueError:
         return None
-
-
-def grid_crs_name(grid: TargetGrid) -> str:
-    """``EPSG:n`` when the grid CRS has an EPSG code, else its WKT."""
-    epsg = CRS.from_user_input(grid.crs).to_epsg()
-    return f"EPSG:{epsg}" if epsg else grid.crs

@@ -75,10 +75,6 @@ def gdal_env(cachemax_mb: int = 128, extra: Mapping[str, str] | None = None) -> 
     return env
 
 
-def _vsi(href: str) -> str:
-    return href
-
-
 def _cache() -> OrderedDict:
     c = getattr(_local, "datasets", None)
     if c is None:
@@ -92,7 +88,7 @@ def _open(href: str, max_open: int = 64):
     if ds is not None and not ds.closed:
         cache.move_to_end(href)
         return ds
-    ds = rasterio.open(_vsi(href))
+    ds = rasterio.open(href)
     cache[href] = ds
     while len(cache) > max_open:
         _, old = cache.popitem(last=False)
@@ -104,13 +100,6 @@ def _evict(href: str) -> None:
     ds = _cache().pop(href, None)
     if ds is not None:
         ds.close()
-
-
-def close_cached() -> None:
-    """Close every dataset this thread has cached."""
-    cache = _cache()
-    while cache:
-        cache.popitem()[1].close()
 
 
 _MARGIN = {Resampling.nearest: 1, Resampling.bilinear: 2, Resampling.cubic: 3, Resampling.average: 2}

