@@ -59,7 +59,9 @@ def test_transient_faults_are_retried(kind, faulty, baseline, cog_server, tmp_pa
     cog_counts, cog_requests, api_counts, api_requests = injected
     assert sum(cog_counts.values()) > 0 and set(cog_counts) <= set(kinds)
     assert sum(cog_counts.values()) >= 0.2 * cog_requests
-    print(f"\n{kind}: COG server injected {cog_counts} in {cog_requests} requests; API {api_counts} in {api_requests}")
+    retried = next((ln.split("│")[2].strip() for ln in proc.stdout.splitlines() if "read retries" in ln), "?")
+    print(f"\n{kind}: COG server injected {cog_counts} in {cog_requests} requests; API {api_counts} in {api_requests}; "
+          f"eochips read retries {retried}")
 
 
 def _extra_scene(hls_dir, chip_bounds_utm, dst):
