@@ -73,7 +73,37 @@ class LabelSpec:
 
 @dataclass(frozen=True)
 class ChipTask:
-    """Everything needed to build one chip (picklable; workers open assets themselves)."""
+    """Everything needed to build one chip (picklable; workers open assets themselves).
+
+    Attributes
+    ----------
+    chip_id, crs, transform, size
+        The chip and its grid: CRS (WKT), affine ``(a, b, c, d, e, f)`` in CRS units (metres),
+        ``size x size`` pixels.
+    band_names, steps
+        Asset keys of the output bands; one :class:`StepSpec` per time step (date order).
+    dtype, nodata, scale, offset
+        Storage dtype and fill of the reflectance (kept as stored, e.g. int16 x 10000, -9999);
+        physical value = DN * scale + offset.
+    resampling
+        Resampling name per band (``bilinear`` for reflectance by default).
+    out
+        Output location (folder or fsspec URL).
+    qa_kind, qa_nodata, bad_bits, max_bad_pct, max_nodata_pixels
+        QA asset decoder and seed 001's rules (see :func:`process_chip`).
+    labels
+        Label source, or None.
+    compress, level, write_qa
+        COG compression and whether the raw QA file is written.
+    threads, max_retries, env
+        Threads over assets, retries of transient read errors, GDAL options (may hold
+        credentials: never logged or written).
+    mask_sources, dilation, max_cloud_fraction, max_shadow_fraction, quicklook, rgb
+        Cloud-mask sources (:class:`eochips.config.MaskSource`), their dilation in pixels, the
+        cloud/shadow fraction filters (0..1), and quicklook output (``rgb``: band indices).
+    mask_steps, cmask_bits
+        Seed 000's cloud-mask scenes (Fmask hrefs in ``qa_href``) and the Fmask bits they mark.
+    """
 
     chip_id: str
     crs: str
