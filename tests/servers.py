@@ -139,20 +139,22 @@ class RangeServer(_LoopbackServer):
                     server.bytes_sent += n
                     server.requests += 1
 
-            def _denied(self) -> bool:
+            def _resolve(self) -> Path | None:
+                """The file asked for, or None after answering 403 / 404."""
                 if self.headers.get("Authorization"):
                     server.authorization.add(self.headers["Authorization"])
                 if server.require_query and server.require_query not in self.path.partition("?")[2]:
                     self.send_error(403)
-                    return True
-                return False
-
-            def do_GET(self):  # noqa: N802
-                if self._denied():
-                    return
+                    return None
                 path = Path(self.translate_path(self.path))
                 if not path.is_file() or path.name in server.faults.missing:
                     self.send_error(404)
+                    return None
+                return path
+
+            def do_GET(self):  # noqa: N802
+                path = self._resolve()
+                if path is None:
                     return
                 size = path.stat().st_size
                 rng = self.headers.get("Range")
@@ -195,11 +197,8 @@ class RangeServer(_LoopbackServer):
                 self._count(length)
 
             def do_HEAD(self):  # noqa: N802
-                if self._denied():
-                    return
-                path = Path(self.translate_path(self.path))
-                if not path.is_file() or path.name in server.faults.missing:
-                    self.send_error(404)
+                path = self._resolve()
+                if path is None:
                     return
                 self.send_response(200)
                 self.send_header("Accept-Ranges", "bytes")
