@@ -7,12 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import rasterio
 import yaml
 
-from conftest import CDL_NODATA_CHIP, LABEL_ORIGIN, LABEL_SHAPE, UNKNOWN_CODE, crop_recipe, needs_shared, run_cli
+from conftest import LABEL_ORIGIN, UNKNOWN_CODE, crop_recipe, needs_shared, run_cli
 from servers import RangeServer
 
 pytestmark = needs_shared
@@ -222,4 +221,3 @@ def test_schema_and_recipes_commands():
     assert "hls-crop-classification" in proc.stdout and "demo" in proc.stdout
     proc = run_cli("recipes", "show", "hls-crop-classification")
     assert yaml.safe_load(proc.stdout)["search"]["collections"] == ["HLSS30_2.0"]
-    assert CDL_NODATA_CHIP and LABEL_SHAPE and np  # constants shared with the crop test

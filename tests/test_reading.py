@@ -62,7 +62,7 @@ def test_matches_gdalwarp_local(hls_dir, x0, y1, n, rs):
             np.testing.assert_array_equal(got == nodata, ref == nodata)
 
 
-def test_over_http_reads_only_needed_bytes(hls_dir, cog_server):
+def test_over_http_equals_local_read(hls_dir, cog_server):
     d, items = hls_dir
     it = items[0]
     href = f"{cog_server.url}/{it['assets']['B04']['href']}"

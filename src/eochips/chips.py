@@ -363,7 +363,7 @@ def chip_masks(task: ChipTask, t: int, qa: np.ndarray | None, retries: list | No
     read their own bands at their working resolution over the chip's footprint and their
     masks are brought back to the chip grid by nearest neighbour.
     """
-    from .qa import dilate, fmask_masks, onnx_masks, s2cloudless_masks, scl_masks, union
+    from .qa import MaskSet, dilate, fmask_masks, onnx_masks, s2cloudless_masks, scl_masks, union
 
     step = task.steps[t]
     extra = dict(step.extra)
@@ -389,8 +389,6 @@ def chip_masks(task: ChipTask, t: int, qa: np.ndarray | None, retries: list | No
                                      dilation_size=src.dilation_size, all_bands=len(src.bands) == 13, nodata=nodata)
         else:
             m = onnx_masks(refl, list(src.band_order), model=src.model, product_level=src.product_level, nodata_value=0.0)
-        from .qa import MaskSet
-
         sets.append(MaskSet(*(_upsample(getattr(m, k), task.size) for k in ("cloud", "shadow", "snow", "nodata"))))
     return dilate(union(*sets), task.dilation)
 

@@ -85,6 +85,13 @@ class Plan:
         }
 
 
+def read_env(recipe: Recipe) -> dict:
+    """GDAL options of every read a recipe makes (cache size, HTTP timeout, credentials of
+    ``search.auth``; the credentials never leave this dict)."""
+    r = recipe.reading
+    return gdal_env(r.gdal_cachemax_mb, gdal_auth_env(recipe.search.auth)) | {"GDAL_HTTP_TIMEOUT": r.http_timeout}
+
+
 def _label_spec(recipe: Recipe) -> LabelSpec | None:
     lab = recipe.labels
     if lab is None:
@@ -119,7 +126,7 @@ def class_names(recipe: Recipe) -> dict[int, str]:
 def _scan_labels(recipe: Recipe, spec: LabelSpec, chips: list[ChipPlan]) -> None:
     """Apply the label rules to every chip (see module docstring)."""
     lab = recipe.labels
-    env = gdal_env()
+    env = read_env(recipe)
     strict_bad: dict[str, list[int]] = {}
     for cp in chips:
         ch = cp.chip
@@ -318,7 +325,7 @@ def probe_assets(plan: Plan) -> None:
     profile = get_profile(r.profile)
     scene = sign_hrefs([plan.scenes[used[0]]], r.search.auth)[0]
     keys = [profile.asset_key(b) for b in r.bands] + ([profile.qa_asset] if profile.qa_kind != "none" and profile.qa_asset else [])
-    env = gdal_env(r.reading.gdal_cachemax_mb, gdal_auth_env(r.search.auth)) | {"GDAL_HTTP_TIMEOUT": r.reading.http_timeout} | {"GDAL_HTTP_TIMEOUT": r.reading.http_timeout}
+    env = read_env(r)
     for key in keys:
         href = scene.assets[key]
         where = f"scene {scene.id!r} asset {key!r}"
@@ -458,7 +465,7 @@ def make_tasks(plan: Plan, store: OutputStore) -> list[ChipTask]:
     keys = tuple(profile.asset_key(b) for b in r.bands)
     qa_key = profile.qa_asset if profile.qa_kind != "none" else None
     rs = tuple(r.reading.band_resampling.get(b, r.reading.resampling) for b in r.bands)
-    env = gdal_env(r.reading.gdal_cachemax_mb, gdal_auth_env(r.search.auth)) | {"GDAL_HTTP_TIMEOUT": r.reading.http_timeout}
+    env = read_env(r)
     labels = _label_spec(r)
     signed = {s.id: s for s in sign_hrefs(plan.scenes.values(), r.search.auth)}
     tasks = []

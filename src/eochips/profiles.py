@@ -84,9 +84,13 @@ class Profile:
         )
 
     def tile_of(self, item_id: str, properties: Mapping) -> str | None:
-        """The tile id of an item (e.g. ``"13RCN"``), or None when the profile cannot tell."""
+        """The tile id of an item (e.g. ``"13RCN"``), or None when the profile cannot tell.
+
+        The STAC grid extension writes ``grid:code`` as ``MGRS-20EPT``; the prefix is dropped so
+        every profile names MGRS tiles alike.
+        """
         if self.tile_property and properties.get(self.tile_property):
-            return str(properties[self.tile_property])
+            return str(properties[self.tile_property]).removeprefix("MGRS-")
         if self.tile_pattern:
             m = re.search(self.tile_pattern, item_id)
             if m:
