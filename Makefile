@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 SAMPLE ?= sample-data
 DEMO_OUT ?= demo-output
 
-.PHONY: install sysdeps demo test clean
+.PHONY: install sysdeps demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m compileall -q -j 0 $(VENV)/lib src > /dev/null || true  # PYTHONDONTWRITEBYTECODE machines: no per-process recompiles
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,6 +27,15 @@ demo: install
 
 test: install sysdeps
 	$(PY) -m pytest -q
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
+# eochips vs the seed method, odc-stac and the read+warp limit (benchmarks/README.md), < 20 min
+bench: $(VENV)/.bench
+	$(VENV)/bin/eochips sample-data --output $(SAMPLE)
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(DEMO_OUT) build dist src/*.egg-info .pytest_cache

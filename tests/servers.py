@@ -127,6 +127,7 @@ class RangeServer(_LoopbackServer):
 
         class Handler(SimpleHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls per response
 
             def __init__(self, *a, **kw):
                 super().__init__(*a, directory=str(server.root), **kw)
@@ -223,6 +224,7 @@ class FaultyProxy(_LoopbackServer):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stalls per response
 
             def log_message(self, *args):
                 pass

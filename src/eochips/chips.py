@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from affine import Affine
 
 from . import failpoints
 from .errors import OutputError, ReadError
 from .labels import Reclass, rasterize_vector
 from .qa import FMASK_FILL, fmask_bad_pct
-from .reading import read_onto
+from .reading import TileCache, read_onto, read_sources, warp_sources
 from .writers import OutputStore, write_cog
 
 CHIPS_DIR = "chips"
@@ -172,58 +173,224 @@ class ChipResult:
 
 
 _pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+
+
+def _pool(kind: str, n: int) -> ThreadPoolExecutor:
+    """A per-process thread pool (``io``: reads, ``cpu``: warps and writes), kept alive so open
+    datasets are reused across batches."""
+    with _pool_lock:
+        size, pool = _pools.get(kind, (0, None))
+        if pool is None or size != n:
+            if pool is not None:
+                pool.shutdown(wait=False)
+            pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"eochips-{kind}")
+            _pools[kind] = (n, pool)
+        return pool
 
 
 def _threads(n: int) -> ThreadPoolExecutor:
-    """A per-process thread pool, kept alive so per-thread dataset caches are reused."""
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size != n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool, _pool_size = ThreadPoolExecutor(max_workers=n, thread_name_prefix="eochips-read"), n
-        return _pool
+    """The reading pool (``reading.threads`` threads over assets)."""
+    return _pool("io", n)
 
 
-def read_chip(task: ChipTask, retries: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a chip's imagery and QA (``retries`` collects one entry per retried read).
+def _cpu_threads(n: int) -> ThreadPoolExecutor:
+    """The warp-and-write pool: as many threads as cores (at most ``n``); GDAL releases the GIL."""
+    import os
 
-    Returns
-    -------
-    image : ndarray
-        ``(time, band, y, x)`` in ``task.dtype`` (fill = ``task.nodata``).
-    qa : ndarray or None
-        ``(time, y, x)`` uint8 QA (nearest), fill ``task.qa_nodata``; None without QA.
+    return _pool("cpu", max(1, min(n, os.cpu_count() or 1)))
 
-    Raises
-    ------
-    ReadError
-        An asset could not be read.
-    """
-    env = dict(task.env)
+
+def _jobs(task: ChipTask) -> list[tuple]:
+    """One read job per asset of a chip: ``(kind, t, b, href, resampling, nodata, dtype)``."""
     jobs = []
     for t, step in enumerate(task.steps):
         for b, href in enumerate(step.band_hrefs):
             jobs.append(("img", t, b, href, task.resampling[b], task.nodata, task.dtype))
         if task.qa_kind != "none" and step.qa_href:
             jobs.append(("qa", t, 0, step.qa_href, "nearest", task.qa_nodata, "uint8"))
+    return jobs
 
-    def run(job):
-        kind, t, b, href, rs, nd, dt = job
-        return job, read_onto(href, task.crs, task.transform, task.shape, resampling=rs, src_nodata=nd, dtype=dt,
-                              env=env, max_retries=task.max_retries, retries=retries)
 
-    image = np.empty((len(task.steps), len(task.band_names), task.size, task.size), dtype=task.dtype)
-    qa = np.empty((len(task.steps), task.size, task.size), dtype=np.uint8) if task.qa_kind != "none" else None
-    pool = _threads(task.threads)
-    for (kind, t, b, *_), arr in pool.map(run, jobs):
-        if kind == "img":
-            image[t, b] = arr
-        else:
-            qa[t] = arr
-    return image, qa
+def read_chips(tasks: list[ChipTask], retries: list[list] | None = None,
+               caches: dict[str, TileCache] | None = None) -> list[tuple[np.ndarray, np.ndarray | None] | ReadError]:
+    """Read the imagery and QA of chips that share their scenes (the same assets).
+
+    First one job per asset runs on the process's thread pool and reads every chip's source
+    window through the same open dataset and the asset's :class:`~eochips.reading.TileCache`,
+    in the order given (row-major): a COG tile shared by neighbouring chips is fetched and
+    decoded once, while the threads overlap different assets' requests and decoding. Then one
+    job per chip warps its windows, all bands on one source grid in one GDAL call
+    (:func:`~eochips.reading.warp_sources`).
+
+    Parameters
+    ----------
+    tasks
+        Chips whose ``steps`` name the same assets (see :func:`batch_key`).
+    retries
+        If given, one list per task; one entry is appended per retried read.
+    caches
+        Tile caches by href, kept by the caller across calls for the same batch (default: new).
+
+    Returns
+    -------
+    list
+        Per task, ``(image, qa)``: ``image`` ``(time, band, y, x)`` in ``task.dtype`` (fill =
+        ``task.nodata``), ``qa`` ``(time, y, x)`` uint8 (nearest, fill ``task.qa_nodata``) or
+        None without QA; or the :class:`ReadError` that made the chip unreadable.
+    """
+    return _warp_group(_GroupRead(tasks, retries, caches))
+
+
+class _GroupRead:
+    """The reads of one group of chips, started on the reading pool at once (one job per
+    asset) so they can run while the previous group is warped and written."""
+
+    def __init__(self, tasks: list[ChipTask], retries: list[list] | None, caches: dict[str, TileCache] | None):
+        self.tasks, self.retries = tasks, retries
+        self.jobs = _jobs(tasks[0])
+        self.sources: list[list] = [[None] * len(self.jobs) for _ in tasks]
+        self.errors: dict[int, ReadError] = {}
+        self.caches = {} if caches is None else caches
+        for job in self.jobs:
+            self.caches.setdefault(job[3], TileCache())
+        self.env = dict(tasks[0].env)
+        pool = _threads(tasks[0].threads)
+        self.futures = [pool.submit(self._read, j) for j in range(len(self.jobs))]
+
+    def _read(self, j: int) -> None:  # one asset, every chip, in order
+        tasks, first = self.tasks, self.tasks[0]
+        kind, t, b, href, rs, nd, dt = self.jobs[j]
+        live = [i for i in range(len(tasks)) if i not in self.errors]
+        tries: list = []
+        try:
+            got = read_sources(href, [(tasks[i].crs, tasks[i].transform, tasks[i].shape) for i in live], resampling=rs,
+                               src_nodata=nd, env=self.env, max_retries=first.max_retries, cache=self.caches[href],
+                               retries=tries)[0]
+        except ReadError as exc:
+            for i in live:
+                self.errors.setdefault(i, exc)
+            return
+        finally:
+            if self.retries is not None:
+                for i in live:
+                    self.retries[i].extend(tries)
+        for i, src in zip(live, got):
+            self.sources[i][j] = src
+
+    def wait(self) -> "_GroupRead":
+        for f in self.futures:
+            f.result()
+        return self
+
+
+def _warp_group(reads: _GroupRead) -> list[tuple[np.ndarray, np.ndarray | None] | ReadError]:
+    """Wait for a group's reads, then warp each chip's windows on the CPU pool."""
+    reads.wait()
+    jobs = reads.jobs
+
+    def warp(i: int):  # one chip, every asset: a warp per source grid and resampling
+        if i in reads.errors:
+            return reads.errors[i]
+        task, src = reads.tasks[i], reads.sources[i]
+        image = np.empty((len(task.steps), len(task.band_names), task.size, task.size), dtype=task.dtype)
+        qa = np.empty((len(task.steps), task.size, task.size), dtype=np.uint8) if task.qa_kind != "none" else None
+        for kind, rs in sorted({(job[0], job[4]) for job in jobs}):
+            idx = [j for j, job in enumerate(jobs) if (job[0], job[4]) == (kind, rs)]
+            if kind == "img":
+                arr = warp_sources([src[j] for j in idx], task.crs, Affine(*task.transform), task.shape, rs, task.dtype,
+                                   task.nodata if task.nodata is not None else 0)
+                for a, j in zip(arr, idx):
+                    image[jobs[j][1], jobs[j][2]] = a
+            else:
+                arr = warp_sources([src[j] for j in idx], task.crs, Affine(*task.transform), task.shape, rs, "uint8",
+                                   task.qa_nodata if task.qa_nodata is not None else 0)
+                for a, j in zip(arr, idx):
+                    qa[jobs[j][1]] = a
+        reads.sources[i] = None
+        return image, qa
+
+    return list(_cpu_threads(reads.tasks[0].threads).map(warp, range(len(reads.tasks))))
+
+
+def read_chip(task: ChipTask, retries: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read one chip's imagery and QA (see :func:`read_chips`).
+
+    Raises
+    ------
+    ReadError
+        An asset could not be read.
+    """
+    got = read_chips([task], [retries] if retries is not None else None)[0]
+    if isinstance(got, ReadError):
+        raise got
+    return got
+
+
+def batch_key(task: ChipTask) -> tuple:
+    """Chips with equal keys read the same assets and can share a batch."""
+    return (tuple((s.band_hrefs, s.qa_href) for s in task.steps), tuple(s.qa_href for s in task.mask_steps))
+
+
+def task_hrefs(task: ChipTask) -> set[str]:
+    """Every imagery href a chip reads (not the label raster)."""
+    out = set()
+    for s in task.steps + task.mask_steps:
+        out.update(s.band_hrefs)
+        out.update(h for _, h in s.extra)
+        if s.qa_href:
+            out.add(s.qa_href)
+    return out
+
+
+def process_batch(tasks: list[ChipTask], group: int = 16) -> list[ChipResult]:
+    """Build chips that share their scenes (see :func:`batch_key`), ``group`` at a time.
+
+    Each group is read as in :func:`read_chips` (COG tiles shared by neighbouring chips are
+    fetched once), then every chip is warped and finished (:func:`finish_chip`) on the CPU
+    pool while the next group's reads run on the reading pool (network waits and CPU work
+    overlap). At most two groups' arrays are in memory at a time, and the batch's datasets are
+    closed at the end, so a worker's memory does not grow with the number of scenes.
+
+    Returns
+    -------
+    list of ChipResult
+        One per task, in order; a chip whose asset cannot be read is ``failed`` alone.
+    """
+    results: list[ChipResult] = []
+    caches: dict[str, TileCache] = {}  # tiles carry over from one group to the next
+    groups = [tasks[g:g + group] for g in range(0, len(tasks), group)]
+    reads = None
+    try:
+        for k, sub in enumerate(groups):
+            reads = reads or _GroupRead(sub, [[] for _ in sub], caches)
+            current = reads.wait()
+            # the next group's reads (network, decoding) overlap this group's warps and writes
+            reads = _GroupRead(groups[k + 1], [[] for _ in groups[k + 1]], caches) if k + 1 < len(groups) else None
+            got = _warp_group(current)
+            # matplotlib (quicklooks) is not thread-safe: finish those chips one by one
+            mapper = map if sub[0].quicklook else _cpu_threads(sub[0].threads).map
+            results.extend(mapper(lambda args: _finish_safely(*args), zip(sub, got, current.retries)))
+    finally:
+        if reads is not None:
+            reads.wait()
+        from .reading import close_assets
+
+        close_assets(set().union(*(task_hrefs(t) for t in tasks)))
+    return results
+
+
+def _finish_safely(task: ChipTask, got, retries: list) -> ChipResult:
+    """:func:`finish_chip`, with any unexpected exception turned into a failed result naming it
+    (recorded, reported, retried on rerun) so one chip never takes its batch down."""
+    if isinstance(got, ReadError):
+        return ChipResult(task.chip_id, "failed", str(got), retries=len(retries))
+    try:
+        return finish_chip(task, got[0], got[1], retries)
+    except Exception as exc:  # noqa: BLE001
+        from .search import redact
+
+        return ChipResult(task.chip_id, "failed", redact(f"{type(exc).__name__}: {exc}"), retries=len(retries))
 
 
 def read_labels(task: ChipTask) -> tuple[np.ndarray | None, dict[int, int]]:
@@ -252,7 +419,12 @@ def nodata_pixels(image: np.ndarray, nodata: float | None) -> int:
 
 
 def process_chip(task: ChipTask) -> ChipResult:
-    """Build one chip: read, measure, filter, write.
+    """Build one chip: read, measure, filter, write (a batch of one, see :func:`process_batch`)."""
+    return process_batch([task])[0]
+
+
+def finish_chip(task: ChipTask, image: np.ndarray, qa: np.ndarray | None, retries: list) -> ChipResult:
+    """Measure, filter and write one chip whose imagery is read.
 
     Rules (seed 001, thresholds from the recipe):
 
@@ -266,9 +438,7 @@ def process_chip(task: ChipTask) -> ChipResult:
         ``failed`` with the error message when an asset cannot be read; other exceptions
         propagate (they are bugs).
     """
-    retries: list = []
     try:
-        image, qa = read_chip(task, retries)
         label, unknown = read_labels(task)
     except ReadError as exc:
         return ChipResult(task.chip_id, "failed", str(exc), retries=len(retries))

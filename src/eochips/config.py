@@ -286,6 +286,7 @@ class EngineConfig(_Model):
     workers: int | None = Field(None, gt=0, description="Dask workers (default: CPU cores).")
     scheduler: str | None = Field(None, description="tcp://HOST:PORT of an existing Dask scheduler.")
     processes: bool = True
+    batch_chips: int = Field(128, gt=0, le=100000, description="Most chips in one worker task (chips sharing scenes are batched so shared COG tiles are read once).")
 
 
 class Recipe(_Model):

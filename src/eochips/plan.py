@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from .errors import LabelError, OutputError, ProfileError
 from .grid import Chip, TargetGrid, load_aoi, make_grid, reproject_geometry, tile_chips
 from .labels import CDL_13_COLORS, CDL_13_NAMES, Reclass, default_colormap, make_reclass, rasterize_vector
 from .profiles import Profile, get_profile
-from .reading import gdal_env, probe, read_onto
+from .reading import close_assets, gdal_env, probe, read_onto
 from .search import Scene, gdal_auth_env, redact, scene_from_item, search, sign_hrefs
 from .selection import Candidate, SelectionFailed, get_strategy
 from .writers import OutputStore
@@ -326,13 +327,22 @@ def probe_assets(plan: Plan) -> None:
     scene = sign_hrefs([plan.scenes[used[0]]], r.search.auth)[0]
     keys = [profile.asset_key(b) for b in r.bands] + ([profile.qa_asset] if profile.qa_kind != "none" and profile.qa_asset else [])
     env = read_env(r)
-    for key in keys:
+
+    def one(key):
+        try:
+            return probe(scene.assets[key], env=env, max_retries=r.reading.max_retries)
+        except ReadError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max(1, min(len(keys), r.reading.threads))) as pool:  # remote: overlap round trips
+        probed = list(pool.map(one, keys))
+    close_assets(scene.assets[k] for k in keys)
+    for key, got in zip(keys, probed):
         href = scene.assets[key]
         where = f"scene {scene.id!r} asset {key!r}"
-        try:
-            crs, nd, small = probe(href, env=env, max_retries=r.reading.max_retries)
-        except ReadError as exc:
-            raise _bad(ReadError(f"{where}: {exc}")) from None
+        if isinstance(got, ReadError):
+            raise _bad(ReadError(f"{where}: {got}")) from None
+        crs, nd, small = got
         if crs is None:
             raise _bad(ReadError(f"{where} ({redact(href)}) has no CRS; give the raster a CRS (gdal_edit.py -a_srs)"))
         nd = nd if nd is not None else profile.nodata

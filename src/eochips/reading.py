@@ -13,8 +13,10 @@ real HLS), while the window + reproject route equals ``gdalwarp`` exactly; see
 - Resampling is per band (bilinear for reflectance, nearest for QA by default).
 - Nodata is carried through: source fill pixels are excluded from interpolation and the
   output is filled with the same value where the source has no data.
-- Open datasets are cached per thread and reused across chips (re-opening per chip cost
-  +35 % time and +40 % bytes in DESIGN.md's measurements); a thread never shares a handle.
+- Open datasets are cached per process, one handle per asset used by one thread at a time,
+  and reused by every chip of a batch (re-opening per chip cost +35 % time and +40 % bytes in
+  DESIGN.md's measurements; one handle per asset also lets GDAL's block cache serve a COG tile
+  to all the chips that share it).
 - GDAL options live in a plain dict and a ``rasterio.Env`` is opened around every read
   (GDAL's config is thread-local; STYLE.md §8).
 - Transient errors (HTTP 5xx/429, resets, timeouts, truncated bodies) are retried with
@@ -27,6 +29,8 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
@@ -65,7 +69,6 @@ _PERMANENT = ("HTTP response code: 404", "HTTP response code: 403", "HTTP respon
 # looks the same), then permanent
 _FORMAT = ("not recognized as being in a supported file format", "not a TIFF", "TIFFReadDirectory",
            "TIFFFillTile", "TIFFFillStrip", "IReadBlock failed", "Read error", "Cannot read TIFF header")
-_local = threading.local()
 
 
 def gdal_env(cachemax_mb: int = 128, extra: Mapping[str, str] | None = None) -> dict:
@@ -75,72 +78,254 @@ def gdal_env(cachemax_mb: int = 128, extra: Mapping[str, str] | None = None) -> 
     return env
 
 
-def _cache() -> OrderedDict:
-    c = getattr(_local, "datasets", None)
-    if c is None:
-        c = _local.datasets = OrderedDict()
-    return c
+class _Handles:
+    """Open datasets of this process, one per href, each with its own lock.
 
+    A handle is used by one thread at a time (GDAL datasets are not thread-safe) but by any
+    thread, so every chip of a batch that needs an asset goes through the same handle and GDAL's
+    block cache: a COG tile shared by neighbouring chips is fetched and decoded once. Opening
+    happens under the href's lock only, so threads open different assets concurrently (on a
+    remote archive each open costs a round trip).
+    """
 
-def _open(href: str, max_open: int = 64):
-    cache = _cache()
-    ds = cache.get(href)
-    if ds is not None and not ds.closed:
-        cache.move_to_end(href)
+    def __init__(self, max_open: int = 64):
+        self.max_open = max_open
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._open: OrderedDict[str, object] = OrderedDict()
+
+    def lock(self, href: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(href, threading.Lock())
+
+    def get(self, href: str):
+        """The open dataset of ``href`` (caller holds ``lock(href)``)."""
+        with self._lock:
+            ds = self._open.get(href)
+            if ds is not None and not ds.closed:
+                self._open.move_to_end(href)
+                return ds
+        ds = rasterio.open(href)
+        with self._lock:
+            self._open[href] = ds
+            old = [self._open.popitem(last=False) for _ in range(max(0, len(self._open) - self.max_open))]
+        for h, d in old:  # least recently used beyond max_open; one in use stays open
+            lk = self.lock(h)
+            if lk.acquire(blocking=False):
+                d.close()
+                lk.release()
+            else:
+                with self._lock:
+                    self._open.setdefault(h, d)
         return ds
-    ds = rasterio.open(href)
-    cache[href] = ds
-    while len(cache) > max_open:
-        _, old = cache.popitem(last=False)
-        old.close()
-    return ds
+
+    def close(self, href: str) -> None:
+        """Close ``href``'s handle (its cached blocks are freed); caller must not hold its lock."""
+        with self.lock(href):
+            with self._lock:
+                ds = self._open.pop(href, None)
+            if ds is not None:
+                ds.close()
 
 
-def _evict(href: str) -> None:
-    ds = _cache().pop(href, None)
-    if ds is not None:
-        ds.close()
+_handles = _Handles()
+
+
+def close_assets(hrefs) -> None:
+    """Close the open datasets of ``hrefs`` in this process (after a batch of chips: frees the
+    GDAL block cache they hold, so memory stays flat over any number of scenes)."""
+    for h in set(hrefs):
+        _handles.close(h)
 
 
 _MARGIN = {Resampling.nearest: 1, Resampling.bilinear: 2, Resampling.cubic: 3, Resampling.average: 2}
 
 
-def source_window(ds, crs: str, transform: Affine, shape: tuple[int, int], margin: int = 2) -> Window | None:
+def source_window(ds, crs: str, transform: Affine, shape: tuple[int, int], margin: int = 2,
+                  clip: bool = True) -> Window | None:
     """The source pixel window a chip needs (its footprint in source pixels, densified edges,
-    widened by ``margin`` pixels for the resampling kernel, clipped to the raster); None
-    when the chip does not overlap the source."""
-    h, w = shape
-    n = 9
-    ts = np.linspace(0, 1, n)
-    edge_x = np.concatenate([ts * w, np.full(n, w), ts[::-1] * w, np.zeros(n)])
-    edge_y = np.concatenate([np.zeros(n), ts * h, np.full(n, h), ts[::-1] * h])
-    xs, ys = transform @ (edge_x, edge_y)
-    if CRS.from_user_input(crs) != ds.crs:
-        xs, ys = warp_transform(crs, ds.crs, list(xs), list(ys))
-    cols, rows = ~ds.transform @ (np.asarray(xs), np.asarray(ys))
-    c0 = max(int(np.floor(np.min(cols))) - margin, 0)
-    r0 = max(int(np.floor(np.min(rows))) - margin, 0)
-    c1 = min(int(np.ceil(np.max(cols))) + margin, ds.width)
-    r1 = min(int(np.ceil(np.max(rows))) + margin, ds.height)
+    widened by ``margin`` pixels for the resampling kernel, clipped to the raster unless
+    ``clip`` is false); None when the chip does not overlap the source."""
+    box = _footprint_box(str(crs), tuple(transform)[:6], tuple(shape), ds.crs.to_wkt(), tuple(ds.transform)[:6])
+    c0, r0, c1, r1 = box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin
+    if not clip:
+        return Window(c0, r0, c1 - c0, r1 - r0)
+    c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, ds.width), min(r1, ds.height)
     if c1 <= c0 or r1 <= r0:
         return None
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def _warp_window(ds, band: int, crs: str, transform: Affine, shape: tuple[int, int], rs: Resampling,
-                 nodata: float | None, dtype: str) -> np.ndarray:
-    """Windowed read of the source blocks a chip needs, then a GDAL warp of that small array
-    onto the chip grid (same result as ``gdalwarp`` of the whole band onto the chip grid)."""
-    fill = nodata if nodata is not None else 0
-    out = np.full(shape, fill, dtype=dtype)
-    win = source_window(ds, crs, transform, shape, _MARGIN.get(rs, 3))
-    if win is None:
+@lru_cache(maxsize=4096)
+def _footprint_box(crs: str, transform: tuple, shape: tuple, src_crs: str, src_transform: tuple) -> tuple[int, int, int, int]:
+    """``(col0, row0, col1, row1)`` source pixels under a chip's footprint (edges densified);
+    cached: every asset of a scene, and every scene on the same grid, shares it."""
+    h, w = shape
+    n = 9
+    ts = np.linspace(0, 1, n)
+    edge_x = np.concatenate([ts * w, np.full(n, w), ts[::-1] * w, np.zeros(n)])
+    edge_y = np.concatenate([np.zeros(n), ts * h, np.full(n, h), ts[::-1] * h])
+    xs, ys = Affine(*transform) @ (edge_x, edge_y)
+    if CRS.from_user_input(crs) != CRS.from_wkt(src_crs):
+        xs, ys = warp_transform(crs, CRS.from_wkt(src_crs), list(xs), list(ys))
+    cols, rows = ~Affine(*src_transform) @ (np.asarray(xs), np.asarray(ys))
+    return (int(np.floor(np.min(cols))), int(np.floor(np.min(rows))), int(np.ceil(np.max(cols))), int(np.ceil(np.max(rows))))
+
+
+class TileCache:
+    """Decoded blocks (COG tiles) of one asset that chips of a batch still need.
+
+    Chips are read in row-major order of the target grid, so once a chip's source window
+    starts below a row of tiles no later chip needs that row: it is dropped. Neighbouring chips
+    thus share tiles without fetching or decoding them twice, and memory holds about two rows
+    of tiles per asset. Used by one thread at a time (under the asset's handle lock).
+    """
+
+    def __init__(self):
+        self.tiles: dict[tuple[int, int, int], np.ndarray] = {}
+        self.fetched = 0  # tiles read from the asset
+
+    def prefetch(self, ds, band: int, windows: list[Window]) -> None:
+        """Read the missing tiles under ``windows`` (inside the raster): per row of tiles, one
+        read per run of adjacent missing tiles, rows with the same runs merged into one read
+        (GDAL fetches a read's tiles with one multi-range request, consecutive ones merged)."""
+        bh, bw = ds.block_shapes[band - 1]
+        rows: dict[int, set[int]] = {}
+        for win in windows:
+            r0, c0 = int(win.row_off), int(win.col_off)
+            r1, c1 = r0 + int(win.height), c0 + int(win.width)
+            for tr in range(r0 // bh, (r1 - 1) // bh + 1):
+                rows.setdefault(tr, set()).update(tc for tc in range(c0 // bw, (c1 - 1) // bw + 1)
+                                                  if (band, tr, tc) not in self.tiles)
+        runs: dict[tuple[int, ...], list[int]] = {}
+        for tr in sorted(rows):
+            for run in _runs(sorted(rows[tr])):
+                runs.setdefault(tuple(run), []).append(tr)
+        for run, trs in runs.items():
+            for rrun in _runs(trs):
+                y0, x0 = rrun[0] * bh, run[0] * bw
+                y1, x1 = min((rrun[-1] + 1) * bh, ds.height), min((run[-1] + 1) * bw, ds.width)
+                arr = ds.read(band, window=Window(x0, y0, x1 - x0, y1 - y0))
+                for tr in rrun:
+                    for tc in run:
+                        self.tiles[(band, tr, tc)] = arr[(tr - rrun[0]) * bh:(tr - rrun[0] + 1) * bh,
+                                                         (tc - run[0]) * bw:(tc - run[0] + 1) * bw]
+                self.fetched += len(rrun) * len(run)
+
+    def window(self, ds, band: int, win: Window) -> np.ndarray:
+        """``(y, x)`` pixels of ``win`` (inside the raster), reading missing tiles first; then
+        drops the rows of tiles above ``win`` (row-major order: no later chip needs them)."""
+        bh, bw = ds.block_shapes[band - 1]
+        r0, c0 = int(win.row_off), int(win.col_off)
+        r1, c1 = r0 + int(win.height), c0 + int(win.width)
+        trs = range(r0 // bh, (r1 - 1) // bh + 1)
+        tcs = range(c0 // bw, (c1 - 1) // bw + 1)
+        self.prefetch(ds, band, [win])
+        out = np.empty((r1 - r0, c1 - c0), dtype=ds.dtypes[band - 1])
+        for tr in trs:
+            for tc in tcs:
+                tile = self.tiles[(band, tr, tc)]
+                ty, tx = tr * bh, tc * bw
+                ya, yb = max(r0, ty), min(r1, ty + tile.shape[0])
+                xa, xb = max(c0, tx), min(c1, tx + tile.shape[1])
+                out[ya - r0:yb - r0, xa - c0:xb - c0] = tile[ya - ty:yb - ty, xa - tx:xb - tx]
+        top = r0 // bh
+        for key in [k for k in self.tiles if k[0] == band and k[1] < top]:
+            del self.tiles[key]
         return out
-    src = ds.read(band, window=win)
-    reproject(
-        src, out, src_transform=ds.transform @ Affine.translation(win.col_off, win.row_off), src_crs=ds.crs, src_nodata=nodata,
-        dst_transform=transform, dst_crs=crs, dst_nodata=fill, resampling=rs,
-    )
+
+
+def _runs(values: list[int]) -> list[list[int]]:
+    """Split sorted integers into runs of consecutive values."""
+    out: list[list[int]] = []
+    for v in values:
+        if out and v == out[-1][-1] + 1:
+            out[-1].append(v)
+        else:
+            out.append([v])
+    return out
+
+
+@dataclass(frozen=True)
+class SourceWindow:
+    """The source pixels one chip needs from one band of one asset.
+
+    Attributes
+    ----------
+    data
+        ``(y, x)`` pixels of the window, in the asset's dtype.
+    transform, crs
+        Georeferencing of ``data`` (the asset's transform shifted to the window).
+    nodata
+        The asset's fill value (declared, else the caller's), or None.
+    clipped
+        True when the window was cut by the raster's edge (the chip is not fully inside).
+    """
+
+    data: np.ndarray
+    transform: Affine
+    crs: CRS
+    nodata: float | None
+    clipped: bool
+
+
+def _sources(ds, band: int, grids: list[tuple], rs: Resampling, nodata: float | None,
+             cache: TileCache | None = None) -> list[SourceWindow | None]:
+    """Read the source windows chips need (``grids``: ``(crs, transform, shape)`` each), through
+    ``cache`` when given (all their tiles prefetched at once); None for a chip that does not
+    overlap the asset."""
+    margin = _MARGIN.get(rs, 3)
+    wins = [source_window(ds, c, Affine(*t), sh, margin) for c, t, sh in grids]
+    if cache is not None:
+        cache.prefetch(ds, band, [w for w in wins if w is not None])
+    out = []
+    for (c, t, sh), win in zip(grids, wins):
+        if win is None:
+            out.append(None)
+            continue
+        full = source_window(ds, c, Affine(*t), sh, margin, clip=False)
+        data = cache.window(ds, band, win) if cache is not None else ds.read(band, window=win)
+        out.append(SourceWindow(data, ds.transform @ Affine.translation(win.col_off, win.row_off), ds.crs, nodata, win != full))
+    return out
+
+
+def warp_sources(sources: list[SourceWindow | None], crs: str, transform: Affine, shape: tuple[int, int],
+                 resampling: str, dtype: str, fill: float) -> np.ndarray:
+    """Warp source windows onto one chip grid with GDAL's warper (``rasterio.warp.reproject``).
+
+    When the windows on one source grid (all dates and bands of a granule) have no fill pixel
+    and lie fully inside their raster, they are stacked and warped in one call without nodata
+    values: GDAL then uses its unmasked kernels, 2-3x faster than masked per-band warps, with
+    identical values (``tests/test_batching.py``). Otherwise each band is warped on its own
+    with its nodata mask (equal to ``gdalwarp``, ``tests/test_reading.py``).
+
+    Returns
+    -------
+    ndarray
+        ``(n, y, x)`` of ``dtype``; ``fill`` where a source has no data or does not reach.
+    """
+    out = np.full((len(sources),) + tuple(shape), fill, dtype=dtype)
+    groups: dict[tuple, list[int]] = {}
+    for i, src in enumerate(sources):
+        if src is not None:
+            groups.setdefault((tuple(src.transform)[:6], src.crs.to_wkt(), src.data.shape, src.nodata, src.clipped), []).append(i)
+    rs = Resampling[resampling]
+    for (_, _, _, nodata, clipped), idx in groups.items():
+        first = sources[idx[0]]
+        stack = np.stack([sources[i].data for i in idx])
+        has_fill = nodata is not None and (bool(np.isnan(stack).any()) if isinstance(nodata, float) and np.isnan(nodata)
+                                           else bool((stack == nodata).any()))
+        if has_fill or clipped:
+            # masked warps band by band: GDAL's multi-band warp with per-band nodata masks
+            # (UNIFIED_SRC_NODATA=NO) wrote values where single-band warps (and gdalwarp) leave fill
+            for i in idx:
+                reproject(sources[i].data, out[i], src_transform=first.transform, src_crs=first.crs, src_nodata=nodata,
+                          dst_transform=transform, dst_crs=crs, dst_nodata=fill, init_dest_nodata=True, resampling=rs)
+        else:  # every chip pixel falls inside valid source pixels: no masks needed, one call
+            dst = out[idx]
+            reproject(stack, dst, src_transform=first.transform, src_crs=first.crs, dst_transform=transform, dst_crs=crs,
+                      resampling=rs, init_dest_nodata=False)
+            out[idx] = dst
     return out
 
 
@@ -193,14 +378,15 @@ def _retrying(fn, href: str, max_retries: int, retries: list | None, env: Mappin
     """Call ``fn(ds)`` on the cached dataset of ``href`` with the retry policy of this module."""
 
     def attempt():
+        lock = _handles.lock(href)
         try:
-            with rasterio.Env(**_env_for(href, env)):
-                return fn(_open(href))
+            with rasterio.Env(**_env_for(href, env)), lock:
+                return fn(_handles.get(href))
         except ReadError:
-            _evict(href)
+            _handles.close(href)
             raise
         except (rasterio.errors.RasterioError, OSError) as exc:
-            _evict(href)
+            _handles.close(href)
             err = classify(exc, href)
             if isinstance(err, TransientReadError):
                 _uncached.add(href)
@@ -256,6 +442,7 @@ def read_onto(
     env: Mapping | None = None,
     max_retries: int = 4,
     retries: list | None = None,
+    cache: TileCache | None = None,
 ) -> np.ndarray:
     """Read one band of one asset onto a chip grid.
 
@@ -280,6 +467,8 @@ def read_onto(
         Extra attempts on transient failures (exponential backoff with jitter, capped at 8 s).
     retries
         If given, one entry (the error message) is appended per retried attempt.
+    cache
+        The asset's :class:`TileCache` when several chips are read in row-major order.
 
     Returns
     -------
@@ -293,15 +482,44 @@ def read_onto(
     TransientReadError
         Still failing after the retries.
     """
+    kw = dict(band=band, resampling=resampling, src_nodata=src_nodata, env=env, max_retries=max_retries,
+              retries=retries, cache=cache)
+    srcs, dt, nodata = read_sources(href, [(crs, transform, shape)], **kw)
+    return warp_sources(srcs, crs, Affine(*transform), shape, resampling, dtype or dt, nodata if nodata is not None else 0)[0]
+
+
+def read_sources(
+    href: str,
+    grids: list[tuple],
+    *,
+    band: int = 1,
+    resampling: str = "bilinear",
+    src_nodata: float | None = None,
+    env: Mapping | None = None,
+    max_retries: int = 4,
+    retries: list | None = None,
+    cache: TileCache | None = None,
+) -> tuple[list[SourceWindow | None], str, float | None]:
+    """Read the source windows of one band of one asset that chips need (no warp yet; see
+    :func:`read_onto` for the parameters and errors, and :func:`warp_sources`).
+
+    ``grids`` holds one ``(crs, transform, shape)`` per chip, in row-major order. With a
+    ``cache``, every tile the chips need is fetched in as few requests as possible, once.
+
+    Returns
+    -------
+    windows, dtype, nodata
+        One :class:`SourceWindow` per chip (None when the chip does not overlap the asset),
+        the asset's dtype and its fill value (declared, else ``src_nodata``).
+    """
     rs = Resampling[resampling]
 
-    def go(ds) -> np.ndarray:
+    def go(ds):
         if ds.crs is None:
             raise ReadError(f"asset {redact(href)} has no CRS")
         nodata = ds.nodatavals[band - 1]
         if nodata is None:
             nodata = src_nodata
-        return _warp_window(ds, band, crs, Affine(*transform), shape, rs, nodata, dtype or ds.dtypes[band - 1])
+        return _sources(ds, band, grids, rs, nodata, cache), ds.dtypes[band - 1], nodata
 
     return _retrying(go, href, max_retries, retries, env or gdal_env())
-

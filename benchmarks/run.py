@@ -1,0 +1,337 @@
+"""Run the benchmark: every contender on every case, interleaved, and write the results.
+
+    python benchmarks/run.py [--runs 3] [--cache DIR] [--only CASE ...]
+
+Cases are ``{density}-{network}``: seed, medium and dense on loopback, seed and dense through
+the latency-and-bandwidth-limited port (see ``server.py``). Each run of a contender is its own
+process tree; the harness samples the RSS of every process in it (psutil, every 50 ms), reads
+its CPU time from ``getrusage(RUSAGE_CHILDREN)`` and asks the COG server how many bytes it sent.
+Run order is rotated each round so no contender always runs first or last.
+
+Writes ``benchmarks/results/latest.json`` (one object per contender and case, plus every run)
+and ``benchmarks/results/latest.md`` (the table), and puts the table into
+``benchmarks/README.md`` between the ``<!-- results -->`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import workload  # noqa: E402
+
+PY = sys.executable
+EOCHIPS = str(Path(sys.executable).with_name("eochips"))
+CORES = os.cpu_count() or 1
+
+CASES = ["seed-loopback", "medium-loopback", "dense-loopback", "seed-proxy", "dense-proxy"]
+CONTENDERS = ["eochips-1w", "eochips-2w", "seed", "odc-stac", "limit"]
+LOOPBACK_ONLY = {"eochips-1w"}  # the 1-vs-2-worker comparison is a CPU question
+# The seed method and odc-stac decode and warp every granule whole whatever its chips (about
+# 28 s per granule here). To keep `make bench` under 20 minutes they run --heavy-runs times
+# (default 1) per case, and in the 10-granule seed-density cases on the first
+# --heavy-granules granules (default 2, 5 chips each): their chips/s is a per-granule rate.
+# `--heavy-runs 3 --heavy-granules 10` is the full protocol (about an hour).
+HEAVY = {"seed", "odc-stac"}
+PROTOCOL = {"heavy_granules": 2}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path):
+        self.port, self.slow = free_port(), free_port()
+        self.proc = subprocess.Popen([PY, str(HERE / "server.py"), str(root), "--port", str(self.port),
+                                      "--slow-port", str(self.slow)], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.urls = {"loopback": f"http://127.0.0.1:{self.port}", "proxy": f"http://127.0.0.1:{self.slow}"}
+
+    def reset(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(self.urls["loopback"] + "/_reset", method="POST")).read()
+
+    def stats(self) -> dict:
+        return json.loads(urllib.request.urlopen(self.urls["loopback"] + "/_stats").read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd``; return wall seconds, CPU seconds of the whole process tree, and peak RSS
+    (largest process, largest sum over the tree, and per process)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    root = psutil.Process(proc.pid)
+    peak_sum, peak_pss, peaks, cpu_seen = 0, 0, {}, {}
+    while proc.poll() is None:
+        total = total_pss = 0
+        try:
+            procs = [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                with p.oneshot():
+                    mem = p.memory_full_info()  # rss, and pss: shared pages split between sharers
+                    ct = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += mem.rss
+            total_pss += getattr(mem, "pss", mem.rss)
+            peaks[p.pid] = max(peaks.get(p.pid, 0), mem.rss)
+            cpu_seen[p.pid] = ct.user + ct.system
+        peak_sum, peak_pss = max(peak_sum, total), max(peak_pss, total_pss)
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU of the whole tree: waited-for children's rusage, or (when grandchildren are reaped by
+    # a forkserver, whose rusage we never see) the sum of the last samples, whichever is larger
+    cpu = max((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), sum(cpu_seen.values()))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": max(peaks.values(), default=0) / 2**20,
+            "peak_rss_sum_mb": peak_sum / 2**20, "peak_pss_sum_mb": peak_pss / 2**20, "rss_by_process_mb": sorted((v / 2**20 for v in peaks.values()), reverse=True),
+            "root_rss_mb": peaks.get(proc.pid, 0) / 2**20, "stdout": out}
+
+
+def run_one(contender: str, case: str, wl: dict, scratch: Path) -> dict:
+    density, net = case.split("-")
+    out = scratch / f"{contender}-{case}"
+    shutil.rmtree(out, ignore_errors=True)
+    chips = wl["chips"][density]
+    if contender.startswith("eochips"):
+        workers = contender.split("-")[1].rstrip("w")
+        cmd = [EOCHIPS, "run", wl["recipes"][case], "--output", str(out), "--workers", workers, "--no-progress"]
+        env = dict(os.environ, EOCHIPS_STATE_DIR=str(scratch / "state"))
+        m = measure(cmd, env)
+        summary = json.loads((out / "summary.json").read_text())
+        m["kept"] = summary.get("kept", summary.get("chips_kept"))
+        m["chips"] = len(chips)
+        # per worker: the worker processes are every process but the main one and the nannies
+        m["worker_rss_mb"] = max((v for v in m["rss_by_process_mb"] if v != m["root_rss_mb"]), default=0.0)
+    else:
+        name = {"seed": "seed", "odc-stac": "odc", "limit": "limit"}[contender]
+        args = [PY, str(HERE / "contenders.py"), name, str(Path(wl["root"]) / "workload.json"), density, net, str(out)]
+        if contender in HEAVY and density == "seed":
+            args.append(str(PROTOCOL["heavy_granules"]))
+        m = measure(args)
+        res = json.loads(m["stdout"].strip().splitlines()[-1])
+        m["kept"], m["chips"] = res["kept"], res["chips"]
+    m.pop("stdout")
+    shutil.rmtree(out, ignore_errors=True)
+    return m
+
+
+def intersected_tile_bytes(wl: dict, density: str, granules: int | None = None) -> int:
+    """Bytes of the full-resolution COG tiles that the chips' source windows (footprint plus one
+    pixel for bilinear) intersect, each tile counted once."""
+    import rasterio
+    from affine import Affine
+    from eochips.reading import source_window
+
+    root = Path(wl["root"]) / "base"
+    sizes: dict[tuple[str, str], dict[tuple[int, int], int]] = {}
+    for d in wl["dates"]:
+        for a in wl["assets"]:
+            with rasterio.open(root / d / f"{a}.tif") as ds:
+                bh, bw = ds.block_shapes[0]
+                nty, ntx = -(-ds.height // bh), -(-ds.width // bw)
+                sizes[(d, a)] = {(r, c): ds.block_size(1, r, c) for r in range(nty) for c in range(ntx)}
+    grid_t = Affine(*wl["grid"]["transform"])
+    size = wl["chip"]
+    seen = set()
+    total = 0
+    chips = wl["chips"][density]
+    if granules is not None:
+        chips = [c for c in chips if c[0] < granules]
+
+    class _DS:  # the geometry source_window needs, for granule k
+        def __init__(self, k):
+            import rasterio.crs
+
+            x0, y0 = wl["granules"][str(k)]["origin"]
+            self.crs = rasterio.crs.CRS.from_epsg(workload.EPSG)
+            self.transform = Affine(workload.RES, 0, x0, 0, -workload.RES, y0)
+            self.width = self.height = workload.SIZE
+
+    for k, r, c in chips:
+        ds = _DS(k)
+        win = source_window(ds, wl["grid"]["crs"], grid_t * Affine.translation(c * size, r * size), (size, size), 1)
+        if win is None:
+            continue
+        tr = range(int(win.row_off) // 256, (int(win.row_off + win.height) - 1) // 256 + 1)
+        tc = range(int(win.col_off) // 256, (int(win.col_off + win.width) - 1) // 256 + 1)
+        for (d, a), tiles in sizes.items():
+            for y in tr:
+                for x in tc:
+                    key = (k, d, a, y, x)
+                    if key not in seen:
+                        seen.add(key)
+                        total += tiles[(y, x)]
+    return total
+
+
+def summarise(records: list[dict], wl: dict, tiles: dict[str, int]) -> list[dict]:
+    rows = []
+    for case in CASES:
+        for con in CONTENDERS:
+            rs = [r for r in records if r["case"] == case and r["contender"] == con]
+            if not rs:
+                continue
+            chips = rs[0]["chips"]
+            walls = [r["wall_s"] for r in rs]
+            cps = sorted(chips / w for w in walls)
+            med_wall = statistics.median(walls)
+            med_cpu = statistics.median(r["cpu_s"] for r in rs)
+            bytes_sent = statistics.median(r["bytes"] for r in rs)
+            density, net = case.split("-")
+            tile_bytes = tiles[f"{density}-{con in HEAVY and density == 'seed'}"]
+            row = {
+                "case": case, "density": density, "network": net, "contender": con, "chips": chips,
+                "kept": rs[0]["kept"], "granules": rs[0]["granules"], "runs": len(rs),
+                "seconds": round(med_wall, 2), "seconds_min_max": [round(min(walls), 2), round(max(walls), 2)],
+                "chips_per_s": round(chips / med_wall, 3), "chips_per_s_min_max": [round(cps[0], 3), round(cps[-1], 3)],
+                "cpu_s": round(med_cpu, 1), "cores_busy": round(med_cpu / med_wall, 2),
+                "chips_per_s_per_core": round(chips / med_cpu, 3),
+                "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in rs), 1),
+                "peak_rss_sum_mb": round(statistics.median(r["peak_rss_sum_mb"] for r in rs), 1),
+                "peak_pss_sum_mb": round(statistics.median(r["peak_pss_sum_mb"] for r in rs), 1),
+                "bytes_sent_mb": round(bytes_sent / 1e6, 1),
+                "intersected_tiles_mb": round(tile_bytes / 1e6, 1),
+                "bytes_ratio": round(bytes_sent / tile_bytes, 3) if tile_bytes else None,
+                "requests": int(statistics.median(r["requests"] for r in rs)),
+            }
+            if con.startswith("eochips"):
+                row["worker_rss_mb"] = round(statistics.median(r["worker_rss_mb"] for r in rs), 1)
+            rows.append(row)
+    for row in rows:
+        if row["contender"].startswith("eochips"):
+            others = [o for o in rows if o["case"] == row["case"] and o["contender"] != row["contender"]]
+            row["ratio_vs"] = {o["contender"]: round(row["chips_per_s"] / o["chips_per_s"], 2) for o in others}
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| case | contender | chips (kept) | runs | chips/s (min-max) | chips/s per core | peak MB: largest RSS / tree PSS "
+            "| MB sent | / tiles | eochips-1w vs this |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        base = next((o for o in rows if o["case"] == r["case"] and o["contender"] == "eochips-1w"), None)
+        vs = "" if r["contender"] == "eochips-1w" or base is None else f"{base['chips_per_s'] / r['chips_per_s']:.2f}x"
+        chips = f"{r['chips']} ({r['kept']})" + (f", {r['granules']} gran." if r["granules"] else "")
+        lines.append(
+            f"| {r['case']} | {r['contender']} | {chips} | {r['runs']} | {r['chips_per_s']:.2f} "
+            f"({r['chips_per_s_min_max'][0]:.2f}-{r['chips_per_s_min_max'][1]:.2f}) | {r['chips_per_s_per_core']:.2f} "
+            f"| {r['peak_rss_mb']:.0f} / {r['peak_pss_sum_mb']:.0f} | {r['bytes_sent_mb']:.0f} | {r['bytes_ratio']:.2f} | {vs} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="eochips benchmark")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--heavy-runs", type=int, default=1, help="runs of the seed method and odc-stac per case")
+    ap.add_argument("--heavy-granules", type=int, default=PROTOCOL["heavy_granules"],
+                    help="granules the seed method and odc-stac process at seed density")
+    ap.add_argument("--cache", type=Path, default=HERE / ".cache", help="workload files (about 0.5 GB, reused)")
+    ap.add_argument("--only", nargs="*", default=None, help="cases to run (default: all)")
+    ap.add_argument("--contenders", nargs="*", default=CONTENDERS)
+    ap.add_argument("--scale40", action="store_true", default=True, help="also eochips at 40 granules (RSS per worker)")
+    ap.add_argument("--no-scale40", dest="scale40", action="store_false")
+    ap.add_argument("--results", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    PROTOCOL["heavy_granules"] = args.heavy_granules
+    t_start = time.perf_counter()
+    cases = args.only or CASES
+    args.cache.mkdir(parents=True, exist_ok=True)
+    workload.build_base(args.cache)
+    server = Server(args.cache)
+    scratch = Path(tempfile.mkdtemp(prefix="eochips-bench-"))
+    records: list[dict] = []
+    try:
+        wl = workload.build(args.cache, server.urls["loopback"], server.urls["proxy"])
+        t_built = time.perf_counter()
+        tiles = {f"{d}-{heavy}": intersected_tile_bytes(wl, d, PROTOCOL["heavy_granules"] if heavy else None)
+                 for d in {c.split('-')[0] for c in cases} for heavy in (False, True)}
+        for rnd in range(args.runs):
+            for case in cases:
+                cons = [c for c in args.contenders if (rnd < args.heavy_runs or c not in HEAVY)
+                        and not (c in LOOPBACK_ONLY and case.endswith("proxy"))]
+                k = rnd % len(cons)
+                for con in cons[k:] + cons[:k]:
+                    server.reset()
+                    m = run_one(con, case, wl, scratch)
+                    st = server.stats()
+                    heavy = con in HEAVY and case.startswith("seed")
+                    m.update(case=case, contender=con, round=rnd, bytes=st["bytes"], requests=st["requests"],
+                             connections=st["connections"],
+                             granules=PROTOCOL["heavy_granules"] if heavy else len({c[0] for c in wl["chips"][case.split('-')[0]]}))
+                    records.append(m)
+                    print(f"[{time.perf_counter() - t_start:7.1f}s] round {rnd + 1} {case:16s} {con:11s} "
+                          f"{m['wall_s']:6.1f}s {m['chips'] / m['wall_s']:6.2f} chips/s rss {m['peak_rss_mb']:5.0f}/"
+                          f"{m['peak_rss_sum_mb']:5.0f} MB sent {st['bytes'] / 1e6:7.1f} MB", flush=True)
+        scale = [r for r in records if r["case"] == "seed-loopback" and r["contender"] == "eochips-2w"]
+        if args.scale40:
+            server.reset()
+            m = run_one("eochips-2w", "scale40-loopback", wl, scratch)
+            m.update(granules=40, bytes=server.stats()["bytes"])
+            scale.append(m)
+            print(f"[{time.perf_counter() - t_start:7.1f}s] 40 granules eochips-2w {m['wall_s']:.1f}s "
+                  f"worker RSS {m['worker_rss_mb']:.0f} MB", flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    rows = summarise(records, wl, tiles)
+    result = {
+        "machine": {"cores": CORES, "python": sys.version.split()[0]},
+        "protocol": {"runs": args.runs, "heavy_runs": args.heavy_runs, "heavy_granules_at_seed_density": PROTOCOL["heavy_granules"],
+                     "latency_s": 0.040, "bandwidth_mb_s": 50.0, "workload_build_s": round(t_built - t_start, 1),
+                     "total_s": round(time.perf_counter() - t_start, 1)},
+        "results": rows,
+        "scale": [{"granules": m["granules"], "chips": m["chips"], "seconds": round(m["wall_s"], 2),
+                   "worker_rss_mb": round(m["worker_rss_mb"], 1), "peak_rss_mb": round(m["peak_rss_mb"], 1)} for m in scale],
+        "runs": [{k: v for k, v in r.items() if k != "rss_by_process_mb"} for r in records],
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    md = table(rows)
+    if scale:
+        md += "\n| eochips-2w, seed density | granules | chips | seconds | RSS per worker MB |\n|---|---|---|---|---|\n"
+        md += "".join(f"| | {s['granules']} | {s['chips']} | {s['seconds']} | {s['worker_rss_mb']} |\n" for s in result["scale"])
+    tmp = args.results / "latest.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.rename(args.results / "latest.json")
+    (args.results / "latest.md").write_text(md)
+    readme = HERE / "README.md"
+    if readme.exists():
+        text = readme.read_text()
+        a, b = "<!-- results -->", "<!-- /results -->"
+        if a in text and b in text:
+            text = text[:text.index(a) + len(a)] + "\n" + md + text[text.index(b):]
+            readme.write_text(text)
+    print(md)
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
