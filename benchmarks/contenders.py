@@ -38,8 +38,8 @@ from eochips.labels import CDL_13
 from eochips.reading import DEFAULT_GDAL_ENV
 
 BAD_BITS = 0b00011011  # Fmask bits 0 cirrus, 1 cloud, 3 shadow, 4 snow/ice (seed 001)
-THREADS = 4  # odc-stac's load pool, as eochips' reading.threads default
-LIMIT_THREADS = 8  # the limit hides latency with more threads (one dataset per asset and thread)
+THREADS = 16  # odc-stac's load pool, as eochips' reading.threads default
+LIMIT_THREADS = 16  # the limit hides latency with many threads (one dataset per asset and thread)
 _LUT = np.zeros(256, np.uint8)
 for _code, _cls in CDL_13.items():
     _LUT[_code] = _cls

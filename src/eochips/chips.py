@@ -127,7 +127,7 @@ class ChipTask:
     compress: str = "deflate"
     level: int = 6
     write_qa: bool = True
-    threads: int = 4
+    threads: int = 16
     max_retries: int = 4
     env: tuple[tuple[str, Any], ...] = ()
     mask_sources: tuple[Any, ...] = ()

@@ -256,7 +256,7 @@ class ReadingConfig(_Model):
     resampling: Literal["nearest", "bilinear", "cubic", "average"] = "bilinear"
     qa_resampling: Literal["nearest"] = "nearest"
     band_resampling: dict[str, Literal["nearest", "bilinear", "cubic", "average"]] = Field(default_factory=dict)
-    threads: int = Field(4, ge=1, le=64, description="Threads over assets inside one chip task.")
+    threads: int = Field(16, ge=1, le=64, description="Reading threads per worker (over assets: they overlap network waits; warps and writes use one thread per core).")
     max_retries: int = Field(4, ge=0, le=20)
     http_timeout: int = Field(60, gt=0, le=3600, description="Seconds before an HTTP request for an asset gives up (then retried).")
     gdal_cachemax_mb: int = Field(128, ge=16)
