@@ -37,6 +37,9 @@ from rasterio.windows import Window
 from eochips.labels import CDL_13
 from eochips.reading import DEFAULT_GDAL_ENV
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workload  # noqa: E402
+
 BAD_BITS = 0b00011011  # Fmask bits 0 cirrus, 1 cloud, 3 shadow, 4 snow/ice (seed 001)
 THREADS = 16  # odc-stac's load pool, as eochips' reading.threads default
 LIMIT_THREADS = 16  # the limit hides latency with many threads (one dataset per asset and thread)
@@ -50,6 +53,7 @@ class Workload:
         m = json.loads(Path(path).read_text())
         self.m = m
         self.chips = [tuple(c) for c in m["chips"][density] if granules is None or c[0] < granules]
+        self.net = net
         self.url = m["urls"][net]
         self.grid_t = Affine(*m["grid"]["transform"])
         self.crs = m["grid"]["crs"]
@@ -101,7 +105,8 @@ def _granule_window(w: Workload, k: int) -> tuple[Affine, int, int]:
     from rasterio.warp import transform_bounds
 
     x0, y0 = w.m["granules"][str(k)]["origin"]
-    b = transform_bounds("EPSG:32615", w.crs, x0, y0 - 3660 * 30, x0 + 3660 * 30, y0, densify_pts=21)
+    side = workload.SIZE * workload.RES
+    b = transform_bounds(f"EPSG:{workload.EPSG}", w.crs, x0, y0 - side, x0 + side, y0, densify_pts=21)
     inv = ~w.grid_t
     c0, r0 = (int(np.floor(v)) for v in inv * (b[0], b[3]))
     c1, r1 = (int(np.ceil(v)) for v in inv * (b[2], b[1]))
@@ -149,7 +154,7 @@ def run_odc(w: Workload, out: Path) -> int:
     from odc.geo.geobox import GeoBox
 
     odc.stac.configure_rio(cloud_defaults=True, GDAL_HTTP_MERGE_CONSECUTIVE_RANGES="YES", GDAL_CACHEMAX=128)
-    cat = json.loads((Path(w.m["root"]) / f"items-{'proxy' if w.url == w.m['urls']['proxy'] else 'loopback'}.json").read_text())
+    cat = json.loads((Path(w.m["root"]) / f"items-{w.net}.json").read_text())
     by_id = {f["id"]: f for f in cat["features"]}
     kept = 0
     with rasterio.Env(**DEFAULT_GDAL_ENV), rasterio.open(w.m["labels"]) as labels:

@@ -313,20 +313,6 @@ def _warp_group(reads: _GroupRead) -> list[tuple[np.ndarray, np.ndarray | None] 
     return list(_cpu_threads(reads.tasks[0].threads).map(warp, range(len(reads.tasks))))
 
 
-def read_chip(task: ChipTask, retries: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read one chip's imagery and QA (see :func:`read_chips`).
-
-    Raises
-    ------
-    ReadError
-        An asset could not be read.
-    """
-    got = read_chips([task], [retries] if retries is not None else None)[0]
-    if isinstance(got, ReadError):
-        raise got
-    return got
-
-
 def batch_key(task: ChipTask) -> tuple:
     """Chips with equal keys read the same assets and can share a batch."""
     return (tuple((s.band_hrefs, s.qa_href) for s in task.steps), tuple(s.qa_href for s in task.mask_steps))
