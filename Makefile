@@ -7,11 +7,17 @@ DEMO_OUT ?= demo-output
 
 .PHONY: install sysdeps demo test bench clean
 
-$(VENV)/.installed: pyproject.toml
+# the runtime only (what `make demo` needs); the test extras come on top for `make test`
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e .
 	$(PY) -m compileall -q -j 0 $(VENV)/lib src > /dev/null || true  # PYTHONDONTWRITEBYTECODE machines: no per-process recompiles
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
 
 install: $(VENV)/.installed
@@ -19,7 +25,7 @@ install: $(VENV)/.installed
 sysdeps:
 	bash scripts/install-system-deps.sh
 
-demo: install
+demo: $(VENV)/.runtime
 	$(VENV)/bin/eochips sample-data --output $(SAMPLE)
 	rm -rf $(DEMO_OUT)
 	EOCHIPS_SAMPLE_DIR=$(SAMPLE) $(VENV)/bin/eochips run demo --output $(DEMO_OUT)

@@ -59,7 +59,7 @@ def build_hls_granules(dst: Path) -> list[dict]:
     from rasterio.features import shapes
     from shapely.geometry import mapping, shape
 
-    from eochips.grid import reproject_geometry
+    from eochips.geo import reproject_geometry
 
     dst.mkdir(parents=True, exist_ok=True)
     items = []
@@ -114,7 +114,10 @@ def write_cdl_raster(path: Path) -> Path:
 def crop_recipe(catalog: str, cdl_raster: Path, **overrides) -> dict:
     """The built-in hls-crop-classification recipe pointed at the Exeter test setup: the given
     catalog, the 4 real bands of the sample, 32 px chips on the CDL-coded label raster, any
-    cloud cover (the real dates are 7-52 % cloudy), unknown CDL codes -> class 13."""
+    cloud cover (the real dates are 7-52 % cloudy), unknown CDL codes -> class 13, every chip
+    (the seed's class-balance sampling needs >= 8 classes per chip; these chips hold <= 4).
+
+    ``overrides`` are dotted keys of the version-2 recipe (``filters.2.max_pct`` is the Fmask rule)."""
     import yaml
 
     from eochips.config import recipe_text, set_dotted
@@ -122,11 +125,56 @@ def crop_recipe(catalog: str, cdl_raster: Path, **overrides) -> dict:
     data = yaml.safe_load(recipe_text("hls-crop-classification")[0])
     x0, y0 = LABEL_ORIGIN
     data["aoi"] = {"bbox": [x0, y0 - LABEL_SHAPE[0] * 30, x0 + LABEL_SHAPE[1] * 30, y0], "crs": "EPSG:32630"}
+    data["sources"]["hls"]["search"].update(catalog=catalog, auth="none", datetime="2021-06-01/2021-07-31", cloud_cover={"max": 100})
+    data["sources"]["hls"]["bands"] = ["blue", "green", "red", "nir"]
+    data["grid"] = {"kind": "label-raster", "path": str(cdl_raster)}
+    data["units"] = {"kind": "chip", "size": 32}
+    data["sampling"] = {"kind": "all"}
+    data["labels"]["unknown_class"] = 13
+    data["engine"] = {"workers": 2}
+    for k, v in overrides.items():
+        data = set_dotted(data, k, v)
+    return data
+
+
+def crop_recipe_v1(catalog: str, cdl_raster: Path, **overrides) -> dict:
+    """The version-1 hls-crop-classification recipe (as eochips 0.1 shipped it, kept in
+    ``tests/fixtures/v1/``) on the Exeter test setup, with version-1 keys."""
+    import yaml
+
+    from eochips.config import set_dotted
+
+    data = yaml.safe_load((Path(__file__).parent / "fixtures" / "v1" / "hls-crop-classification.yaml").read_text())
+    x0, y0 = LABEL_ORIGIN
+    data["aoi"] = {"bbox": [x0, y0 - LABEL_SHAPE[0] * 30, x0 + LABEL_SHAPE[1] * 30, y0], "crs": "EPSG:32630"}
     data["search"].update(catalog=catalog, auth="none", datetime="2021-06-01/2021-07-31", cloud_cover={"max": 100})
     data["bands"] = ["blue", "green", "red", "nir"]
     data["grid"] = {"label_raster": str(cdl_raster), "chip_size": 32}
     data["labels"]["unknown_class"] = 13
     data["engine"] = {"workers": 2}
+    for k, v in overrides.items():
+        data = set_dotted(data, k, v)
+    return data
+
+
+FMASK_RULE = "filters.2.max_pct"  # the fmask-bad-pct filter of crop_recipe and gap_recipe
+
+
+def gap_recipe(catalog: str, cdl_raster: Path, **overrides) -> dict:
+    """The built-in hls-gap-filling recipe on the Exeter test setup: source ``hls`` as in
+    :func:`crop_recipe`, source ``cloudy`` over 2021-06-01..09-30 (where the derived cloudy
+    stand-ins are), the Fmask rule relaxed (max_pct 100) so most chips are kept."""
+    import yaml
+
+    from eochips.config import recipe_text, set_dotted
+
+    data = yaml.safe_load(recipe_text("hls-gap-filling")[0])
+    crop = crop_recipe(catalog, cdl_raster)
+    for key in ("aoi", "grid", "units", "sampling", "labels", "engine"):
+        data[key] = crop[key]
+    data["sources"]["hls"] = crop["sources"]["hls"]
+    data["sources"]["cloudy"]["search"].update(catalog=catalog, auth="none", datetime="2021-06-01/2021-09-30")
+    data = set_dotted(data, FMASK_RULE, 100)
     for k, v in overrides.items():
         data = set_dotted(data, k, v)
     return data

@@ -15,7 +15,9 @@ from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 
 from conftest import EXETER, needs_shared
-from eochips.chips import ChipTask, StepSpec, batch_key, process_batch, read_chips
+from eochips.chips import LayerRead, SceneRead, StepRead, UnitTask, batch_key, process_batch, read_units
+from eochips.config.models import Seed001Layout
+from eochips.profiles import BandSpec, QASpec
 from eochips.engine import make_batches
 from eochips.reading import TileCache, read_onto, read_sources, source_window, warp_sources
 from servers import RangeServer
@@ -118,28 +120,32 @@ def test_edge_chip_with_fill_keeps_its_fill_when_stacked(tiled):
     np.testing.assert_array_equal(got[1], ref)
 
 
-def _task(tmp_path, chip_id, hrefs, qa_href, transform=None) -> ChipTask:
-    step = StepSpec("S1", "2021-06-08T11:27:08+00:00", tuple(hrefs), qa_href)
-    return ChipTask(chip_id=chip_id, crs=CRS, transform=transform or GRIDS[0][1], size=N, band_names=("B04",),
-                    steps=(step,), dtype="int16", nodata=-9999, scale=0.0001, offset=0.0, resampling=("bilinear",),
-                    out=str(tmp_path / "out"), qa_kind="fmask", qa_nodata=255, max_bad_pct=100.0, max_nodata_pixels=10**6,
-                    write_qa=True)
+def _task(tmp_path, unit_id, hrefs, qa_href, transform=None, key=(0, 0, 0)) -> UnitTask:
+    """A one-band (B04) + Fmask unit task, built by hand (unit tests of the batch reader)."""
+    assets = (("B04", hrefs[0]),) + ((("Fmask", qa_href),) if qa_href else ())
+    step = StepRead((SceneRead("S1", "2021-06-08T11:27:08+00:00", "primary", assets),))
+    layer = LayerRead("hls", (BandSpec("red", "B04", 1, "int16", -9999, 0.0001, 0.0, 30, "bilinear"),),
+                      QASpec("Fmask", "fmask", "uint8", 255, 30) if qa_href else None, (step,))
+    return UnitTask(unit_id=unit_id, key=key, crs=CRS, transform=transform or GRIDS[0][1], shape=(N, N), layers=(layer,),
+                    out=str(tmp_path / "out"), layouts=(Seed001Layout(kind="seed-001"),))
 
 
 @needs_shared
-def test_read_chips_equals_one_chip_reads(tiled, tmp_path):
-    tasks = [_task(tmp_path, f"chip_{i:03d}", [str(tiled / "B04.tif")], str(tiled / "Fmask.tif"), g[1]) for i, g in enumerate(GRIDS)]
-    got = read_chips(tasks, caches={})
-    for task, (image, qa) in zip(tasks, got):
+def test_read_units_equals_one_unit_reads(tiled, tmp_path):
+    tasks = [_task(tmp_path, f"chip_{i:03d}", [str(tiled / "B04.tif")], str(tiled / "Fmask.tif"), g[1], (0, i // 4, i % 4))
+             for i, g in enumerate(GRIDS)]
+    got = read_units(tasks, caches={})
+    for task, layers in zip(tasks, got):
         ref = read_onto(str(tiled / "B04.tif"), CRS, task.transform, (N, N), resampling="bilinear")
         ref_qa = read_onto(str(tiled / "Fmask.tif"), CRS, task.transform, (N, N), resampling="nearest")
-        np.testing.assert_array_equal(image[0, 0], ref)
-        np.testing.assert_array_equal(qa[0], ref_qa)
+        np.testing.assert_array_equal(layers["hls"].bands[0][0], ref)
+        np.testing.assert_array_equal(layers["hls"].qa[0], ref_qa)
     results = process_batch(tasks)
-    assert [r.chip_id for r in results] == [t.chip_id for t in tasks]
+    assert [r.unit_id for r in results] == [t.unit_id for t in tasks]
     assert {r.status for r in results} == {"kept"}
     with rasterio.open(tmp_path / "out" / "chips" / "chip_005_merged.tif") as ds:
-        np.testing.assert_array_equal(ds.read(1), got[5][0][0, 0])
+        np.testing.assert_array_equal(ds.read(1), got[5]["hls"].bands[0][0])
+        assert ds.descriptions == ("red@2021-06-08",) and ds.nodata == -9999
 
 
 @needs_shared
@@ -147,21 +153,32 @@ def test_a_missing_asset_fails_the_chips_that_need_it(tiled, tmp_path):
     tasks = [_task(tmp_path, f"chip_{i:03d}", [str(tiled / "nope.tif")], str(tiled / "Fmask.tif"), g[1]) for i, g in enumerate(GRIDS[:3])]
     results = process_batch(tasks)
     assert [r.status for r in results] == ["failed"] * 3
-    assert all("nope.tif" in r.reason for r in results)
+    assert all("nope.tif" in r.reason and r.code == "io" for r in results)
 
 
 def test_make_batches_groups_by_scenes_and_splits_for_workers(tmp_path):
-    a = [_task(tmp_path, f"chip_000_{i:03d}", ["a.tif"], None) for i in range(5)]
-    b = [_task(tmp_path, f"chip_001_{i:03d}", ["b.tif"], None) for i in range(300)]
+    a = [_task(tmp_path, f"chip_000_{i:03d}", ["a.tif"], None, key=(0, 0, i)) for i in range(5)]
+    b = [_task(tmp_path, f"chip_001_{i:03d}", ["b.tif"], None, key=(0, 1, i)) for i in range(300)]
     tasks = b[::-1] + a
-    batches = make_batches(tasks, workers=2, max_chips=128)
+    batches = make_batches(tasks, workers=2, max_units=128)
     assert sorted(len(x) for x in batches) == [5, 100, 100, 100]
     for x in batches:
         assert len({batch_key(t) for t in x}) == 1  # one scene set per batch
-        assert [t.chip_id for t in x] == sorted(t.chip_id for t in x)  # row-major
-    assert sorted(t.chip_id for x in batches for t in x) == sorted(t.chip_id for t in tasks)
-    many = make_batches(a, workers=4, max_chips=128)  # few chips, more workers: split to keep all busy
+        assert [t.key for t in x] == sorted(t.key for t in x)  # row-major
+    assert sorted(t.unit_id for x in batches for t in x) == sorted(t.unit_id for t in tasks)
+    many = make_batches(a, workers=4, max_units=128)  # few units, more workers: split to keep all busy
     assert len(many) == 4 and sum(len(x) for x in many) == 5
     assert make_batches([a[0]], workers=8) == [[a[0]]]
-    c = dataclasses.replace(a[0], chip_id="chip_002_000", steps=(dataclasses.replace(a[0].steps[0], band_hrefs=("c.tif",)),))
+    c = dataclasses.replace(a[0], unit_id="chip_002_000", key=(0, 2, 0),
+                            layers=(dataclasses.replace(a[0].layers[0], steps=(StepRead((SceneRead("S2", "2021-06-09T00:00:00+00:00", "primary", (("B04", "c.tif"),)),)),)),))
     assert len(make_batches(a + [c], workers=1)) == 2
+
+
+def test_batches_are_in_numeric_row_order_not_id_order(tmp_path):
+    """D4: ids sort 'chip_1000_000' before 'chip_999_000' as strings; rows must go 999 then 1000
+    (TileCache drops tile rows above the current unit, so a string order re-reads them)."""
+    rows = [998, 999, 1000, 1001]
+    tasks = [_task(tmp_path, f"chip_{r:03d}_000", ["a.tif"], None, key=(0, r, 0)) for r in rows]
+    assert sorted(t.unit_id for t in tasks) != [t.unit_id for t in tasks]  # the string order differs
+    (batch,) = make_batches(list(reversed(tasks)), workers=1)
+    assert [t.key[1] for t in batch] == rows

@@ -37,8 +37,7 @@ def dask_cluster():
     procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
                                "--port", str(port), "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        time.sleep(1.0)
-        for _ in range(2):
+        for _ in range(2):  # the workers (and the Client below) wait for the scheduler themselves
             procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", addr, "--nthreads", "1",
                                            "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -58,17 +57,33 @@ def dask_cluster():
                 p.kill()
 
 
+def _workers_that_built_units(addr: str) -> dict[str, bool]:
+    """Per worker of the external cluster: whether it ran eochips' unit builder (its per-process
+    thread pools exist only after ``process_batch`` ran there; a ``dask worker`` imports nothing
+    of eochips by itself)."""
+    import sys as _sys
+
+    from distributed import Client
+
+    def built() -> bool:
+        mod = _sys.modules.get("eochips.chips")
+        return mod is not None and bool(mod._pools)
+
+    with Client(addr, timeout="30s") as c:
+        return c.run(built)
+
+
 def test_multi_process_cluster_gives_the_same_bytes(recipe, local_run, dask_cluster, tmp_path):
-    t0 = time.perf_counter()
     on_cluster = tmp_path / "cluster"
     proc = run_cli("run", str(recipe), "-o", str(on_cluster), "--no-progress", "--scheduler", dask_cluster)
-    cluster_s = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr
+    # the external cluster did the work: its workers ran eochips unit batches (not a LocalCluster)
+    per_worker = _workers_that_built_units(dask_cluster)
+    assert len(per_worker) == 2 and any(per_worker.values()), per_worker
     single = tmp_path / "single"
     proc = run_cli("run", str(recipe), "-o", str(single), "--no-progress", "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     assert manifest(on_cluster) == manifest(local_run) == manifest(single)
-    print(f"\ncluster run: {cluster_s:.1f} s wall")
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +128,48 @@ def test_object_storage_output_equals_local(recipe, local_run, s3, tmp_path):
             else:
                 os.environ[k] = v
     local = {p.relative_to(local_run).as_posix(): p.read_bytes() for p in local_run.rglob("*") if p.is_file()}
-    for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
-        local.pop(name, None)
+    state = lambda files: {k for k in files if k.startswith("state")}  # noqa: E731 - the state, not the dataset
     assert "state.sqlite" in remote  # a snapshot of the state travels with the dataset
-    remote.pop("state.sqlite")
+    assert {k for k in remote if k.startswith("state/units/")} == {k for k in local if k.startswith("state/units/")}
+    remote = {k: v for k, v in remote.items() if k not in state(remote)}
+    local = {k: v for k, v in local.items() if k not in state(local)}
     assert sorted(remote) == sorted(local)
     assert all(remote[k] == local[k] for k in local), [k for k in local if remote[k] != local[k]]
     assert not [k for k in remote if ".eochips-tmp-" in k]
-    # a rerun against the same prefix skips every finished chip
+    # a rerun against the same prefix skips every finished unit
     proc = run_cli("build", url, "--no-progress", env=s3 | {"EOCHIPS_STATE_DIR": str(tmp_path / "state")})
     assert proc.returncode == 0 and '"ran": 0' in proc.stdout, proc.stdout + proc.stderr
+    # D3: a fresh machine (an empty state folder) resumes and finalizes from the bucket alone: the
+    # completion markers beside the files restore the state, nothing is rebuilt or lost
+    fresh = {"EOCHIPS_STATE_DIR": str(tmp_path / "fresh-state")}
+    proc = run_cli("build", url, "--no-progress", env=s3 | fresh)
+    assert proc.returncode == 0 and '"ran": 0' in proc.stdout, proc.stdout + proc.stderr
+    proc = run_cli("finalize", url, env=s3 | {"EOCHIPS_STATE_DIR": str(tmp_path / "fresh-state-2")})
+    assert proc.returncode == 0, proc.stderr
+    with_env(s3, lambda: _assert_same_index(url, local_run))
+
+
+def with_env(env: dict, fn):
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return fn()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _assert_same_index(url: str, local_run):
+    import io
+
+    import fsspec
+    import geopandas as gpd
+
+    fs = fsspec.filesystem("s3")
+    remote = gpd.read_parquet(io.BytesIO(fs.cat_file(url.removeprefix("s3://") + "/index.parquet")))
+    local = gpd.read_parquet(local_run / "index.parquet")
+    assert (remote.status == "kept").sum() == (local.status == "kept").sum() > 0
+    assert fs.cat_file(url.removeprefix("s3://") + "/checksums.sha256") == (local_run / "checksums.sha256").read_bytes()

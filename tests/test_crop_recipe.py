@@ -21,11 +21,12 @@ import rasterio
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 
-from conftest import crop_recipe, run_cli, write_recipe
+from conftest import FMASK_RULE, crop_recipe, run_cli, write_recipe
 from conftest import CDL_NODATA_CHIP, HLS_BANDS, LABEL_ORIGIN, LABEL_SHAPE, UNKNOWN_CODE
 
 CHIP = 32
 BAD_BITS = 0b11011  # cirrus, cloud, shadow, snow/ice
+NAMES = ["blue", "green", "red", "nir"]  # the recipe's band names of HLS_BANDS
 
 
 def cdl13() -> dict[int, int]:
@@ -50,7 +51,7 @@ def crop_run(stac_api, cdl_raster, tmp_path_factory):
 def _index(out: Path):
     import geopandas as gpd
 
-    return gpd.read_parquet(out / "index.parquet").set_index("chip_id")
+    return gpd.read_parquet(out / "index.parquet").set_index("unit_id")
 
 
 def test_selected_dates_and_summary(crop_run):
@@ -85,7 +86,7 @@ def test_band_order_and_encoding(crop_run):
     with rasterio.open(out / "chips" / f"{kept.index[0]}_merged.tif") as ds:
         assert ds.count == 12  # 4 bands x 3 dates
         assert ds.dtypes[0] == "int16" and ds.nodata == -9999
-        assert ds.descriptions == tuple(f"{b}@{d}" for d in ("2021-06-08", "2021-06-23", "2021-07-18") for b in HLS_BANDS)
+        assert ds.descriptions == tuple(f"{b}@{d}" for d in ("2021-06-08", "2021-06-23", "2021-07-18") for b in NAMES)
         assert ds.scales[0] == pytest.approx(1e-4)
         assert ds.profile["compress"] == "deflate" and ds.block_shapes[0] == (CHIP, CHIP)
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
@@ -128,26 +129,24 @@ def _expected(hls_dir, crop_run, chip_id):
 def test_filter_drops_exactly_the_rule_breakers(crop_run, hls_dir):
     out, _, _ = crop_run
     idx = _index(out)
-    nr, nc = r_c = (LABEL_SHAPE[0] // CHIP, LABEL_SHAPE[1] // CHIP)
     n_nodata = n_qa = 0
     for cid, row in idx.iterrows():
         r, c = (int(v) for v in cid.split("_")[1:])
         if (r, c) == CDL_NODATA_CHIP:
-            assert row.status == "dropped" and row.reason.startswith("labels:")
+            assert row.status == "dropped" and row.reason_code == "label-fraction" and row.reason.startswith("label-fraction:")
             continue
         _, _, nodata, bad = _expected(hls_dir, crop_run, cid)
         if nodata > 0:
             want, n_nodata = ("dropped", "nodata"), n_nodata + 1
         elif max(bad) >= 5:
-            want, n_qa = ("dropped", "qa"), n_qa + 1
+            want, n_qa = ("dropped", "fmask-bad-pct"), n_qa + 1
         else:
             want = ("kept", "")
-        assert (row.status, row.reason.split(":")[0]) == want, (cid, row.reason, nodata, bad)
+        assert (row.status, row.reason_code) == want, (cid, row.reason, nodata, bad)
         assert row.nodata_pixels == nodata
         np.testing.assert_allclose(row.bad_qa_pct, bad, atol=1e-6)
     # the real data exercises every rule
     assert n_nodata > 0 and n_qa > 0 and (idx.status == "kept").sum() > 0
-    assert r_c == (nr, nc)
 
 
 def test_pixels_match_independent_reprojection(crop_run, hls_dir, cdl_raster):
@@ -179,7 +178,7 @@ def relaxed_run(stac_api, cdl_raster, tmp_path_factory):
     are kept and the split / statistics / weights are checked on dozens of chips."""
     tmp = tmp_path_factory.mktemp("relaxed")
     out = tmp / "out"
-    proc = run_cli("run", str(write_recipe(tmp / "r.yaml", crop_recipe(stac_api, cdl_raster, **{"qa.max_bad_pct": 100}))),
+    proc = run_cli("run", str(write_recipe(tmp / "r.yaml", crop_recipe(stac_api, cdl_raster, **{FMASK_RULE: 100}))),
                    "-o", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -201,17 +200,18 @@ def test_split_stats_weights_manifest(which, crop_run, request):
     assert set(idx.split.dropna()) <= {"train", "validation"}
 
     stats = json.loads((out / "stats.json").read_text())
-    pooled = {b: [] for b in HLS_BANDS}
+    pooled = {b: [] for b in NAMES}
     counts = np.zeros(14, dtype=np.int64)
     for cid in order[:k]:
         with rasterio.open(out / "chips" / f"{cid}_merged.tif") as ds:
             a = ds.read()
         for i in range(a.shape[0]):
             v = a[i].ravel()
-            pooled[HLS_BANDS[i % 4]].append(v[v != -9999])
+            pooled[NAMES[i % 4]].append(v[v != -9999])
         with rasterio.open(out / "chips" / f"{cid}.mask.tif") as ds:
             counts += np.bincount(ds.read(1).ravel(), minlength=14)
-    for b in HLS_BANDS:
+    assert list(stats["bands"]) == NAMES  # in the chips' band order
+    for b in NAMES:
         v = np.concatenate(pooled[b]).astype(np.float64)
         s = stats["bands"][b]
         assert s["mean"] == pytest.approx(v.mean(), rel=1e-9)
@@ -230,13 +230,14 @@ def test_split_stats_weights_manifest(which, crop_run, request):
     lines = (out / "checksums.sha256").read_text().splitlines()
     paths = [ln.split("  ", 1)[1] for ln in lines]
     assert paths == sorted(paths)
-    assert "state.sqlite" not in paths and "checksums.sha256" not in paths
+    assert "state.sqlite" not in paths and "checksums.sha256" not in paths and not any(p.startswith("state/") for p in paths)
     assert "index.parquet" in paths and "class_distribution_train.png" in paths
     for ln in lines:
         digest, rel = ln.split("  ", 1)
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert set(on_disk) - set(paths) <= {"checksums.sha256", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm"}
+    assert {p for p in set(on_disk) - set(paths) if not p.startswith("state/units/")} <= {
+        "checksums.sha256", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm"}
 
 
 def test_rerun_skips_done_chips(crop_run):
@@ -246,7 +247,7 @@ def test_rerun_skips_done_chips(crop_run):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     s = json.loads(proc.stdout)
-    assert s["ran"] == 0 and s["skipped_done"] == s["kept"] + s["dropped"].get("nodata", 0) + s["dropped"].get("qa", 0)
+    assert s["ran"] == 0 and s["skipped_done"] == s["kept"] + s["dropped"].get("nodata", 0) + s["dropped"].get("fmask-bad-pct", 0)
     proc = subprocess.run([sys.executable, "-m", "eochips.cli", "finalize", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0
     assert (out / "checksums.sha256").read_text() == before

@@ -25,9 +25,16 @@ def test_demo_on_real_sample(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     s = json.loads((out / "summary.json").read_text())
-    assert s["chips_total"] == 108 and s["kept"] == 108 and s["selected_dates"] == ["2020-05-18"]
+    assert s["units_total"] == 108 and s["kept"] == 108 and s["selected_dates"] == ["2020-05-18"]
     with rasterio.open(out / "chips" / "chip_000_000_merged.tif") as ds:
-        assert ds.count == 3 and ds.dtypes[0] == "uint16" and ds.descriptions[0] == "B2@2020-05-18"
+        assert ds.count == 3 and ds.dtypes[0] == "uint16" and ds.descriptions[0] == "blue@2020-05-18" and ds.nodata == 0
+    # engine v2 reproduces engine v1's pixels (tests/fixtures/pixels-v1.json, recorded at commit debc942)
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from record_pixels import hash_chips
+
+    v1 = json.loads((Path(__file__).parent / "fixtures" / "pixels-v1.json").read_text())["demo"]
+    got = hash_chips(out)
+    assert sorted(got) == sorted(v1) and [f for f in v1 if got[f] != v1[f]] == []
     import geopandas as gpd
 
     idx = gpd.read_parquet(out / "index.parquet")

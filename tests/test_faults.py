@@ -27,7 +27,7 @@ def faulty(hls_dir, stac_api, cdl_raster, tmp_path_factory):
     with FaultyProxy(stac_api) as api:
         # the pgstac items point at the session COG server, whose faults the tests switch on
         data = crop_recipe(api.url, cdl_raster, **{"reading.http_timeout": 1, "reading.max_retries": 6,
-                                                   "search.max_retries": 6})
+                                                   "sources.hls.search.max_retries": 6})
         recipe = write_recipe(tmp / "crop.yaml", data)
         yield {"tmp": tmp, "recipe": recipe, "api": api}
 
@@ -59,9 +59,15 @@ def test_transient_faults_are_retried(kind, faulty, baseline, cog_server, tmp_pa
     cog_counts, cog_requests, api_counts, api_requests = injected
     assert sum(cog_counts.values()) > 0 and set(cog_counts) <= set(kinds)
     assert sum(cog_counts.values()) >= 0.2 * cog_requests
-    retried = next((ln.split("│")[2].strip() for ln in proc.stdout.splitlines() if "read retries" in ln), "?")
-    print(f"\n{kind}: COG server injected {cog_counts} in {cog_requests} requests; API {api_counts} in {api_requests}; "
-          f"eochips read retries {retried}")
+    assert sum(api_counts.values()) > 0  # the STAC API requests failed too, and were retried per request
+    # GDAL's own HTTP retries are off (one retry layer per transport): the injected COG faults were
+    # retried by eochips, and each retry is counted in the state. (A reset alone can be invisible:
+    # libcurl re-sends a request once when a reused keep-alive connection turns out dead.)
+    from eochips.engine import State
+
+    retries = sum(r["retries"] for r in State(out / "state.sqlite").all().values())
+    if kind != "reset":
+        assert retries > 0, (kind, cog_counts)
 
 
 def _extra_scene(hls_dir, chip_bounds_utm, dst):
@@ -69,7 +75,7 @@ def _extra_scene(hls_dir, chip_bounds_utm, dst):
     chip is fully covered by it, so only that chip selects it (as its last date)."""
     from shapely.geometry import box, mapping
 
-    from eochips.grid import reproject_geometry
+    from eochips.geo import reproject_geometry
 
     d, items = hls_dir
     src_item = next(it for it in items if it["properties"]["datetime"].startswith("2021-07-18"))
@@ -97,9 +103,10 @@ def test_404_asset_fails_only_its_chip_then_rerun_completes(faulty, baseline, hl
     import geopandas as gpd
 
     d, items = hls_dir
-    idx = gpd.read_parquet(baseline / "index.parquet").set_index("chip_id")
+    idx = gpd.read_parquet(baseline / "index.parquet").set_index("unit_id")
     target = sorted(idx.index[idx.status == "kept"])[0]
-    bounds = idx.loc[target].geometry.bounds
+    a, _, c, _, e, f = idx.loc[target]["transform"]
+    bounds = (c, f + e * 32, c + a * 32, f)  # the chip in its grid's CRS (EPSG:32630)
     served = tmp_path / "served"
     shutil.copytree(d, served)
     extra = _extra_scene(hls_dir, bounds, served)
@@ -119,7 +126,8 @@ def test_404_asset_fails_only_its_chip_then_rerun_completes(faulty, baseline, hl
         assert s["failed"] == 1 and list(s["failed_reasons"]) == [target]
         assert "HTTP response code: 404" in s["failed_reasons"][target] and missing in s["failed_reasons"][target]
         assert f"failed {target}" in proc.stderr
-        ix = gpd.read_parquet(out / "index.parquet").set_index("chip_id")
+        ix = gpd.read_parquet(out / "index.parquet").set_index("unit_id")
+        assert ix.loc[target].reason_code == "io"
         others = ix.drop(index=target)
         assert (others.status != "failed").all() and (others.status == "kept").sum() == (idx.drop(index=target).status == "kept").sum()
         assert not any(p.name.startswith(target) for p in (out / "chips").iterdir())
@@ -129,7 +137,7 @@ def test_404_asset_fails_only_its_chip_then_rerun_completes(faulty, baseline, hl
         assert proc.returncode == 0, proc.stderr
         s = json.loads((out / "summary.json").read_text())
         assert s["failed"] == 0
-        ix = gpd.read_parquet(out / "index.parquet").set_index("chip_id")
+        ix = gpd.read_parquet(out / "index.parquet").set_index("unit_id")
         assert ix.loc[target].status in ("kept", "dropped")
         assert [d[:10] for d in ix.loc[target].datetimes] == ["2021-06-08", "2021-06-23", "2021-07-25"]
         from eochips.engine import State

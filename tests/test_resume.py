@@ -51,10 +51,10 @@ def test_kill_and_resume(point, setup, tmp_path):
 
 
 def test_kill_twice_then_build_and_finalize_separately(setup, tmp_path):
-    """Two crashes in a row, then the stages run one by one."""
+    """Two crashes in a row (mid-unit each time), then the stages run one by one."""
     recipe, clean = setup
     out = tmp_path / "out"
-    assert run_cli("run", str(recipe), "-o", str(out), env={"EOCHIPS_FAILPOINT": "build:after-record@5"}).returncode == -9
+    assert run_cli("run", str(recipe), "-o", str(out), env={"EOCHIPS_FAILPOINT": "chip:after-image@2"}).returncode == -9
     assert run_cli("build", str(out), env={"EOCHIPS_FAILPOINT": "chip:after-image@1"}).returncode == -9
     assert run_cli("build", str(out), "--no-progress").returncode == 0
     assert run_cli("finalize", str(out)).returncode == 0
@@ -66,5 +66,5 @@ def test_disk_full_is_a_clean_error(setup, tmp_path):
     out = tmp_path / "new-folder"
     proc = run_cli("run", str(recipe), "-o", str(out), env={"EOCHIPS_FAILPOINT": "writer:write"})
     assert proc.returncode == 2
-    assert "no space left on device while writing plan/chips.parquet" in proc.stderr and "Traceback" not in proc.stderr
+    assert "no space left on device while writing plan/units.parquet" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()

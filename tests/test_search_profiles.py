@@ -46,7 +46,7 @@ def test_earth_search_s2_items():
     for s in scenes:
         for band in ("blue", "green", "red", "nir", "nir08", "swir16", "swir22"):
             assert p.asset_key(band) in s.assets and s.assets[p.asset_key(band)].endswith(".tif")
-        assert p.qa_asset in s.assets and s.assets["scl"].endswith("SCL.tif")
+        assert p.qa.asset in s.assets and s.assets["scl"].endswith("SCL.tif")
     s = scenes[0]
     assert s.properties["s2:processing_baseline"] == "05.11" and p.offset_dn(s.properties) == -1000
     assert [p.tile_of(x.id, x.properties) for x in scenes[:3]] == ["20EPT", "24MUV", "24MVV"]
@@ -58,7 +58,7 @@ def test_planetary_computer_items():
     for s in s2:
         assert s.assets[p.asset_key("nir08")].split("?")[0].endswith("_B8A_20m.tif")
         assert s.assets[p.asset_key("red")].split("?")[0].endswith("_B04_10m.tif")
-        assert s.assets[p.qa_asset].split("?")[0].endswith("_SCL_20m.tif")
+        assert s.assets[p.qa.asset].split("?")[0].endswith("_SCL_20m.tif")
         assert p.tile_of(s.id, s.properties) == s.properties["s2:mgrs_tile"]
     assert p.offset_dn(s2[0].properties) == -1000  # baseline 05.10
     old = [scene_from_item(it) for it in _items("odcstac__site2-2020_jun_jul-35MNM.geojson")]

@@ -43,7 +43,7 @@ def signed_catalog(hls_dir, tmp_path):
 
 def test_token_and_sas_never_written_or_logged(signed_catalog, cdl_raster, tmp_path):
     cat, srv = signed_catalog
-    recipe = write_recipe(tmp_path / "r.yaml", crop_recipe(str(cat), cdl_raster, **{"search.auth": "earthdata"}))
+    recipe = write_recipe(tmp_path / "r.yaml", crop_recipe(str(cat), cdl_raster, **{"sources.hls.search.auth": "earthdata"}))
     out = tmp_path / "work" / "out"
     env = {"EARTHDATA_TOKEN": TOKEN}
     runs = [run_cli("run", str(recipe), "-o", str(out), "--no-progress", env=env),

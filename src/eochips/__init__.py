@@ -1,4 +1,4 @@
-"""eochips: from one recipe file to an ML-ready chip dataset of satellite imagery.
+"""eochips: from one recipe file to an ML-ready dataset of satellite imagery.
 
 The pipeline, each stage a function and a CLI verb::
 
@@ -18,23 +18,29 @@ from typing import Any
 from .config import Recipe, load_recipe
 from .errors import EochipsError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["Recipe", "load_recipe", "run", "EochipsError", "__version__"]
 
 
 def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, scheduler: str | None = None,
-        progress: bool = False) -> dict[str, Any]:
+        progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Plan, build and finalise ``recipe`` into ``out`` (a folder or an fsspec URL such as
     ``s3://bucket/prefix``); return the dataset summary.
+
+    A folder that already holds a dataset of the same recipe is resumed (finished units are
+    kept); one built from a different recipe is refused unless ``overwrite``.
 
     Raises
     ------
     EochipsError
-        Bad input (recipe, AOI, catalog, assets, labels, output location), before anything is
-        written; a write failure (disk full) removes what this call created.
+        Bad input (recipe, AOI, catalog, assets, labels, output location, a folder of another
+        recipe), before anything is written; a write failure (disk full) removes what this call
+        created.
+    KeyboardInterrupt
+        Ctrl-C / SIGTERM during the build, after the workers are stopped (rerun to resume).
     """
     from .dataset import finalize
-    from .engine import build
+    from .engine import build, check_output
     from .plan import make_plan, write_plan
     from .writers import OutputStore
 
@@ -43,6 +49,7 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
     created = store.is_local and not store.root.exists()
     store.ensure()
     try:
+        check_output(store, recipe, overwrite)
         write_plan(plan, store)
     except EochipsError:
         if created and not any(p.is_file() for p in store.root.rglob("*")):
@@ -50,7 +57,7 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
 
             shutil.rmtree(store.root, ignore_errors=True)
         raise
-    build_summary = build(out, plan=plan, workers=workers, scheduler=scheduler, progress=progress)
-    summary = finalize(out)
+    build_summary = build(store.location, plan=plan, workers=workers, scheduler=scheduler, progress=progress)
+    summary = finalize(store.location)
     summary["build"] = build_summary.as_dict()
     return summary

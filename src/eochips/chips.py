@@ -1,59 +1,67 @@
-"""One chip, end to end: read every band of every time step onto the chip grid, decode QA,
-attach labels, apply the filter rules, write the files.
+"""One unit end to end: read -> composite -> masks -> labels -> filters -> layouts.
 
-:class:`ChipTask` is plain picklable data (no open files, no clients): a Dask worker gets it,
-calls :func:`process_chip`, and sends back a small :class:`ChipResult` (metrics, file
-hashes), never arrays.
+:class:`UnitTask` is plain picklable data (no open files, no clients, no credentials): a Dask
+worker gets a batch of them, calls :func:`process_batch`, and sends back small
+:class:`UnitResult` s (metrics, file hashes), never arrays.
 
-Arrays are ``(time, band, y, x)`` in the product's integer encoding; the merged file stacks
-them time-major (``t0.b0, t0.b1, ..., t1.b0, ...``) with band descriptions
-``{band}@{YYYY-MM-DD}`` (seed 001's ``{chip_id}_merged.tif``).
+Arrays are ``(time, y, x)`` per band of a source (``(time, band, y, x)`` when stacked), in the
+product's integer encoding (or float with NaN fill), on the unit's grid (or, with resolution
+groups, on the unit's extent at the band's own pixel size). A time step with several scenes is
+composited (:mod:`eochips.composite`) in the order the selection gave.
+
+Only I/O fails a unit (:class:`~eochips.errors.ReadError`, :class:`~eochips.errors.OutputError`):
+the unit is recorded as ``failed`` and a rerun retries it. Any other exception is a bug: it
+propagates and stops the run with its traceback.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 from affine import Affine
 
-from . import failpoints
+from .config import CompositeConfig, MasksConfig, ReadingConfig, is_nan
 from .errors import OutputError, ReadError
-from .labels import Reclass, rasterize_vector
-from .qa import FMASK_FILL, fmask_bad_pct
-from .reading import TileCache, read_onto, read_sources, warp_sources
-from .writers import OutputStore, write_cog
+from .labels import LabelSpec, rasterize_vector
+from .profiles import BandSpec, QASpec
+from .reading import TileCache, close_assets, read_env, read_onto, read_sources, warp_sources
 
 CHIPS_DIR = "chips"
 
 
+# --------------------------------------------------------------------------------------
+# the task
+
 @dataclass(frozen=True)
-class StepSpec:
-    """One time step of a chip: the scene and the hrefs of its assets.
+class SceneRead:
+    """One scene of a time step: its id, time, role and the hrefs it reads (unsigned).
 
     Attributes
     ----------
-    scene_id, datetime
-        Item id and ISO 8601 UTC acquisition time.
-    band_hrefs
-        One href per output band, in the recipe's band order.
-    qa_href
-        Href of the QA asset (Fmask), or None.
+    scene_id, datetime, role
+        Item id, ISO 8601 UTC acquisition time, ``primary`` (or ``backstop``...).
+    hrefs
+        ``(asset key, href)`` pairs; signed at read time on the worker (never credentials here).
     offset_dn
-        Extra reflectance offset in DN (-1000 for S2 baseline >= 04.00), recorded as metadata.
-    extra
-        ``(asset key, href)`` of further assets mask models read (s2cloudless, ONNX).
+        Extra DN offset of the scene (-1000 for Sentinel-2 baseline >= 04.00), written as metadata.
     """
 
     scene_id: str
     datetime: str
-    band_hrefs: tuple[str, ...]
-    qa_href: str | None = None
+    role: str = "primary"
+    hrefs: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     offset_dn: int = 0
-    extra: tuple[tuple[str, str], ...] = ()
+
+    def href(self, asset: str) -> str:
+        return dict(self.hrefs)[asset]
 
     @property
     def date(self) -> str:
@@ -61,549 +69,604 @@ class StepSpec:
 
 
 @dataclass(frozen=True)
-class LabelSpec:
-    """Where a chip's labels come from: a raster (+ reclass) or polygons."""
+class StepRead:
+    """One time step: its scenes in compositing priority order."""
 
-    raster: str | None = None
-    reclass: Reclass | None = None
-    vector: str | None = None
-    class_field: str | None = None
-    classes: tuple[tuple[str, int], ...] = ()
-    colormap: tuple[tuple[int, tuple[int, int, int, int]], ...] = ()
+    scenes: tuple[SceneRead, ...]
+
+    @property
+    def datetime(self) -> str:
+        return self.scenes[0].datetime
+
+    @property
+    def date(self) -> str:
+        return self.datetime[:10]
 
 
 @dataclass(frozen=True)
-class ChipTask:
-    """Everything needed to build one chip (picklable; workers open assets themselves).
+class MaskRead:
+    """Bands a mask model reads for one source, at ``resolution`` metres (None: the unit's)."""
+
+    mask: int
+    assets: tuple[str, ...]
+    resolution: float | None
+
+
+@dataclass(frozen=True)
+class LayerRead:
+    """One source of a unit: its bands, QA layer (when something uses it), time steps, compositor.
 
     Attributes
     ----------
-    chip_id, crs, transform, size
-        The chip and its grid: CRS (WKT), affine ``(a, b, c, d, e, f)`` in CRS units (metres),
-        ``size x size`` pixels.
-    band_names, steps
-        Asset keys of the output bands; one :class:`StepSpec` per time step (date order).
-    dtype, nodata, scale, offset
-        Storage dtype and fill of the reflectance (kept as stored, e.g. int16 x 10000, -9999);
-        physical value = DN * scale + offset.
-    resampling
-        Resampling name per band (``bilinear`` for reflectance by default).
-    out
-        Output location (folder or fsspec URL).
-    qa_kind, qa_nodata, bad_bits, max_bad_pct, max_nodata_pixels
-        QA asset decoder and seed 001's rules (see :func:`process_chip`).
-    labels
-        Label source, or None.
-    compress, level, write_qa
-        COG compression and whether the raw QA file is written.
-    threads, max_retries, env
-        Threads over assets, retries of transient read errors, GDAL options (may hold
-        credentials: never logged or written).
-    mask_sources, dilation, max_cloud_fraction, max_shadow_fraction, quicklook, rgb
-        Cloud-mask sources (:class:`eochips.config.MaskSource`), their dilation in pixels, the
-        cloud/shadow fraction filters (0..1), and quicklook output (``rgb``: band indices).
-    mask_steps, cmask_bits
-        Seed 000's cloud-mask scenes (Fmask hrefs in ``qa_href``) and the Fmask bits they mark.
+    source
+        The source's name in the recipe.
+    bands
+        Output bands, in order.
+    qa
+        The QA layer read per scene with nearest, or None.
+    steps
+        The unit's time steps of this source, in date order.
+    composite
+        How the scenes of a step are merged.
+    auth
+        The source's auth scheme (credentials are made on the worker).
+    mask_reads
+        Bands read for mask models (s2cloudless, ONNX).
     """
 
-    chip_id: str
+    source: str
+    bands: tuple[BandSpec, ...]
+    qa: QASpec | None
+    steps: tuple[StepRead, ...]
+    composite: CompositeConfig = CompositeConfig()
+    auth: str = "none"
+    mask_reads: tuple[MaskRead, ...] = ()
+
+    def hrefs(self) -> tuple:
+        return tuple(tuple(sc.hrefs for sc in st.scenes) for st in self.steps)
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """Everything needed to build one unit (picklable; workers open assets themselves).
+
+    Attributes
+    ----------
+    unit_id, key
+        The unit's id and its numeric sort key ``(grid, row, col)``.
+    crs, transform, shape
+        The unit's grid: CRS (WKT), affine ``(a, b, c, d, e, f)`` in CRS units (metres), and
+        ``(height, width)`` in pixels.
+    tile, grid_name
+        The unit's MGRS tile (if known) and its grid's name (a scene id on scene grids).
+    layers
+        One :class:`LayerRead` per source used, in recipe order.
+    labels, label_bounds
+        Label source (or None) and the bounds of the unit's whole grid (one vector read per grid).
+    masks, filters, layouts
+        The recipe's mask sources, filters (in order) and layouts.
+    resolution_groups
+        Read each band at its native resolution over the unit's extent.
+    out, compress, level
+        Output location and GeoTIFF compression.
+    reading, cpu_threads
+        I/O settings; threads for warps and writes in this worker (its share of the cores).
+    fingerprint
+        sha256 of everything that decides the unit's bytes (state and resume compare it).
+    """
+
+    unit_id: str
+    key: tuple[int, int, int]
     crs: str
     transform: tuple[float, float, float, float, float, float]
-    size: int
-    band_names: tuple[str, ...]
-    steps: tuple[StepSpec, ...]
-    dtype: str
-    nodata: float | None
-    scale: float
-    offset: float
-    resampling: tuple[str, ...]
+    shape: tuple[int, int]
+    layers: tuple[LayerRead, ...]
     out: str
-    qa_kind: str = "none"
-    qa_nodata: int | None = FMASK_FILL
-    bad_bits: tuple[str, ...] = ("cirrus", "cloud", "shadow", "snow_ice")
-    max_bad_pct: float = 5.0
-    max_nodata_pixels: int = 0
+    tile: str | None = None
+    grid_name: str = ""
     labels: LabelSpec | None = None
+    label_bounds: tuple[float, float, float, float] | None = None
+    masks: MasksConfig = MasksConfig()
+    filters: tuple[Any, ...] = ()
+    layouts: tuple[Any, ...] = ()
+    resolution_groups: bool = False
     compress: str = "deflate"
     level: int = 6
-    write_qa: bool = True
-    threads: int = 16
-    max_retries: int = 4
-    env: tuple[tuple[str, Any], ...] = ()
-    mask_sources: tuple[Any, ...] = ()
-    dilation: int = 0
-    max_cloud_fraction: float | None = None
-    max_shadow_fraction: float | None = None
-    quicklook: bool = False
-    rgb: tuple[int, int, int] | None = None
-    mask_steps: tuple[StepSpec, ...] = ()
-    cmask_bits: tuple[str, ...] = ("cloud",)
+    reading: ReadingConfig = ReadingConfig()
+    cpu_threads: int = 1
+    fingerprint: str = ""
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.size, self.size)
+    @cached_property
+    def gbox(self):
+        from odc.geo.geobox import GeoBox
 
-    def file_names(self) -> dict[str, str]:
-        """Seed 001's file names for this chip, relative to the output root."""
-        names = {"image": f"{CHIPS_DIR}/{self.chip_id}_merged.tif"}
-        if self.labels is not None:
-            names["mask"] = f"{CHIPS_DIR}/{self.chip_id}.mask.tif"
-        if self.qa_kind == "fmask" and self.write_qa:
-            names["qa"] = f"{CHIPS_DIR}/{self.chip_id}_Fmask.tif"
-        return names
+        return GeoBox(self.shape, Affine(*self.transform), self.crs)
+
+    def grid_at(self, resolution: float | None) -> tuple[str, tuple, tuple[int, int]]:
+        """``(crs, transform, shape)`` of the unit's extent at ``resolution`` metres (None: its own)."""
+        if resolution is None or abs(resolution - abs(self.transform[0])) < 1e-9:
+            return (self.crs, self.transform, self.shape)
+        g = self.gbox.zoom_to(resolution=resolution)
+        return (self.crs, tuple(g.affine)[:6], tuple(g.shape))
+
+    def layer(self, source: str) -> "LayerRead":
+        return next(lay for lay in self.layers if lay.source == source)
+
+    def band_resolution(self, band: BandSpec) -> float | None:
+        return band.resolution if self.resolution_groups else None
+
+
+def task_fingerprint(task: UnitTask) -> str:
+    """sha256 of the parts of a task that decide its output bytes (not I/O settings)."""
+    parts = {
+        "id": task.unit_id, "crs": task.crs, "transform": task.transform, "shape": task.shape,
+        "layers": [(lay.source, [b.__dict__ for b in lay.bands], lay.qa.__dict__ if lay.qa else None,
+                    [[(s.scene_id, s.role, s.offset_dn, [k for k, _ in s.hrefs]) for s in st.scenes] for st in lay.steps],
+                    lay.composite.model_dump(), [m.__dict__ for m in lay.mask_reads]) for lay in task.layers],
+        "labels": repr(task.labels), "masks": task.masks.model_dump(mode="json"),
+        "filters": [f.model_dump(mode="json") for f in task.filters], "layouts": [x.model_dump(mode="json") for x in task.layouts],
+        "rg": task.resolution_groups, "compress": task.compress, "level": task.level,
+    }
+    text = json.dumps(parts, sort_keys=True, default=str).replace("NaN", '"nan"')
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
-class ChipResult:
-    """What a worker sends back for one chip.
+class UnitResult:
+    """What a worker sends back for one unit.
 
-    ``status`` is ``kept`` (files written), ``dropped`` (a filter rule said no; ``reason``
-    says which) or ``failed`` (an error; ``reason`` is its message). ``files`` maps file
-    names (relative to the output folder) to sha256. ``retries`` counts transient read
-    failures that were retried (kept in the state file, not in the dataset, so the dataset
-    does not depend on network luck).
+    ``status`` is ``kept`` (files written), ``dropped`` (a filter said no; ``code`` says which,
+    ``reason`` how) or ``failed`` (an I/O error; ``reason`` is its message). ``files`` maps file
+    names (relative to the output folder) to sha256. ``retries`` counts transient read failures
+    that were retried (kept in the state, not the dataset: the dataset must not depend on
+    network luck).
     """
 
-    chip_id: str
+    unit_id: str
     status: str
+    code: str = ""
     reason: str = ""
     files: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     retries: int = 0
+    fingerprint: str = ""
 
+
+# --------------------------------------------------------------------------------------
+# reading a batch
 
 _pool_lock = threading.Lock()
-_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+_pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
 
 
 def _pool(kind: str, n: int) -> ThreadPoolExecutor:
-    """A per-process thread pool (``io``: reads, ``cpu``: warps and writes), kept alive so open
-    datasets are reused across batches."""
+    """A per-process thread pool (``io``: reads, ``cpu``: warps and writes) of ``n`` threads, kept
+    alive so open datasets are reused across batches; a pool is never shut down under a task."""
     with _pool_lock:
-        size, pool = _pools.get(kind, (0, None))
-        if pool is None or size != n:
-            if pool is not None:
-                pool.shutdown(wait=False)
-            pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"eochips-{kind}")
-            _pools[kind] = (n, pool)
+        pool = _pools.get((kind, n))
+        if pool is None:
+            pool = _pools[(kind, n)] = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"eochips-{kind}")
         return pool
 
 
-def _threads(n: int) -> ThreadPoolExecutor:
-    """The reading pool (``reading.threads`` threads over assets)."""
-    return _pool("io", n)
+@dataclass(frozen=True)
+class _Job:
+    """One read of one band of one asset for every unit of a batch."""
+
+    layer: int
+    step: int
+    scene: int
+    slot: tuple
+    asset: str
+    index: int
+    resampling: str
+    nodata: float | None
+    dtype: str
+    resolution: float | None
+    auth: str
 
 
-def _cpu_threads(n: int) -> ThreadPoolExecutor:
-    """The warp-and-write pool: as many threads as cores (at most ``n``); GDAL releases the GIL."""
-    import os
-
-    return _pool("cpu", max(1, min(n, os.cpu_count() or 1)))
-
-
-def _jobs(task: ChipTask) -> list[tuple]:
-    """One read job per asset of a chip: ``(kind, t, b, href, resampling, nodata, dtype)``."""
+def _jobs(task: UnitTask) -> list[_Job]:
     jobs = []
-    for t, step in enumerate(task.steps):
-        for b, href in enumerate(step.band_hrefs):
-            jobs.append(("img", t, b, href, task.resampling[b], task.nodata, task.dtype))
-        if task.qa_kind != "none" and step.qa_href:
-            jobs.append(("qa", t, 0, step.qa_href, "nearest", task.qa_nodata, "uint8"))
+    for li, lay in enumerate(task.layers):
+        for ti, st in enumerate(lay.steps):
+            for si, _ in enumerate(st.scenes):
+                for bi, b in enumerate(lay.bands):
+                    jobs.append(_Job(li, ti, si, ("band", bi), b.asset, b.index, b.resampling, b.nodata, b.dtype,
+                                     task.band_resolution(b), lay.auth))
+                if lay.qa is not None:
+                    jobs.append(_Job(li, ti, si, ("qa",), lay.qa.asset, 1, "nearest", lay.qa.nodata, lay.qa.dtype, None,
+                                     lay.auth))
+                for mr in lay.mask_reads:
+                    for ki, asset in enumerate(mr.assets):
+                        jobs.append(_Job(li, ti, si, ("mask", mr.mask, ki), asset, 1, "bilinear", None, "float32",
+                                         mr.resolution, lay.auth))
     return jobs
 
 
-def read_chips(tasks: list[ChipTask], retries: list[list] | None = None,
-               caches: dict[str, TileCache] | None = None) -> list[tuple[np.ndarray, np.ndarray | None] | ReadError]:
-    """Read the imagery and QA of chips that share their scenes (the same assets).
-
-    First one job per asset runs on the process's thread pool and reads every chip's source
-    window through the same open dataset and the asset's :class:`~eochips.reading.TileCache`,
-    in the order given (row-major): a COG tile shared by neighbouring chips is fetched and
-    decoded once, while the threads overlap different assets' requests and decoding. Then one
-    job per chip warps its windows, all bands on one source grid in one GDAL call
-    (:func:`~eochips.reading.warp_sources`).
-
-    Parameters
-    ----------
-    tasks
-        Chips whose ``steps`` name the same assets (see :func:`batch_key`).
-    retries
-        If given, one list per task; one entry is appended per retried read.
-    caches
-        Tile caches by href, kept by the caller across calls for the same batch (default: new).
-
-    Returns
-    -------
-    list
-        Per task, ``(image, qa)``: ``image`` ``(time, band, y, x)`` in ``task.dtype`` (fill =
-        ``task.nodata``), ``qa`` ``(time, y, x)`` uint8 (nearest, fill ``task.qa_nodata``) or
-        None without QA; or the :class:`ReadError` that made the chip unreadable.
-    """
-    return _warp_group(_GroupRead(tasks, retries, caches))
+def batch_key(task: UnitTask) -> tuple:
+    """Units with equal keys read the same assets and can share a batch."""
+    return tuple((lay.source, lay.hrefs()) for lay in task.layers)
 
 
-class _GroupRead:
-    """The reads of one group of chips, started on the reading pool at once (one job per
-    asset) so they can run while the previous group is warped and written."""
+def task_hrefs(task: UnitTask) -> set[str]:
+    """Every imagery href a unit reads (not the label raster)."""
+    return {h for lay in task.layers for st in lay.steps for sc in st.scenes for _, h in sc.hrefs}
 
-    def __init__(self, tasks: list[ChipTask], retries: list[list] | None, caches: dict[str, TileCache] | None):
-        self.tasks, self.retries = tasks, retries
+
+class _BatchRead:
+    """The reads of one group of units, started on the reading pool at once (one job per asset
+    band) so they run while the previous group is warped and written."""
+
+    def __init__(self, tasks: list[UnitTask], caches: dict[str, TileCache]):
+        from .search import sign_href
+
+        self.tasks = tasks
         self.jobs = _jobs(tasks[0])
         self.sources: list[list] = [[None] * len(self.jobs) for _ in tasks]
         self.errors: dict[int, ReadError] = {}
-        self.caches = {} if caches is None else caches
-        for job in self.jobs:
-            self.caches.setdefault(job[3], TileCache())
-        self.env = dict(tasks[0].env)
-        pool = _threads(tasks[0].threads)
+        self.retries: list[list] = [[] for _ in tasks]
+        self.caches = caches
+        first = tasks[0]
+        self.hrefs = [sign_href(first.layers[j.layer].steps[j.step].scenes[j.scene].href(j.asset), j.auth) for j in self.jobs]
+        for h in self.hrefs:
+            caches.setdefault(h, TileCache())
+        self.envs = {lay.auth: read_env(first.reading, lay.auth) for lay in first.layers}
+        pool = _pool("io", first.reading.threads)
         self.futures = [pool.submit(self._read, j) for j in range(len(self.jobs))]
 
-    def _read(self, j: int) -> None:  # one asset, every chip, in order
-        tasks, first = self.tasks, self.tasks[0]
-        kind, t, b, href, rs, nd, dt = self.jobs[j]
-        live = [i for i in range(len(tasks)) if i not in self.errors]
+    def _read(self, j: int) -> None:  # one asset band, every unit, in (grid, row, col) order
+        job, href = self.jobs[j], self.hrefs[j]
+        live = [i for i in range(len(self.tasks)) if i not in self.errors]
+        grids = [self.tasks[i].grid_at(job.resolution) for i in live]
         tries: list = []
         try:
-            got = read_sources(href, [(tasks[i].crs, tasks[i].transform, tasks[i].shape) for i in live], resampling=rs,
-                               src_nodata=nd, env=self.env, max_retries=first.max_retries, cache=self.caches[href],
-                               retries=tries)[0]
+            got = read_sources(href, grids, band=job.index, resampling=job.resampling, src_nodata=job.nodata,
+                               env=self.envs[job.auth], max_retries=self.tasks[0].reading.max_retries,
+                               cache=self.caches[href], retries=tries)[0]
         except ReadError as exc:
             for i in live:
                 self.errors.setdefault(i, exc)
             return
         finally:
-            if self.retries is not None:
-                for i in live:
-                    self.retries[i].extend(tries)
+            for i in live:
+                self.retries[i].extend(tries)
         for i, src in zip(live, got):
             self.sources[i][j] = src
 
-    def wait(self) -> "_GroupRead":
+    def wait(self) -> "_BatchRead":
         for f in self.futures:
             f.result()
         return self
 
 
-def _warp_group(reads: _GroupRead) -> list[tuple[np.ndarray, np.ndarray | None] | ReadError]:
-    """Wait for a group's reads, then warp each chip's windows on the CPU pool."""
-    reads.wait()
-    jobs = reads.jobs
+# --------------------------------------------------------------------------------------
+# the unit's arrays
 
-    def warp(i: int):  # one chip, every asset: a warp per source grid and resampling
-        if i in reads.errors:
-            return reads.errors[i]
-        task, src = reads.tasks[i], reads.sources[i]
-        image = np.empty((len(task.steps), len(task.band_names), task.size, task.size), dtype=task.dtype)
-        qa = np.empty((len(task.steps), task.size, task.size), dtype=np.uint8) if task.qa_kind != "none" else None
-        for kind, rs in sorted({(job[0], job[4]) for job in jobs}):
-            idx = [j for j, job in enumerate(jobs) if (job[0], job[4]) == (kind, rs)]
-            if kind == "img":
-                arr = warp_sources([src[j] for j in idx], task.crs, Affine(*task.transform), task.shape, rs, task.dtype,
-                                   task.nodata if task.nodata is not None else 0)
-                for a, j in zip(arr, idx):
-                    image[jobs[j][1], jobs[j][2]] = a
-            else:
-                arr = warp_sources([src[j] for j in idx], task.crs, Affine(*task.transform), task.shape, rs, "uint8",
-                                   task.qa_nodata if task.qa_nodata is not None else 0)
-                for a, j in zip(arr, idx):
-                    qa[jobs[j][1]] = a
-        reads.sources[i] = None
-        return image, qa
+@dataclass
+class LayerData:
+    """The arrays of one source of a unit.
 
-    return list(_cpu_threads(reads.tasks[0].threads).map(warp, range(len(reads.tasks))))
+    Attributes
+    ----------
+    read
+        The source's :class:`LayerRead`.
+    bands
+        Per output band, ``(time, y, x)`` in the band's dtype (fill = its nodata).
+    qa
+        ``(time, y, x)`` QA codes in the QA dtype (nearest; fill = its nodata), or None.
+    index
+        ``(time, y, x)`` int16: which scene of the step each pixel came from (-1: none), when
+        the step's composite asks for it; else None.
+    masks
+        Per time step, the union of the recipe's masks of this source (filled by :func:`measure`).
+    mask_inputs
+        Per time step, ``{mask index: (band, y, x) float32}`` bands of mask models.
+    """
 
+    read: LayerRead
+    bands: list[np.ndarray]
+    qa: np.ndarray | None = None
+    index: np.ndarray | None = None
+    masks: list = field(default_factory=list)
+    mask_inputs: list[dict[int, np.ndarray]] = field(default_factory=list)
 
-def batch_key(task: ChipTask) -> tuple:
-    """Chips with equal keys read the same assets and can share a batch."""
-    return (tuple((s.band_hrefs, s.qa_href) for s in task.steps), tuple(s.qa_href for s in task.mask_steps))
-
-
-def task_hrefs(task: ChipTask) -> set[str]:
-    """Every imagery href a chip reads (not the label raster)."""
-    out = set()
-    for s in task.steps + task.mask_steps:
-        out.update(s.band_hrefs)
-        out.update(h for _, h in s.extra)
-        if s.qa_href:
-            out.add(s.qa_href)
-    return out
+    def stack(self) -> np.ndarray:
+        """``(time, band, y, x)`` (every band on the same grid; raises ValueError otherwise)."""
+        shapes = {a.shape for a in self.bands}
+        if len(shapes) != 1:
+            raise ValueError(f"source {self.read.source!r}: bands on different grids ({sorted(shapes)}) cannot be stacked")
+        return np.stack(self.bands, axis=1)
 
 
-def process_batch(tasks: list[ChipTask], group: int = 16) -> list[ChipResult]:
-    """Build chips that share their scenes (see :func:`batch_key`), ``group`` at a time.
+@dataclass
+class UnitData:
+    """Everything known about one unit once its pixels are read (what filters and layouts see)."""
 
-    Each group is read as in :func:`read_chips` (COG tiles shared by neighbouring chips are
-    fetched once), then every chip is warped and finished (:func:`finish_chip`) on the CPU
-    pool while the next group's reads run on the reading pool (network waits and CPU work
-    overlap). At most two groups' arrays are in memory at a time, and the batch's datasets are
-    closed at the end, so a worker's memory does not grow with the number of scenes.
+    task: UnitTask
+    layers: dict[str, LayerData]
+    labels: np.ndarray | None = None
+    unknown_codes: dict[int, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _composite(lay: LayerRead, arrays: list[list[np.ndarray | None]], qas: list[np.ndarray] | None):
+    """Merge the scenes of each step: ``arrays[scene][band]`` -> per band ``(y, x)``; QA likewise."""
+    from .composite import get_compositor
+
+    if len(arrays) == 1:
+        return arrays[0], (qas[0] if qas else None), None
+    out_bands: list[np.ndarray] = []
+    index = None
+    if lay.bands:
+        shapes = {a.shape for a in arrays[0]}
+        if len(shapes) == 1:
+            b0 = lay.bands[0]
+            comp = get_compositor(lay.composite.kind)((len(lay.bands),) + arrays[0][0].shape, b0.dtype,
+                                                      [b.nodata for b in lay.bands], index=lay.composite.kind != "median")
+            for sc in arrays:
+                comp.add(np.stack(sc))
+            res = comp.result()
+            out_bands = list(res.image)
+            index = res.index
+        else:  # resolution groups: each band on its own
+            for bi, b in enumerate(lay.bands):
+                comp = get_compositor(lay.composite.kind)((1,) + arrays[0][bi].shape, b.dtype, [b.nodata])
+                for sc in arrays:
+                    comp.add(sc[bi][None])
+                out_bands.append(comp.result().image[0])
+    qa = None
+    if qas:
+        q = lay.qa
+        if index is not None and qas[0].shape == index.shape:
+            qa = np.full(qas[0].shape, q.nodata if q.nodata is not None else 0, dtype=qas[0].dtype)
+            for k, a in enumerate(qas):
+                qa[index == k] = a[index == k]
+        else:
+            comp = get_compositor("first-valid" if lay.composite.kind == "median" else lay.composite.kind)(
+                (1,) + qas[0].shape, q.dtype, [q.nodata if q.nodata is not None else 0])
+            for a in qas:
+                comp.add(a[None])
+            qa = comp.result().image[0]
+    return out_bands, qa, index
+
+
+def _warp_unit(reads: _BatchRead, i: int) -> dict[str, LayerData] | ReadError:
+    """Warp one unit's source windows and composite its steps (on the CPU pool)."""
+    if i in reads.errors:
+        return reads.errors[i]
+    task, src, jobs = reads.tasks[i], reads.sources[i], reads.jobs
+    groups: dict[tuple, list[int]] = {}
+    for j, job in enumerate(jobs):
+        fill = job.nodata if job.nodata is not None else 0
+        groups.setdefault((job.resolution, job.resampling, job.dtype, "nan" if is_nan(fill) else fill), []).append(j)
+    warped: list[np.ndarray | None] = [None] * len(jobs)
+    for (res, rs, dtype, fill), idx in groups.items():
+        crs, tr, shape = task.grid_at(res)
+        arr = warp_sources([src[j] for j in idx], crs, Affine(*tr), shape, rs, dtype, float("nan") if fill == "nan" else fill)
+        for a, j in zip(arr, idx):
+            warped[j] = a
+    reads.sources[i] = None
+    layers: dict[str, LayerData] = {}
+    for li, lay in enumerate(task.layers):
+        bands_t: list[list[np.ndarray]] = [[] for _ in lay.bands]
+        qa_t, idx_t, minputs = [], [], []
+        for ti, st in enumerate(lay.steps):
+            per_scene = [[None] * len(lay.bands) for _ in st.scenes]
+            qas = [] if lay.qa is not None else None
+            mins: dict[int, list] = {}
+            for j, job in enumerate(jobs):
+                if job.layer != li or job.step != ti:
+                    continue
+                if job.slot[0] == "band":
+                    per_scene[job.scene][job.slot[1]] = warped[j]
+                elif job.slot[0] == "qa":
+                    qas.append(warped[j])
+                elif job.scene == 0:  # mask models run on the step's first scene
+                    mins.setdefault(job.slot[1], []).append(warped[j])
+            bands, qa, index = _composite(lay, per_scene, qas)
+            for bi, a in enumerate(bands):
+                bands_t[bi].append(a)
+            if qa is not None:
+                qa_t.append(qa)
+            idx_t.append(index)
+            minputs.append({m: np.stack(v) for m, v in mins.items()})
+        index = np.stack(idx_t) if lay.composite.index_band and all(x is not None for x in idx_t) else None
+        layers[lay.source] = LayerData(lay, [np.stack(b) for b in bands_t], np.stack(qa_t) if qa_t else None, index,
+                                       mask_inputs=minputs)
+    return layers
+
+
+def read_units(tasks: list[UnitTask], caches: dict[str, TileCache] | None = None) -> list[dict[str, LayerData] | ReadError]:
+    """Read the imagery of units that share their scenes (see :func:`batch_key`).
+
+    First one job per asset band runs on the process's reading pool and reads every unit's
+    source window through the same open dataset and the asset's :class:`~eochips.reading.TileCache`,
+    in ``(grid, row, col)`` order: a COG tile shared by neighbouring units is fetched and decoded
+    once. Then, per unit, the windows are warped (all bands on one source grid and resampling in
+    one GDAL call, :func:`~eochips.reading.warp_sources`) and the steps composited.
 
     Returns
     -------
-    list of ChipResult
-        One per task, in order; a chip whose asset cannot be read is ``failed`` alone.
+    list
+        Per task, ``{source: LayerData}``, or the :class:`ReadError` that made it unreadable.
     """
-    results: list[ChipResult] = []
-    caches: dict[str, TileCache] = {}  # tiles carry over from one group to the next
-    groups = [tasks[g:g + group] for g in range(0, len(tasks), group)]
-    reads = None
-    try:
-        for k, sub in enumerate(groups):
-            reads = reads or _GroupRead(sub, [[] for _ in sub], caches)
-            current = reads.wait()
-            # the next group's reads (network, decoding) overlap this group's warps and writes
-            reads = _GroupRead(groups[k + 1], [[] for _ in groups[k + 1]], caches) if k + 1 < len(groups) else None
-            got = _warp_group(current)
-            # matplotlib (quicklooks) is not thread-safe: finish those chips one by one
-            mapper = map if sub[0].quicklook else _cpu_threads(sub[0].threads).map
-            results.extend(mapper(lambda args: _finish_safely(*args), zip(sub, got, current.retries)))
-    finally:
-        if reads is not None:
-            reads.wait()
-        from .reading import close_assets
-
-        close_assets(set().union(*(task_hrefs(t) for t in tasks)))
-    return results
+    reads = _BatchRead(tasks, {} if caches is None else caches).wait()
+    return list(_pool("cpu", tasks[0].cpu_threads).map(lambda i: _warp_unit(reads, i), range(len(tasks))))
 
 
-def _finish_safely(task: ChipTask, got, retries: list) -> ChipResult:
-    """:func:`finish_chip`, with any unexpected exception turned into a failed result naming it
-    (recorded, reported, retried on rerun) so one chip never takes its batch down."""
-    if isinstance(got, ReadError):
-        return ChipResult(task.chip_id, "failed", str(got), retries=len(retries))
-    try:
-        return finish_chip(task, got[0], got[1], retries)
-    except Exception as exc:  # noqa: BLE001
-        from .search import redact
+# --------------------------------------------------------------------------------------
+# labels, masks, measures
 
-        return ChipResult(task.chip_id, "failed", redact(f"{type(exc).__name__}: {exc}"), retries=len(retries))
+def read_labels(task: UnitTask) -> tuple[np.ndarray | None, dict[int, int]]:
+    """The unit's ``(y, x)`` uint8 class map (None without labels) and unknown code counts.
 
-
-def read_labels(task: ChipTask) -> tuple[np.ndarray | None, dict[int, int]]:
-    """The chip's ``(y, x)`` uint8 class array (None without labels) and unknown code counts."""
+    Raises
+    ------
+    ReadError
+        The label raster cannot be read.
+    LabelError
+        In strict mode, a code missing from the reclass table.
+    """
     spec = task.labels
     if spec is None:
         return None, {}
     if spec.vector:
-        return rasterize_vector(spec.vector, spec.class_field, dict(spec.classes), task.crs, task.transform, task.shape), {}
+        return rasterize_vector(spec.vector, spec.class_field, dict(spec.classes), task.crs, task.transform, task.shape,
+                                task.label_bounds), {}
     codes = read_onto(spec.raster, task.crs, task.transform, task.shape, resampling="nearest",
-                      env=dict(task.env), max_retries=task.max_retries)
+                      env=read_env(task.reading), max_retries=task.reading.max_retries)
     if spec.reclass is None:
         return codes.astype(np.uint8), {}
-    return spec.reclass.apply(codes, where=task.chip_id)
+    return spec.reclass.apply(codes, where=task.unit_id)
 
 
-def nodata_pixels(image: np.ndarray, nodata: float | None) -> int:
-    """Pixels ``(y, x)`` that are fill in any band of any date of a ``(time, band, y, x)`` array."""
-    if nodata is None:
-        bad = np.isnan(image) if np.issubdtype(image.dtype, np.floating) else np.zeros(image.shape, bool)
-    elif isinstance(nodata, float) and np.isnan(nodata):
-        bad = np.isnan(image)
-    else:
-        bad = image == nodata
-    return int(bad.any(axis=(0, 1)).sum())
+def unit_masks(task: UnitTask, data: dict[str, LayerData]) -> None:
+    """Fill ``LayerData.masks``: per source and time step, the union of the recipe's mask sources
+    of that source, grown by ``masks.dilation`` pixels, on the unit grid."""
+    from .qa import MODEL_MASKS, QA_DECODERS, MaskSet, dilate, union, upsample
+
+    by_source: dict[str, list[tuple[int, Any]]] = {}
+    first = next(iter(task.layers)).source
+    for mi, m in enumerate(task.masks.sources):
+        by_source.setdefault(m.source or first, []).append((mi, m))
+    for source, sources in by_source.items():
+        lay = data[source]
+        out = []
+        for t in range(len(lay.read.steps)):
+            sets = []
+            for mi, m in sources:
+                if m.kind in QA_DECODERS:
+                    sets.append(QA_DECODERS[m.kind](m, lay.qa[t], lay.read.qa.nodata))
+                else:
+                    bands = lay.mask_inputs[t][mi]
+                    nodata = np.all((bands == 0) | np.isnan(bands), axis=0)
+                    ms = MODEL_MASKS[m.kind](m, np.nan_to_num(bands) * m.scale, nodata)
+                    sets.append(MaskSet(*(upsample(getattr(ms, k), task.shape) for k in ("cloud", "shadow", "snow", "nodata"))))
+            out.append(dilate(union(*sets), task.masks.dilation))
+        lay.masks = out
 
 
-def process_chip(task: ChipTask) -> ChipResult:
-    """Build one chip: read, measure, filter, write (a batch of one, see :func:`process_batch`)."""
-    return process_batch([task])[0]
+def nodata_mask(a: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Boolean fill pixels of an array (NaN-aware; NaN always counts for floats)."""
+    if np.issubdtype(a.dtype, np.floating):
+        bad = np.isnan(a)
+        if nodata is not None and not is_nan(nodata):
+            bad |= a == nodata
+        return bad
+    if nodata is None or is_nan(nodata):
+        return np.zeros(a.shape, bool)
+    return a == nodata
 
 
-def finish_chip(task: ChipTask, image: np.ndarray, qa: np.ndarray | None, retries: list) -> ChipResult:
-    """Measure, filter and write one chip whose imagery is read.
+def _metrics(task: UnitTask, data: UnitData) -> dict[str, Any]:
+    scenes = [(lay.source, t, sc) for lay in task.layers for t, st in enumerate(lay.steps) for sc in st.scenes]
+    m: dict[str, Any] = {
+        "scene_ids": [sc.scene_id for _, _, sc in scenes], "datetimes": [sc.datetime for _, _, sc in scenes],
+        "scene_sources": [s for s, _, _ in scenes], "scene_steps": [t for _, t, _ in scenes],
+        "scene_roles": [sc.role for _, _, sc in scenes],
+    }
+    if data.labels is not None:
+        hist = np.bincount(data.labels.ravel(), minlength=256)
+        m["label_hist"] = {int(k): int(v) for k, v in enumerate(hist) if v}
+        if data.unknown_codes:
+            m["unknown_codes"] = {int(k): int(v) for k, v in data.unknown_codes.items()}
+    fractions = [{"source": s, "step": t, **{k: round(v, 6) for k, v in ms.fractions().items()}}
+                 for s, lay in data.layers.items() for t, ms in enumerate(lay.masks)]
+    if fractions:
+        m["mask_fractions"] = fractions
+    return m
 
-    Rules (seed 001, thresholds from the recipe):
 
-    - ``nodata``: more than ``max_nodata_pixels`` fill pixels (any band, any date) -> dropped.
-    - ``qa``: for each date, bad_pct (:func:`eochips.qa.fmask_bad_pct`); the chip is kept only
-      if the maximum over dates is < ``max_bad_pct``.
+# --------------------------------------------------------------------------------------
+# building
+
+def finish_unit(task: UnitTask, layers: dict[str, LayerData] | ReadError, retries: list) -> UnitResult:
+    """Measure, filter and write one unit whose imagery is read (see the module docstring).
+
+    Filters run in recipe order (:mod:`eochips.filters`); every filter's measure is recorded in
+    the metrics, and the first that says no gives the typed reason code.
+    """
+    from .filters import apply_filters
+    from .writers.layouts import write_layouts
+
+    def failed(exc: Exception, metrics=None) -> UnitResult:
+        return UnitResult(task.unit_id, "failed", "io", str(exc), metrics=metrics or {}, retries=len(retries),
+                          fingerprint=task.fingerprint)
+
+    if isinstance(layers, ReadError):
+        return failed(layers)
+    try:
+        labels, unknown = read_labels(task)
+    except ReadError as exc:
+        return failed(exc)
+    data = UnitData(task, layers, labels, unknown)
+    unit_masks(task, layers)
+    data.metrics = _metrics(task, data)
+    reason = apply_filters(task.filters, data)
+    if reason is not None:
+        return UnitResult(task.unit_id, "dropped", reason.code, str(reason), metrics=data.metrics, retries=len(retries),
+                          fingerprint=task.fingerprint)
+    try:
+        files, extra = write_layouts(task, data)
+    except (ReadError, OutputError) as exc:
+        return failed(exc, data.metrics)
+    data.metrics.update(extra)
+    return UnitResult(task.unit_id, "kept", "", "", files, data.metrics, retries=len(retries), fingerprint=task.fingerprint)
+
+
+def process_batch(tasks: list[UnitTask], group: int = 16) -> list[UnitResult]:
+    """Build units that share their scenes (:func:`batch_key`), ``group`` at a time.
+
+    Each group is read as in :func:`read_units` (COG tiles shared by neighbouring units are
+    fetched once), then every unit is warped and finished (:func:`finish_unit`) on the CPU pool
+    while the next group's reads run on the reading pool. At most two groups' arrays are in
+    memory at a time, and the batch's datasets are closed at the end, so a worker's memory does
+    not grow with the number of scenes. Each unit writes its completion marker
+    (:func:`eochips.engine.write_marker`) as soon as it is finished.
 
     Returns
     -------
-    ChipResult
-        ``failed`` with the error message when an asset cannot be read; other exceptions
-        propagate (they are bugs).
+    list of UnitResult
+        One per task, in order; a unit whose asset cannot be read is ``failed`` alone.
     """
+    results: list[UnitResult] = []
+    caches: dict[str, TileCache] = {}  # tiles carry over from one group to the next
+    groups = [tasks[g:g + group] for g in range(0, len(tasks), group)]
+    reads = None
+    cpu = _pool("cpu", tasks[0].cpu_threads)
     try:
-        label, unknown = read_labels(task)
-    except ReadError as exc:
-        return ChipResult(task.chip_id, "failed", str(exc), retries=len(retries))
-    metrics: dict[str, Any] = {
-        "scene_ids": [s.scene_id for s in task.steps],
-        "datetimes": [s.datetime for s in task.steps],
-        "nodata_pixels": nodata_pixels(image, task.nodata),
-    }
-    if qa is not None and task.qa_kind == "fmask":
-        pcts = [round(fmask_bad_pct(qa[t], list(task.bad_bits), task.qa_nodata), 6) for t in range(len(task.steps))]
-        metrics["bad_qa_pct"] = pcts
-    if label is not None:
-        hist = np.bincount(label.ravel(), minlength=256)
-        metrics["label_hist"] = {int(k): int(v) for k, v in enumerate(hist) if v}
-        if unknown:
-            metrics["unknown_codes"] = {int(k): int(v) for k, v in unknown.items()}
-
-    if metrics["nodata_pixels"] > task.max_nodata_pixels:
-        return ChipResult(task.chip_id, "dropped", f"nodata: {metrics['nodata_pixels']} fill pixels > {task.max_nodata_pixels}",
-                          metrics=metrics, retries=len(retries))
-    if "bad_qa_pct" in metrics:
-        worst = max(metrics["bad_qa_pct"])
-        if worst >= task.max_bad_pct:
-            t = metrics["bad_qa_pct"].index(worst)
-            return ChipResult(task.chip_id, "dropped", f"qa: bad_pct {worst:.2f} >= {task.max_bad_pct:g} on {task.steps[t].date}",
-                              metrics=metrics, retries=len(retries))
-    masks = []
-    if task.mask_sources:
-        try:
-            masks = [chip_masks(task, t, qa, retries) for t in range(len(task.steps))]
-        except ReadError as exc:
-            return ChipResult(task.chip_id, "failed", str(exc), metrics=metrics, retries=len(retries))
-        metrics["mask_fractions"] = [{k: round(v, 6) for k, v in m.fractions().items()} for m in masks]
-        for kind, limit in (("cloud", task.max_cloud_fraction), ("shadow", task.max_shadow_fraction)):
-            worst = max(f[kind] for f in metrics["mask_fractions"])
-            if limit is not None and worst > limit:
-                t = [f[kind] for f in metrics["mask_fractions"]].index(worst)
-                return ChipResult(task.chip_id, "dropped", f"{kind}: fraction {worst:.3f} > {limit:g} on {task.steps[t].date}",
-                                  metrics=metrics, retries=len(retries))
-
-    try:
-        files = write_chip(task, image, qa, label)
-        if task.mask_steps:
-            cfiles, metrics["cmasks"] = write_cloud_masks(task, retries)
-            files.update(cfiles)
-        if task.quicklook:
-            files.update(write_quicklook(task, image, masks))
-    except ReadError as exc:
-        return ChipResult(task.chip_id, "failed", str(exc), metrics=metrics, retries=len(retries))
-    except OutputError as exc:
-        return ChipResult(task.chip_id, "failed", str(exc), metrics=metrics, retries=len(retries))
-    return ChipResult(task.chip_id, "kept", "", files, metrics, retries=len(retries))
+        for k, sub in enumerate(groups):
+            reads = reads or _BatchRead(sub, caches)
+            current = reads.wait()
+            # the next group's reads (network, decoding) overlap this group's warps and writes
+            reads = _BatchRead(groups[k + 1], caches) if k + 1 < len(groups) else None
+            got = list(cpu.map(lambda i: _warp_unit(current, i), range(len(sub))))
+            # matplotlib (quicklooks) is not thread-safe: finish those units one by one
+            mapper = map if sub[0].masks.quicklook else cpu.map
+            results.extend(mapper(lambda args: _finish_and_mark(*args), zip(sub, got, current.retries)))
+    finally:
+        if reads is not None:
+            reads.wait()
+        close_assets(set().union(*(task_hrefs(t) for t in tasks)))
+    return results
 
 
-def write_chip(task: ChipTask, image: np.ndarray, qa: np.ndarray | None, label: np.ndarray | None) -> dict[str, str]:
-    """Write seed 001's files of a kept chip; return ``{relative path: sha256}``."""
-    out = OutputStore(task.out)
-    names = task.file_names()
-    nt, nb = image.shape[:2]
-    desc = [f"{b}@{s.date}" for s in task.steps for b in task.band_names]
-    offsets = [task.offset + s.offset_dn * task.scale for s in task.steps for _ in task.band_names]
-    common = dict(compress=task.compress, level=task.level)
-    files = {
-        names["image"]: write_cog(
-            out, names["image"], image.reshape(nt * nb, task.size, task.size), task.crs, task.transform,
-            nodata=task.nodata, descriptions=desc, scales=[task.scale] * (nt * nb), offsets=offsets,
-            tags={"scene_ids": ",".join(s.scene_id for s in task.steps)}, **common,
-        )
-    }
-    failpoints.hit("chip:after-image")
-    if label is not None:
-        files[names["mask"]] = write_cog(out, names["mask"], label, task.crs, task.transform,
-                                         colormap=dict(task.labels.colormap) or None, **common)
-    if "qa" in names and qa is not None:
-        files[names["qa"]] = write_cog(out, names["qa"], qa, task.crs, task.transform, nodata=task.qa_nodata,
-                                       descriptions=[f"Fmask@{s.date}" for s in task.steps], **common)
-    return files
+def _finish_and_mark(task: UnitTask, layers, retries: list) -> UnitResult:
+    """Finish one unit and, right away, leave its completion marker (after its files)."""
+    from .engine import write_marker
+
+    res = finish_unit(task, layers, retries)
+    write_marker(task.out, res)
+    return res
 
 
-def _upsample(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of a ``(y, x)`` array to ``(size, size)`` (pixel centres)."""
-    h, w = mask.shape
-    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(int), h - 1)
-    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(int), w - 1)
-    return mask[np.ix_(rows, cols)]
+def process_unit(task: UnitTask) -> UnitResult:
+    """Build one unit (a batch of one, see :func:`process_batch`)."""
+    return process_batch([task])[0]
 
 
-def chip_masks(task: ChipTask, t: int, qa: np.ndarray | None, retries: list | None = None):
-    """The union of the task's mask sources for time step ``t``, dilated, on the chip grid.
-
-    Fmask / SCL come from the QA asset already read (nearest); s2cloudless and ONNX models
-    read their own bands at their working resolution over the chip's footprint and their
-    masks are brought back to the chip grid by nearest neighbour.
-    """
-    from .qa import MaskSet, dilate, fmask_masks, onnx_masks, s2cloudless_masks, scl_masks, union
-
-    step = task.steps[t]
-    extra = dict(step.extra)
-    sets = []
-    for src in task.mask_sources:
-        if src.kind in ("fmask", "scl"):
-            if qa is None:
-                raise ReadError(f"qa.masks kind {src.kind!r} needs the profile's QA asset")
-            sets.append(fmask_masks(qa[t], src.cloud_bits, src.shadow_bits, task.qa_nodata if task.qa_nodata is not None else 255)
-                        if src.kind == "fmask" else scl_masks(qa[t], src.cloud_classes, src.shadow_classes))
-            continue
-        res = abs(task.transform[0])
-        wr = src.working_resolution or res
-        n = max(1, int(round(task.size * res / wr)))
-        tr = (wr * task.size / n * (1 if task.transform[0] > 0 else -1), 0.0, task.transform[2], 0.0,
-              task.transform[4] * task.size / n, task.transform[5])
-        bands = np.stack([read_onto(extra[k], task.crs, tr, (n, n), resampling="bilinear", dtype="float32",
-                                    env=dict(task.env), max_retries=task.max_retries, retries=retries) for k in src.bands])
-        nodata = np.all(bands == 0, axis=0)
-        refl = bands * src.scale
-        if src.kind == "s2cloudless":
-            _, m = s2cloudless_masks(refl, threshold=src.threshold, average_over=src.average_over,
-                                     dilation_size=src.dilation_size, all_bands=len(src.bands) == 13, nodata=nodata)
-        else:
-            m = onnx_masks(refl, list(src.band_order), model=src.model, product_level=src.product_level, nodata_value=0.0)
-        sets.append(MaskSet(*(_upsample(getattr(m, k), task.size) for k in ("cloud", "shadow", "snow", "nodata"))))
-    return dilate(union(*sets), task.dilation)
-
-
-def write_cloud_masks(task: ChipTask, retries: list | None = None) -> tuple[dict[str, str], list[dict]]:
-    """Seed 000's cloud-mask chips: for each mask scene i, ``{chip_id}_{i}_cmask.tif`` (uint8:
-    1 where a chosen Fmask bit, by default bit 1 cloud, is set, 0 clear, 255 where Fmask is
-    fill), Fmask read with nearest. Returns the files and ``[{file, scene_id, cloud_pct}]``
-    with ``cloud_pct`` the cloud fraction (0..1) of all the chip's pixels."""
-    from .qa import fmask_masks
-
-    out = OutputStore(task.out)
-    files, rows = {}, []
-    for i, step in enumerate(task.mask_steps):
-        fm = read_onto(step.qa_href, task.crs, task.transform, task.shape, resampling="nearest", src_nodata=task.qa_nodata,
-                       dtype="uint8", env=dict(task.env), max_retries=task.max_retries, retries=retries)
-        m = fmask_masks(fm, task.cmask_bits, (), task.qa_nodata if task.qa_nodata is not None else 255)
-        cm = np.where(m.nodata, 255, m.cloud).astype(np.uint8)
-        rel = f"{CHIPS_DIR}/{task.chip_id}_{i}_cmask.tif"
-        files[rel] = write_cog(out, rel, cm, task.crs, task.transform, nodata=255,
-                               descriptions=[f"cloud@{step.date}"], tags={"scene_id": step.scene_id},
-                               compress=task.compress, level=task.level)
-        rows.append({"file": rel.split("/")[-1], "scene_id": step.scene_id, "cloud_pct": round(m.fractions()["cloud"], 6)})
-    return files, rows
-
-
-def write_quicklook(task: ChipTask, image: np.ndarray, masks: list) -> dict[str, str]:
-    """``quicklooks/{chip_id}.png``: per date, the RGB (2-98 % stretch) with cloud outlined in
-    red, shadow in blue and nodata in grey; returns ``{path: sha256}``."""
-    import hashlib
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    nt = image.shape[0]
-    fig, axes = plt.subplots(1, nt, figsize=(2.5 * nt, 2.7), dpi=100, squeeze=False)
-    for t in range(nt):
-        ax = axes[0, t]
-        if task.rgb is not None:
-            rgb = image[t, list(task.rgb)].astype(np.float64)
-            valid = rgb[0] != task.nodata if task.nodata is not None else np.ones(rgb.shape[1:], bool)
-            lo, hi = (np.percentile(rgb[:, valid], (2, 98)) if valid.any() else (0, 1))
-            ax.imshow(np.clip((np.moveaxis(rgb, 0, -1) - lo) / max(hi - lo, 1e-9), 0, 1), interpolation="nearest")
-        else:
-            ax.imshow(image[t, 0], cmap="gray", interpolation="nearest")
-        if masks:
-            for layer, color in (("cloud", "red"), ("shadow", "blue"), ("nodata", "0.5")):
-                arr = getattr(masks[t], layer)
-                if arr.any() and not arr.all():
-                    ax.contour(arr.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
-        ax.set_title(task.steps[t].date, fontsize=8)
-        ax.set_axis_off()
-    fig.suptitle(task.chip_id, fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    rel = f"quicklooks/{task.chip_id}.png"
-    OutputStore(task.out).write_bytes(rel, buf.getvalue())
-    return {rel: hashlib.sha256(buf.getvalue()).hexdigest()}
+def cpu_share(workers_on_host: int) -> int:
+    """Warp/write threads per worker process: this host's cores divided among its workers (at
+    least 1), so N workers on a C-core host run about C warps at once, not N x C."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers_on_host))

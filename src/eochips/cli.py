@@ -1,13 +1,18 @@
 """The ``eochips`` command line: thin; parses, calls the library, maps errors to exit codes.
 
-Exit codes: 0 success; 1 some chips failed (a rerun retries them); 2 bad input (the message
-names the field or file and what would be valid; no traceback, nothing written).
+Exit codes: 0 success; 1 some units failed (a rerun retries them); 2 bad input (the message
+names the field or file and what would be valid; no traceback, nothing written); 3 finished
+but no unit was kept (an empty dataset: the message says why units were dropped); 130
+interrupted (Ctrl-C or SIGTERM; finished units are kept, rerun to resume). A bug ends with its
+traceback (exit 1).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
@@ -18,11 +23,13 @@ from rich.table import Table
 
 from .errors import EochipsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Recipe in, ML-ready chip dataset out.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Recipe in, ML-ready dataset out.")
 recipes_app = typer.Typer(help="List the built-in recipes, or show one.", invoke_without_command=True)
 app.add_typer(recipes_app, name="recipes")
 err = Console(stderr=True)
 out_console = Console()
+EMPTY_DATASET = 3
+INTERRUPTED = 130
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
@@ -31,6 +38,9 @@ def _guard(fn: Callable[[], Any]) -> Any:
     except EochipsError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: finished units are kept; rerun the same command to resume", highlight=False, markup=False)
+        raise typer.Exit(INTERRUPTED) from None
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -39,7 +49,7 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p in pairs or []:
         if "=" not in p:
-            raise RecipeError(f"--set {p!r}: expected KEY=VALUE, e.g. grid.chip_size=32")
+            raise RecipeError(f"--set {p!r}: expected KEY=VALUE, e.g. units.size=32 (a list item: masks.sources.0.kind=scl)")
         k, v = p.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
     return out
@@ -53,7 +63,7 @@ def _load(recipe: str, sets: list[str] | None):
 
 def _print_summary(summary: dict[str, Any], out: str) -> None:
     t = Table(title=f"eochips: {summary['recipe']}", show_header=False)
-    t.add_row("chips in plan", str(summary["chips_total"]))
+    t.add_row("units in plan", str(summary["units_total"]))
     t.add_row("kept", str(summary["kept"]))
     for reason, n in sorted(summary["dropped"].items()):
         t.add_row(f"dropped ({reason})", str(n))
@@ -72,7 +82,17 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
         err.print(f"failed {cid}: {reason}", highlight=False, markup=False)
 
 
-SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set grid.chip_size=32 (repeatable).")
+def _exit_code(summary: dict[str, Any]) -> int:
+    if summary["failed"]:
+        return 1
+    if summary["kept"] == 0:
+        why = ", ".join(f"{k} {n}" for k, n in sorted(summary["dropped"].items())) or "no unit was planned"
+        err.print(f"warning: no unit was kept ({why}); the dataset is empty", highlight=False, markup=False)
+        return EMPTY_DATASET
+    return 0
+
+
+SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set units.size=32 or masks.sources.0.kind=scl (repeatable).")
 
 
 @app.command()
@@ -82,49 +102,58 @@ def run(
     workers: Optional[int] = typer.Option(None, help="LocalCluster workers (default: cores)."),
     scheduler: Optional[str] = typer.Option(None, help="tcp://HOST:PORT of a Dask scheduler."),
     sets: Optional[List[str]] = SetOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset built from a different recipe."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Plan + build + finalize RECIPE into OUTPUT."""
+    """Plan + build + finalize RECIPE into OUTPUT (a rerun resumes)."""
     from . import run as run_all
 
-    summary = _guard(lambda: run_all(_load(recipe, sets), output, workers=workers, scheduler=scheduler, progress=progress))
+    summary = _guard(lambda: run_all(_load(recipe, sets), output, workers=workers, scheduler=scheduler, progress=progress,
+                                     overwrite=overwrite))
     _print_summary(summary, output)
-    if summary["failed"]:
-        raise typer.Exit(1)
+    raise typer.Exit(_exit_code(summary))
 
 
 @app.command()
 def plan(
     recipe: str = typer.Argument(..., help="Built-in recipe name or YAML path."),
     output: str = typer.Option(..., "--output", "-o", help="Dataset folder or URL."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print scenes, chips and a read estimate; write nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print scenes, units and a read estimate; write nothing."),
     sets: Optional[List[str]] = SetOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset built from a different recipe."),
 ) -> None:
-    """Search and select scenes, tile chips, and write OUTPUT/plan (no pixels are read)."""
+    """Search and select scenes, cut units, and write OUTPUT/plan (no pixels are read)."""
+    from .engine import check_output
     from .plan import make_plan, write_plan
     from .writers import OutputStore
 
     def go():
-        p = make_plan(_load(recipe, sets))
+        r = _load(recipe, sets)
+        p = make_plan(r)
         if not dry_run:
             store = OutputStore(output)
             store.ensure()
+            check_output(store, r, overwrite)
             write_plan(p, store)
         return p
 
     p = _guard(go)
     s = p.summary()
     t = Table(title=f"plan: {s['recipe']}" + (" (dry run)" if dry_run else ""), show_header=False)
-    t.add_row("scenes", str(s["scenes"]))
-    t.add_row("chips in AOI", str(s["chips_total"]))
-    t.add_row("chips to build", str(s["chips_planned"]))
-    for k, n in sorted(s["chips_dropped_in_plan"].items()):
+    for name, n in s["scenes_per_source"].items():
+        t.add_row(f"scenes ({name})", str(n))
+    t.add_row("grids", str(s["grids"]))
+    t.add_row("units in AOI", str(s["units_total"]))
+    t.add_row("units to build", str(s["units_planned"]))
+    for k, n in sorted(s["units_dropped_in_plan"].items()):
         t.add_row(f"dropped in plan ({k})", str(n))
     t.add_row("asset reads", str(s["reads"]))
     t.add_row("estimated bytes to read", f"{s['estimated_bytes'] / 1e6:.1f} MB")
     out_console.print(t)
-    for sid, sc in sorted(p.scenes.items(), key=lambda kv: kv[1].datetime):
-        out_console.print(f"  {sc.date}  cloud {sc.cloud_cover if sc.cloud_cover is not None else '-':>6}  {sid}", highlight=False)
+    for name, scenes in p.scenes.items():
+        for sid, sc in sorted(scenes.items(), key=lambda kv: kv[1].datetime):
+            cc = sc.cloud_cover if sc.cloud_cover is not None else "-"
+            out_console.print(f"  {name:10s} {sc.date}  cloud {cc:>6}  {sid}", highlight=False)
 
 
 @app.command()
@@ -134,10 +163,10 @@ def build(
     scheduler: Optional[str] = typer.Option(None),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Build the planned chips (skips chips already done)."""
-    from .engine import build as build_chips
+    """Build the planned units (skips units already done)."""
+    from .engine import build as build_units
 
-    s = _guard(lambda: build_chips(output, workers=workers, scheduler=scheduler, progress=progress)).as_dict()
+    s = _guard(lambda: build_units(output, workers=workers, scheduler=scheduler, progress=progress)).as_dict()
     out_console.print(json.dumps(s, indent=2))
     if s["failed"]:
         raise typer.Exit(1)
@@ -145,10 +174,21 @@ def build(
 
 @app.command()
 def finalize(output: str = typer.Argument(..., help="Dataset folder or URL.")) -> None:
-    """Write the index, split, statistics, plots and manifest."""
+    """Write the index, split, statistics, plots, tables and manifest."""
     from .dataset import finalize as fin
 
-    _print_summary(_guard(lambda: fin(output)), output)
+    summary = _guard(lambda: fin(output))
+    _print_summary(summary, output)
+    raise typer.Exit(_exit_code(summary))
+
+
+@app.command()
+def upgrade(recipe: str = typer.Argument(..., help="A recipe file (version 1 or 2) or built-in name.")) -> None:
+    """Print RECIPE as a version-2 recipe (YAML)."""
+    from .config import canonical, load_recipe
+
+    r = _guard(lambda: load_recipe(recipe))
+    sys.stdout.write(yaml.safe_dump(canonical(r), sort_keys=False))
 
 
 @recipes_app.callback()
@@ -174,7 +214,7 @@ def recipes_show(name: str) -> None:
 
 @app.command()
 def schema() -> None:
-    """Print the recipe JSON Schema."""
+    """Print the recipe JSON Schema (version 2)."""
     from .config import recipe_schema
 
     sys.stdout.write(json.dumps(recipe_schema(), indent=2, sort_keys=True) + "\n")
@@ -192,7 +232,25 @@ def sample_data(
     out_console.print(f"sample catalog: {cat}")
 
 
+def _notes(message, category, filename, lineno, file=None, line=None) -> None:
+    from .config import RecipeUpgradeWarning
+
+    if issubclass(category, RecipeUpgradeWarning):
+        err.print(f"note: {message}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    warnings.showwarning = _notes
+    signal.signal(signal.SIGTERM, _sigterm)
     app()
 
 

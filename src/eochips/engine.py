@@ -1,21 +1,24 @@
-"""Executing chip tasks on Dask, with an SQLite state file for resume.
+"""Executing unit tasks on Dask, with a state that cannot lie.
 
 - Default: a ``LocalCluster`` with one single-threaded worker process per core (reads inside a
-  task overlap I/O with their own small thread pool). ``scheduler="tcp://HOST:PORT"`` (or
-  ``engine.scheduler`` in the recipe) uses an existing cluster instead: start one with
-  ``dask scheduler`` and ``dask worker tcp://HOST:PORT`` on each machine, or with
-  dask-jobqueue / dask-kubernetes / Coiled, with eochips installed in the workers' environment
-  and the assets and the output location reachable from every worker.
-- A Dask task is a batch of small picklable :class:`~eochips.chips.ChipTask` objects that read
-  the same scenes (:func:`make_batches`): the worker reads their windows through one handle per
-  asset, so COG tiles shared by neighbouring chips are fetched once. Workers open assets and
-  write chip files themselves. Results (metrics and file hashes, never arrays) stream back per
-  batch (``as_completed``) and are recorded in the SQLite state at once.
-- The state lives in ``{output}/state.sqlite`` for a local output; for object storage it lives
-  in ``$EOCHIPS_STATE_DIR`` (default ``~/.cache/eochips/state``) under a name derived from the
-  output URL, and a copy is uploaded as ``state.sqlite`` after each build.
-- A rerun skips chips recorded as kept/dropped whose files still match their sha256, and
-  redoes the rest (failed, missing, modified, never finished).
+  task overlap I/O with their own thread pool; warps and writes use the worker's share of the
+  cores, :func:`~eochips.chips.cpu_share`). ``scheduler="tcp://HOST:PORT"`` uses an existing
+  cluster (``dask scheduler`` + ``dask worker``, dask-jobqueue, dask-kubernetes, Coiled) with
+  eochips installed on the workers and the assets and the output reachable from them.
+- A Dask task is a batch of small picklable :class:`~eochips.chips.UnitTask` s that read the
+  same scenes (:func:`make_batches`), in numeric ``(grid, row, col)`` order, so COG tiles shared
+  by neighbouring units are fetched once. Tasks carry no credentials: workers build them from
+  the source's auth scheme at read time.
+- Every finished unit leaves a completion marker ``state/units/{unit}.json`` beside its files
+  (written by the worker after the files, like rslearn's ``completed`` files); the SQLite
+  state records results as batches return and takes in the markers it lacks on start, so a
+  Ctrl-C, a killed driver or a fresh machine (object storage: the SQLite file lives in
+  ``$EOCHIPS_STATE_DIR``) loses no finished unit.
+- A rerun skips a unit only when its state row has the same task fingerprint (scenes, bands,
+  rules, layouts) and its files still match their sha256; everything else is redone. Units of
+  an earlier plan that are no longer planned are removed with their files.
+- A failed read or write fails its unit (a rerun retries it). Any other exception is a bug and
+  stops the run with its traceback.
 """
 
 from __future__ import annotations
@@ -32,16 +35,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import failpoints
-from .chips import CHIPS_DIR, ChipResult, ChipTask, batch_key, process_batch
-from .plan import Plan, load_plan, make_tasks, refresh_hrefs
+from .chips import UnitResult, UnitTask, batch_key, cpu_share, process_batch
 from .writers import OutputStore
 
 STATE_FILE = "state.sqlite"
-__all__ = ["STATE_FILE", "CHIPS_DIR", "State", "build", "state_path", "BuildSummary"]
+MARKERS = "state/units"
+__all__ = ["STATE_FILE", "MARKERS", "State", "build", "open_state", "state_path", "BuildSummary", "make_batches", "write_marker"]
 
 
 def state_path(store: OutputStore) -> Path:
-    """Where the SQLite state of ``store`` lives (see module docstring)."""
+    """Where the SQLite state of ``store`` lives (see the module docstring)."""
     if store.is_local:
         return store.local_path(STATE_FILE)
     base = Path(os.environ.get("EOCHIPS_STATE_DIR", Path.home() / ".cache" / "eochips" / "state"))
@@ -50,11 +53,12 @@ def state_path(store: OutputStore) -> Path:
 
 
 class State:
-    """The SQLite state of a build: one row per chip.
+    """The SQLite state of a build: one row per unit.
 
-    Columns: ``chip_id``, ``status`` (kept / dropped / failed), ``reason``, ``attempts``,
-    ``retries`` (transient read failures retried, summed over attempts), ``files`` (JSON
-    ``{path: sha256}``), ``metrics`` (JSON), ``updated`` (unix seconds).
+    Columns: ``unit_id``, ``status`` (kept / dropped / failed), ``code`` (typed reason),
+    ``reason``, ``attempts``, ``retries`` (transient read failures retried, summed over
+    attempts), ``files`` (JSON ``{path: sha256}``), ``metrics`` (JSON), ``fingerprint`` (of the
+    task that made the row), ``updated`` (unix seconds).
     """
 
     def __init__(self, path: Path):
@@ -62,32 +66,41 @@ class State:
         self.db = sqlite3.connect(self.path, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(
-            "CREATE TABLE IF NOT EXISTS chips (chip_id TEXT PRIMARY KEY, status TEXT NOT NULL, reason TEXT, "
-            "attempts INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0, files TEXT, metrics TEXT, updated REAL)"
+            "CREATE TABLE IF NOT EXISTS units (unit_id TEXT PRIMARY KEY, status TEXT NOT NULL, code TEXT, reason TEXT, "
+            "attempts INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0, files TEXT, metrics TEXT, "
+            "fingerprint TEXT, updated REAL)"
         )
         self.db.commit()
 
-    def _row(self, r) -> dict[str, Any]:
-        return {"status": r[0], "reason": r[1], "attempts": r[2], "retries": r[3], "files": json.loads(r[4] or "{}"),
-                "metrics": json.loads(r[5] or "{}")}
+    _COLS = "status, code, reason, attempts, retries, files, metrics, fingerprint"
 
-    def get(self, chip_id: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT status, reason, attempts, retries, files, metrics FROM chips WHERE chip_id=?",
-                              (chip_id,)).fetchone()
+    def _row(self, r) -> dict[str, Any]:
+        return {"status": r[0], "code": r[1] or "", "reason": r[2] or "", "attempts": r[3], "retries": r[4],
+                "files": json.loads(r[5] or "{}"), "metrics": json.loads(r[6] or "{}"), "fingerprint": r[7] or ""}
+
+    def get(self, unit_id: str) -> dict[str, Any] | None:
+        row = self.db.execute(f"SELECT {self._COLS} FROM units WHERE unit_id=?", (unit_id,)).fetchone()
         return None if row is None else self._row(row)
 
     def all(self) -> dict[str, dict[str, Any]]:
-        rows = self.db.execute("SELECT chip_id, status, reason, attempts, retries, files, metrics FROM chips").fetchall()
+        rows = self.db.execute(f"SELECT unit_id, {self._COLS} FROM units").fetchall()
         return {r[0]: self._row(r[1:]) for r in rows}
 
-    def record(self, res: ChipResult) -> None:
+    def record(self, res: UnitResult, attempt: int = 1) -> None:
+        """Record one result (``attempt`` 0: taken from a marker into an existing row, not a new attempt)."""
         self.db.execute(
-            "INSERT INTO chips (chip_id, status, reason, attempts, retries, files, metrics, updated) VALUES (?,?,?,1,?,?,?,?) "
-            "ON CONFLICT(chip_id) DO UPDATE SET status=excluded.status, reason=excluded.reason, attempts=attempts+1, "
-            "retries=retries+excluded.retries, files=excluded.files, metrics=excluded.metrics, updated=excluded.updated",
-            (res.chip_id, res.status, res.reason, res.retries, json.dumps(res.files, sort_keys=True),
-             json.dumps(res.metrics, sort_keys=True), time.time()),
+            "INSERT INTO units (unit_id, status, code, reason, attempts, retries, files, metrics, fingerprint, updated) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(unit_id) DO UPDATE SET status=excluded.status, code=excluded.code, "
+            "reason=excluded.reason, attempts=attempts+excluded.attempts, retries=retries+excluded.retries, "
+            "files=excluded.files, metrics=excluded.metrics, fingerprint=excluded.fingerprint, updated=excluded.updated",
+            (res.unit_id, res.status, res.code, res.reason, attempt, res.retries,
+             json.dumps(res.files, sort_keys=True), json.dumps(res.metrics, sort_keys=True, default=_json_default),
+             res.fingerprint, time.time()),
         )
+        self.db.commit()
+
+    def delete(self, unit_id: str) -> None:
+        self.db.execute("DELETE FROM units WHERE unit_id=?", (unit_id,))
         self.db.commit()
 
     def snapshot(self) -> Path:
@@ -100,6 +113,49 @@ class State:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _json_default(v):
+    import numpy as np
+
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"{type(v).__name__} is not JSON")
+
+
+def marker_path(unit_id: str) -> str:
+    return f"{MARKERS}/{unit_id}.json"
+
+
+def write_marker(out: str, res: UnitResult) -> None:
+    """The completion marker of one unit (after its files): its result, as JSON."""
+    doc = {"unit_id": res.unit_id, "status": res.status, "code": res.code, "reason": res.reason, "files": res.files,
+           "metrics": res.metrics, "retries": res.retries, "fingerprint": res.fingerprint}
+    OutputStore(out).write_text(marker_path(res.unit_id), json.dumps(doc, sort_keys=True, default=_json_default))
+
+
+def open_state(store: OutputStore, fingerprints: dict[str, str] | None = None) -> State:
+    """The state of ``store``, with every completion marker it lacks taken in (a unit finished
+    by a worker whose result never reached the driver, or a state left on another machine).
+    With ``fingerprints`` (unit id -> task fingerprint) only markers of those tasks count."""
+    state = State(state_path(store))
+    have = state.all()
+    for rel in store.list_files():
+        if not rel.startswith(MARKERS + "/") or not rel.endswith(".json"):
+            continue
+        try:
+            doc = json.loads(store.read_bytes(rel))
+        except (ValueError, OSError):
+            continue
+        uid = doc.get("unit_id")
+        if fingerprints is not None and fingerprints.get(uid) != doc.get("fingerprint"):
+            continue
+        row = have.get(uid)
+        if row is None or row["fingerprint"] != doc.get("fingerprint") or row["status"] != doc.get("status"):
+            state.record(UnitResult(uid, doc["status"], doc.get("code", ""), doc.get("reason", ""), doc.get("files", {}),
+                                    doc.get("metrics", {}), doc.get("retries", 0), doc.get("fingerprint", "")),
+                         attempt=0 if row is not None else 1)
+    return state
 
 
 def files_ok(store: OutputStore, files: dict[str, str]) -> bool:
@@ -127,11 +183,11 @@ class BuildSummary:
 
 @contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None, processes: bool = True) -> Iterator[Any]:
-    """A ``distributed.Client``: on ``scheduler`` if given, else on a new LocalCluster.
+    """A ``distributed.Client``: on ``scheduler`` if given, else on a new LocalCluster (closed,
+    with its worker processes, when the block ends, also on Ctrl-C).
 
     LocalCluster workers start from a ``forkserver`` that has already imported eochips: a
-    worker is then ready in milliseconds instead of re-importing GDAL, dask and eochips
-    (about 1 s of CPU each, per build).
+    worker is then ready in milliseconds instead of re-importing GDAL, dask and eochips.
     """
     import multiprocessing
     import sys
@@ -158,32 +214,22 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
             yield client
 
 
-def _safe(tasks: list[ChipTask]) -> list[ChipResult]:
-    """Run a batch; an unexpected exception fails its chips with a message naming it."""
-    try:
-        return process_batch(tasks)
-    except Exception as exc:  # noqa: BLE001 - recorded, reported, retried on rerun
-        from .search import redact
+def make_batches(tasks: list[UnitTask], workers: int, max_units: int = 128) -> list[list[UnitTask]]:
+    """Group units into batches a worker builds together (:func:`eochips.chips.process_batch`).
 
-        return [ChipResult(t.chip_id, "failed", redact(f"{type(exc).__name__}: {exc}")) for t in tasks]
-
-
-def make_batches(tasks: list[ChipTask], workers: int, max_chips: int = 128) -> list[list[ChipTask]]:
-    """Group chips into batches a worker builds together (:func:`eochips.chips.process_batch`).
-
-    Chips that read the same assets (:func:`eochips.chips.batch_key`; the same selected scenes)
-    go together, in chip-id order (row-major), so COG tiles shared by neighbouring chips are
-    fetched once. A group is cut into contiguous runs of at most ``max_chips`` chips (bounded
-    work per task, a lost worker costs little), and the largest batches are split further
-    until there are at least ``workers`` of them so every worker has work. Each cut re-reads
-    at most one row of tiles.
+    Units that read the same assets (:func:`eochips.chips.batch_key`; the same selected scenes)
+    go together, in numeric ``(grid, row, col)`` order (row-major: a row of COG tiles is done
+    before the next; ``chip_999_000`` before ``chip_1000_000``), so tiles shared by neighbouring
+    units are fetched once. A group is cut into contiguous runs of at most ``max_units`` units,
+    and the largest batches are split further until there are at least ``workers`` of them so
+    every worker has work. Each cut re-reads at most one row of tiles.
     """
-    groups: dict[tuple, list[ChipTask]] = {}
-    for t in sorted(tasks, key=lambda t: t.chip_id):
+    groups: dict[tuple, list[UnitTask]] = {}
+    for t in sorted(tasks, key=lambda t: t.key):
         groups.setdefault(batch_key(t), []).append(t)
     batches = []
     for g in groups.values():
-        n = -(-len(g) // max_chips)
+        n = -(-len(g) // max_units)
         size = -(-len(g) // n)
         batches.extend(g[i:i + size] for i in range(0, len(g), size))
     while len(batches) < workers:
@@ -193,87 +239,216 @@ def make_batches(tasks: list[ChipTask], workers: int, max_chips: int = 128) -> l
         batches.remove(big)
         half = -(-len(big) // 2)
         batches.extend([big[:half], big[half:]])
-    return sorted(batches, key=lambda b: b[0].chip_id)
+    return sorted(batches, key=lambda b: b[0].key)
 
 
-def build(out: str | os.PathLike, *, plan: Plan | None = None, workers: int | None = None,
-          scheduler: str | None = None, progress: bool = True) -> BuildSummary:
-    """Build every planned chip of the plan in ``out`` (see module docstring).
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def recipe_differences(old: dict, new: dict) -> list[str]:
+    """``field: old -> new`` for every output-relevant field that differs between two canonical
+    recipes (``description``, ``reading`` and ``engine`` cannot change an output byte)."""
+    from .config.models import NON_OUTPUT_FIELDS
+
+    a = _flat({k: v for k, v in old.items() if k not in NON_OUTPUT_FIELDS})
+    b = _flat({k: v for k, v in new.items() if k not in NON_OUTPUT_FIELDS})
+    return [f"{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_output(store: OutputStore, recipe, overwrite: bool = False) -> None:
+    """Refuse to build a recipe into a dataset folder built from another recipe.
+
+    The folder's ``plan/plan.json`` holds the recipe it was built from; if any output-relevant
+    field differs, this stops (exit 2) naming the fields, unless ``overwrite``, which removes
+    the old dataset first (:func:`clear_dataset`).
+
+    Raises
+    ------
+    RecipeError
+        The folder holds a dataset of a different recipe (or of another eochips version).
+    """
+    from .config import canonical
+    from .errors import RecipeError
+
+    rel = "plan/plan.json"
+    if not store.exists(rel):
+        if overwrite:
+            clear_dataset(store)
+        return
+    doc = json.loads(store.read_bytes(rel))
+    from .config.models import RECIPE_VERSION
+
+    new = json.loads(json.dumps(canonical(recipe), default=str))
+    diffs = recipe_differences(doc.get("recipe") or {}, new) if doc.get("version") == RECIPE_VERSION else ["(a plan of another eochips version)"]
+    if diffs and not overwrite:
+        shown = "; ".join(diffs[:6]) + (f"; +{len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise RecipeError(f"output {store.location!r} holds a dataset built from a different recipe ({shown}); "
+                          f"use another --output, or --overwrite to replace it")
+    if diffs or overwrite:
+        clear_dataset(store)
+
+
+def clear_dataset(store: OutputStore) -> int:
+    """Remove what eochips wrote in a dataset folder: the files of the manifest, of the state and
+    of the markers, the plan, the state; other files are left alone. Returns how many."""
+    files = set()
+    if store.exists("checksums.sha256"):
+        files |= {ln.split("  ", 1)[1] for ln in store.read_bytes("checksums.sha256").decode().splitlines() if "  " in ln}
+    path = state_path(store)
+    if path.exists():
+        st = State(path)
+        for rec in st.all().values():
+            files |= set(rec["files"])
+        st.close()
+    files |= {rel for rel in store.list_files() if rel.startswith(("plan/", MARKERS + "/"))}
+    files |= {"checksums.sha256", STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm"}
+    n = 0
+    for rel in sorted(files):
+        if store.exists(rel):
+            store.remove(rel)
+            n += 1
+    if not store.is_local and path.exists():
+        path.unlink()
+    return n
+
+
+def prune(store: OutputStore, state: State, planned: set[str], all_units: set[str]) -> int:
+    """Remove the rows, files and markers of units that are not in the current plan at all (an
+    earlier plan of the same recipe); return how many."""
+    n = 0
+    for uid, rec in state.all().items():
+        if uid in all_units:
+            continue
+        for rel in rec["files"]:
+            store.remove(rel)
+        store.remove(marker_path(uid))
+        state.delete(uid)
+        n += 1
+    return n
+
+
+def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, scheduler: str | None = None,
+          progress: bool = True) -> BuildSummary:
+    """Build every planned unit of the plan in ``out`` (see the module docstring).
 
     Parameters
     ----------
     out
         Output folder or URL holding ``plan/``.
     plan
-        The plan in memory (``eochips run`` passes it, so credentials in hrefs never need to
-        be stored); default: read ``plan/`` and restore redacted hrefs by searching again.
+        The plan in memory (``eochips run`` passes it); default: read ``plan/`` and fetch the
+        scenes again where their hrefs were redacted.
     workers
         LocalCluster worker processes (default: recipe ``engine.workers``, else CPU cores).
     scheduler
         ``tcp://HOST:PORT`` of an existing Dask scheduler (default: recipe ``engine.scheduler``).
     progress
-        Show a rich progress bar on stderr.
+        Show a progress bar of units on stderr.
+
+    Raises
+    ------
+    OutputError
+        No plan in ``out``; a file cannot be written.
+    KeyboardInterrupt
+        On Ctrl-C / SIGTERM, after the cluster is closed; finished units are kept.
     """
+    from .plan import load_plan, make_tasks, refresh_hrefs
+
     store = OutputStore(out)
     t0 = time.perf_counter()
     plan = plan or refresh_hrefs(load_plan(store))
     store.remove_temporaries()
-    tasks = make_tasks(plan, store)
-    state = State(state_path(store))
+    eng = plan.recipe.engine
+    n_workers = workers or eng.workers or os.cpu_count() or 1
+    scheduler = scheduler or eng.scheduler
+    tasks = make_tasks(plan, store, cpu_threads=cpu_share(1 if not eng.processes else n_workers))
+    prints = {t.unit_id: t.fingerprint for t in tasks}
+    state = open_state(store, prints)
     summary = BuildSummary()
     try:
-        for cp in plan.chips:
-            if cp.status == "dropped":
-                prev = state.get(cp.chip.id)
-                if prev is None or prev["status"] != "dropped" or prev["reason"] != cp.reason:
-                    state.record(ChipResult(cp.chip.id, "dropped", cp.reason, metrics=cp.label_info))
+        prune(store, state, set(prints), {u.id for u in plan.units})
+        for up in plan.units:
+            if up.status == "dropped":
+                prev = state.get(up.id)
+                if prev is None or prev["status"] != "dropped" or prev["reason"] != up.reason:
+                    for rel in (prev or {}).get("files", {}):
+                        store.remove(rel)
+                    state.record(UnitResult(up.id, "dropped", up.code, up.reason, metrics={"label_info": up.label_info}))
         todo = []
         for t in tasks:
-            prev = state.get(t.chip_id)
-            if prev and prev["status"] in ("kept", "dropped") and files_ok(store, prev["files"]):
+            prev = state.get(t.unit_id)
+            if prev and prev["status"] in ("kept", "dropped") and prev["fingerprint"] == t.fingerprint and files_ok(store, prev["files"]):
                 summary.skipped += 1
             else:
                 todo.append(t)
         failpoints.hit("build:before-first-chip")
         if todo:
-            _run(todo, state, plan.recipe, workers, scheduler, progress)
+            _run(todo, state, plan.recipe, n_workers, scheduler, progress)
         summary.ran = len(todo)
-        for cid, rec in state.all().items():
+        for uid, rec in state.all().items():
             summary.retries += rec["retries"]
             if rec["status"] == "kept":
                 summary.kept += 1
             elif rec["status"] == "dropped":
-                key = (rec["reason"] or "").split(":")[0]
-                summary.dropped[key] = summary.dropped.get(key, 0) + 1
+                summary.dropped[rec["code"]] = summary.dropped.get(rec["code"], 0) + 1
             else:
-                summary.failed[cid] = rec["reason"]
+                summary.failed[uid] = rec["reason"]
+    finally:
         if not store.is_local:
             snap = state.snapshot()
             store.publish(snap, STATE_FILE)
-    finally:
         state.close()
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _run(todo: list[ChipTask], state: State, recipe, workers, scheduler, progress: bool) -> None:
+def _cpu_threads(client, processes: bool) -> int:
+    """Warp/write threads per worker task on a cluster: the smallest share of cores per running
+    task over its hosts."""
+    info = client.scheduler_info().get("workers", {})
+    per_host: dict[str, int] = {}
+    for w in info.values():
+        per_host[w.get("host", "")] = per_host.get(w.get("host", ""), 0) + int(w.get("nthreads", 1))
+    try:
+        cores = client.run(os.cpu_count)
+        host_cores = {info[a].get("host", ""): c or 1 for a, c in cores.items() if a in info}
+    except Exception:  # noqa: BLE001 - a worker that cannot answer: assume one core per thread
+        host_cores = {}
+    shares = [max(1, host_cores.get(h, n) // max(1, n)) for h, n in per_host.items()]
+    return min(shares) if shares else 1
+
+
+def _run(todo: list[UnitTask], state: State, recipe, workers: int, scheduler: str | None, progress: bool) -> None:
+    from dataclasses import replace
+
     from distributed import as_completed
+    from distributed.scheduler import KilledWorker
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     eng = recipe.engine
-    with dask_client(workers or eng.workers, scheduler or eng.scheduler, eng.processes) as client:
+    with dask_client(workers, scheduler, eng.processes) as client:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        if scheduler:
+            share = _cpu_threads(client, eng.processes)
+            todo = [replace(t, cpu_threads=share) for t in todo]
         batches = make_batches(todo, n_workers, eng.batch_chips)
-        by_key = {f"chips-{b[0].chip_id}-{len(b)}-{time.time_ns()}": b for b in batches}
-        futures = [client.submit(_safe, b, key=k, pure=False) for k, b in by_key.items()]
-        with Progress(TextColumn("chips"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        by_key = {f"units-{b[0].unit_id}-{len(b)}-{time.time_ns()}": b for b in batches}
+        futures = [client.submit(process_batch, b, key=k, pure=False) for k, b in by_key.items()]
+        with Progress(TextColumn("units"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       disable=not progress, transient=False) as bar:
-            job = bar.add_task("chips", total=len(todo))
+            job = bar.add_task("units", total=len(todo))
             for fut in as_completed(futures):
                 try:
                     results = fut.result()
-                except Exception as exc:  # a worker died, etc.
-                    results = [ChipResult(t.chip_id, "failed", f"{type(exc).__name__}: {exc}") for t in by_key[fut.key]]
+                except KilledWorker as exc:  # the worker process died (e.g. out of memory): its units failed
+                    results = [UnitResult(t.unit_id, "failed", "io", f"worker died: {exc}", fingerprint=t.fingerprint)
+                               for t in by_key[fut.key]]
                 for res in results:
                     state.record(res)
                     failpoints.hit("build:after-record")

@@ -1,103 +1,233 @@
-"""The plan: which chips exist, which scenes each one uses, and why any chip was dropped early.
+"""The plan: which units exist, on which grids, which scenes each source gives each unit, and
+why any unit was dropped early. No imagery pixel is read (the probe reads headers and a
+decimated overview of one scene per source).
 
-``make_plan`` runs AOI -> target grid -> chips -> label pre-scan -> search -> tile assignment
--> selection, without reading a pixel of imagery. ``write_plan`` stores it in
-``{output}/plan/`` (``plan.json`` with the recipe and grid, ``chips.parquet`` and
-``scenes.parquet``, both GeoParquet), so ``eochips build`` can run from it later and a
-``--dry-run`` can print counts and a byte estimate first.
+``make_plan`` runs, per the grid kind (DESIGN.md, "the one-way flow")::
 
-Label pre-scan: label rules (label no-data, unknown reclass codes in strict mode, minimum
-labelled fraction) are checked here, from the label source alone, so chips that the seed's
-chip-sampling step would have excluded (CDL value 0) never cost an imagery read, and a
-strict-mode failure stops the run before anything is written.
+    AOI -> grid(s) -> units -> label pre-scan -> sampling -> search per source
+        -> tile assignment -> selection per source and unit -> probe
+
+For a ``label-raster`` or ``crs`` grid the grid comes first; for a ``scene`` grid the grid
+source is searched and selected over the whole AOI first and each chosen scene gives a grid
+(its CRS and pixel edges), so a plan may span several CRSs.
+
+Label pre-scan: the leading ``label-fraction`` filters (those before any imagery filter) and
+strict-mode reclass checks are applied from the label source alone, so units that the seed's
+chip-sampling step would have excluded never cost an imagery read, and a strict-mode failure
+stops the run before anything is written. Sampling (seed 001's class balance) then draws among
+the surviving units.
+
+``write_plan`` stores the plan in ``{output}/plan/``: ``plan.json`` (the resolved recipe, the
+grids, the summary), ``units.parquet`` (typed columns, EPSG:4326 geometry plus each unit's CRS
+and transform) and ``scenes.parquet`` (the scenes per source, hrefs with credentials redacted).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import shapely
+from odc.geo.geobox import GeoBox
 
 from . import failpoints
-from .chips import ChipTask, LabelSpec, StepSpec
-from .config import Recipe, parse_recipe
-from .errors import LabelError, OutputError, ProfileError
-from .grid import Chip, TargetGrid, load_aoi, make_grid, reproject_geometry, tile_chips
-from .labels import CDL_13_COLORS, CDL_13_NAMES, Reclass, default_colormap, make_reclass, rasterize_vector
-from .profiles import Profile, get_profile
-from .reading import close_assets, gdal_env, probe, read_onto
-from .search import Scene, gdal_auth_env, redact, scene_from_item, search, sign_hrefs
-from .selection import Candidate, SelectionFailed, get_strategy
+from .chips import LayerRead, MaskRead, SceneRead, StepRead, UnitTask, task_fingerprint
+from .config import Recipe, canonical, is_nan, parse_recipe
+from .config.models import QA_MASKS, RECIPE_VERSION
+from .errors import CatalogError, LabelError, OutputError, ProfileError, ReadError, RecipeError
+from .filters import Reason, label_fraction_check, plan_time_filters
+from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for_aoi, grid_from_raster, load_aoi,
+                  reproject_geometry, scene_gbox, tile_units, unit_size_px)
+from .labels import CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, default_colormap, make_reclass, rasterize_vector
+from .profiles import BandSpec, Profile, QASpec, get_profile
+from .reading import close_assets, probe, read_env, read_onto
+from .search import Scene, fetch_by_ids, redact, scene_from_item, search, sign_href
+from .selection import Candidate, Pick, SceneGroup, SelectionContext, SelectionFailed, get_strategy
 from .writers import OutputStore
 
 PLAN_DIR = "plan"
 
 
-@dataclass
-class ChipPlan:
-    """One chip of the plan: its scenes per time step, or the reason it was dropped."""
+# --------------------------------------------------------------------------------------
+# plan objects
 
-    chip: Chip
+@dataclass
+class UnitPlan:
+    """One unit of the plan: its scenes per source and time step, or why it was dropped.
+
+    Attributes
+    ----------
+    unit
+        The unit (grid index, row, col, GeoBox).
+    id
+        Its id (from ``units.id``).
+    tile
+        Its MGRS tile, when a source's profile can tell (``per: tile``) or its grid is a tile.
+    groups
+        Per source, the time steps: each a group of :class:`~eochips.selection.Pick`.
+    status, code, reason
+        ``planned`` or ``dropped``; the typed reason code and message of a drop.
+    label_info
+        Label pre-scan results (class pixel counts, unknown codes).
+    """
+
+    unit: Unit
+    id: str
     tile: str | None = None
-    scene_ids: list[str] = field(default_factory=list)
+    groups: dict[str, list[SceneGroup]] = field(default_factory=dict)
     status: str = "planned"
+    code: str = ""
     reason: str = ""
     label_info: dict[str, Any] = field(default_factory=dict)
-    mask_scene_ids: list[str] = field(default_factory=list)
+
+    def drop(self, reason: Reason) -> None:
+        self.status, self.code, self.reason = "dropped", reason.code, str(reason)
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return self.unit.key
+
+
+@dataclass
+class SourcePlan:
+    """What the plan resolved for one source: its profile, bands, QA layer and the facts the
+    probe read from its assets (per asset key: dtype, nodata, block layout)."""
+
+    name: str
+    profile: Profile
+    bands: tuple[BandSpec, ...]
+    qa: QASpec | None
+    extra_assets: tuple[str, ...] = ()
+    probed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
 class Plan:
-    """The whole plan of a recipe (see module docstring)."""
+    """The whole plan of a recipe (see the module docstring)."""
 
     recipe: Recipe
-    grid: TargetGrid
-    chips: list[ChipPlan]
-    scenes: dict[str, Scene]
+    grids: list[Grid]
+    units: list[UnitPlan]
+    scenes: dict[str, dict[str, Scene]]
+    sources: dict[str, SourcePlan]
 
     @property
-    def planned(self) -> list[ChipPlan]:
-        return [c for c in self.chips if c.status == "planned"]
+    def planned(self) -> list[UnitPlan]:
+        return [u for u in self.units if u.status == "planned"]
+
+    def scene(self, source: str, scene_id: str) -> Scene:
+        return self.scenes[source][scene_id]
 
     def summary(self) -> dict[str, Any]:
         """Counts and the byte estimate printed by ``eochips plan --dry-run``."""
-        r = self.recipe
-        profile = get_profile(r.profile)
-        n_assets = len(r.bands) + (1 if profile.qa_kind != "none" and profile.qa_asset else 0)
-        steps = sum(len(c.scene_ids) for c in self.planned)
-        # upper bound: every 256 px source block a chip window touches, at the grid's resolution
-        blocks = (math.ceil(r.grid.chip_size / 256) + 1) ** 2
-        itemsize = np.dtype(profile.dtype).itemsize
-        est = steps * n_assets * blocks * 256 * 256 * itemsize // 2  # DEFLATE ~2:1 on reflectance
         dropped: dict[str, int] = {}
-        for c in self.chips:
-            if c.status == "dropped":
-                key = c.reason.split(":")[0]
-                dropped[key] = dropped.get(key, 0) + 1
+        for u in self.units:
+            if u.status == "dropped":
+                dropped[u.code] = dropped.get(u.code, 0) + 1
+        reads = 0
+        for u in self.planned:
+            for s, groups in u.groups.items():
+                sp = self.sources[s]
+                n_assets = len({b.key for b in sp.bands}) + (1 if sp.qa else 0) + len(sp.extra_assets)
+                reads += n_assets * sum(len(g) for g in groups)
         return {
-            "recipe": r.name, "scenes": len(self.scenes), "chips_total": len(self.chips),
-            "chips_planned": len(self.planned), "chips_dropped_in_plan": dropped,
-            "reads": steps * n_assets, "estimated_bytes": int(est),
+            "recipe": self.recipe.name, "scenes": sum(len(v) for v in self.scenes.values()),
+            "scenes_per_source": {s: len(v) for s, v in self.scenes.items()}, "grids": len(self.grids),
+            "units_total": len(self.units), "units_planned": len(self.planned), "units_dropped_in_plan": dropped,
+            "reads": reads, "estimated_bytes": estimate_bytes(self),
         }
 
 
-def read_env(recipe: Recipe) -> dict:
-    """GDAL options of every read a recipe makes (cache size, HTTP timeout, credentials of
-    ``search.auth``; the credentials never leave this dict)."""
-    r = recipe.reading
-    return gdal_env(r.gdal_cachemax_mb, gdal_auth_env(recipe.search.auth)) | {"GDAL_HTTP_TIMEOUT": r.http_timeout}
+# --------------------------------------------------------------------------------------
+# sources: bands, QA, assets
+
+def qa_users(recipe: Recipe) -> set[str]:
+    """Sources whose QA layer something reads (QA masks, the Fmask filter, seed layouts)."""
+    out = set()
+    for m in recipe.masks.sources:
+        if m.kind in QA_MASKS:
+            out.add(recipe.source_of(m.source))
+    for f in recipe.filters:
+        if f.kind == "fmask-bad-pct":
+            out.add(recipe.source_of(f.source))
+    for lay in recipe.output.layout:
+        if lay.kind == "seed-001" and lay.write_qa:
+            src = recipe.source_of(lay.source)
+            if get_profile(recipe.sources[src].profile).qa is not None:
+                out.add(src)
+        elif lay.kind == "seed-000-cmask":
+            out.add(lay.source)
+    return out
 
 
-def _label_spec(recipe: Recipe) -> LabelSpec | None:
+def resolve_sources(recipe: Recipe) -> dict[str, SourcePlan]:
+    """Profiles, bands and QA layers of every source, checked against the recipe's other parts.
+
+    Raises
+    ------
+    ProfileError, RecipeError
+        An unknown profile or band; a fill the dtype cannot hold; a mask, filter or layout that
+        needs a QA kind the source's profile does not have; bands that cannot share a file.
+    """
+    users = qa_users(recipe)
+    out = {}
+    for name, cfg in recipe.sources.items():
+        profile = get_profile(cfg.profile)
+        bands = profile.resolve(cfg.bands, cfg.resampling, where=f"sources.{name}.bands")
+        qa = profile.qa if name in users else None
+        if name in users and qa is None:
+            raise RecipeError(f"source {name!r}: something reads its QA layer (masks, an fmask-bad-pct filter or a seed "
+                              f"layout) but profile {profile.name!r} has none")
+        extra = tuple(sorted({k for m in recipe.masks.sources if m.kind not in QA_MASKS and recipe.source_of(m.source) == name
+                              for k in m.bands}))
+        if not bands and qa is None:
+            raise RecipeError(f"recipe field 'sources.{name}.bands': the source reads nothing; list its bands")
+        out[name] = SourcePlan(name, profile, bands, qa, extra)
+    for i, m in enumerate(recipe.masks.sources):
+        if m.kind in QA_MASKS:
+            sp = out[recipe.source_of(m.source)]
+            if sp.qa.kind != m.kind:
+                raise RecipeError(f"recipe field 'masks.sources.{i}.kind': {m.kind!r} needs a source whose QA is {m.kind!r}; "
+                                  f"source {sp.name!r} (profile {sp.profile.name!r}) has QA {sp.qa.kind!r}")
+    for i, f in enumerate(recipe.filters):
+        if f.kind == "fmask-bad-pct" and out[recipe.source_of(f.source)].qa.kind != "fmask":
+            raise RecipeError(f"recipe field 'filters.{i}': fmask-bad-pct needs a source with Fmask QA")
+    from .writers.layouts import cast_dtype, common_fill
+
+    for i, lay in enumerate(recipe.output.layout):
+        where = f"recipe field 'output.layout.{i}'"
+        if lay.kind == "seed-001":
+            common_fill(out[recipe.source_of(lay.source)].bands, where)
+        elif lay.kind == "stack":
+            cast_dtype([b for s in (lay.sources or list(out)) for b in out[s].bands], lay.dtype, where)
+        elif lay.kind == "seed-000-cmask" and out[lay.source].qa.kind != "fmask":
+            raise RecipeError(f"{where}: seed-000-cmask needs a source with Fmask QA; {lay.source!r} has {out[lay.source].qa.kind!r}")
+    return out
+
+
+def _check_assets(scenes: list[Scene], sp: SourcePlan) -> None:
+    keys = sorted({b.asset for b in sp.bands} | ({sp.qa.asset} if sp.qa else set()) | set(sp.extra_assets))
+    for s in scenes:
+        missing = [k for k in keys if k not in s.assets]
+        if missing:
+            raise ProfileError(f"source {sp.name!r}: item {s.id!r} has no asset(s) {missing} that profile "
+                               f"{sp.profile.name!r} needs; its assets: {sorted(s.assets)}")
+
+
+# --------------------------------------------------------------------------------------
+# labels
+
+def label_spec(recipe: Recipe) -> LabelSpec | None:
+    """Where units get their labels (raster + reclass, or polygons) and the class colours."""
     lab = recipe.labels
     if lab is None:
         return None
-    raster = lab.raster or (recipe.grid.label_raster if lab.vector is None else None)
+    raster = lab.raster or (recipe.grid.path if recipe.grid.kind == "label-raster" and lab.vector is None else None)
     reclass = make_reclass(lab.reclass, lab.unknown_class, lab.strict) if raster else None
     if lab.reclass == "cdl-13":
         cmap = CDL_13_COLORS
@@ -105,9 +235,10 @@ def _label_spec(recipe: Recipe) -> LabelSpec | None:
         n = max([*(lab.classes or {}).values(), *((reclass.table.values()) if reclass else []), 1])
         cmap = default_colormap(int(n))
     if raster is None and lab.vector is None:
-        raise LabelError("labels: give labels.raster, labels.vector, or grid.label_raster")
+        raise LabelError("labels: give labels.raster, labels.vector, or a label-raster grid")
     return LabelSpec(raster=raster, reclass=reclass, vector=lab.vector, class_field=lab.class_field,
-                     classes=tuple(sorted((lab.classes or {}).items())), colormap=tuple(sorted(cmap.items())))
+                     classes=tuple(sorted((lab.classes or {}).items())), colormap=tuple(sorted(cmap.items())),
+                     nodata_class=lab.nodata_class)
 
 
 def class_names(recipe: Recipe) -> dict[int, str]:
@@ -124,68 +255,182 @@ def class_names(recipe: Recipe) -> dict[int, str]:
     return {}
 
 
-def _scan_labels(recipe: Recipe, spec: LabelSpec, chips: list[ChipPlan]) -> None:
-    """Apply the label rules to every chip (see module docstring)."""
+def _grid_bounds(grid: Grid) -> tuple[float, float, float, float]:
+    return tuple(grid.gbox.boundingbox[:4])
+
+
+def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: list[Grid]) -> None:
+    """Label pre-scan (module docstring): class counts per unit, strict-mode codes, the leading
+    label filters."""
     lab = recipe.labels
-    env = read_env(recipe)
+    env = read_env(recipe.reading)
+    rules = recipe.filters[:plan_time_filters(recipe.filters)]
     strict_bad: dict[str, list[int]] = {}
-    for cp in chips:
-        ch = cp.chip
+    for up in units:
+        g = up.unit.gbox
+        tr, shape = tuple(g.affine)[:6], tuple(g.shape)
         if spec.vector:
-            classes = rasterize_vector(spec.vector, spec.class_field, dict(spec.classes), ch.crs, ch.transform, (ch.size, ch.size))
+            classes = rasterize_vector(spec.vector, spec.class_field, dict(spec.classes), g.crs.to_wkt(), tr, shape,
+                                       _grid_bounds(grids[up.unit.grid]))
             unknown: dict[int, int] = {}
         else:
-            codes = read_onto(spec.raster, ch.crs, ch.transform, (ch.size, ch.size), resampling="nearest", env=env)
+            try:
+                codes = read_onto(spec.raster, g.crs.to_wkt(), tr, shape, resampling="nearest", env=env)
+            except ReadError as exc:
+                raise LabelError(f"label raster {spec.raster!r}: {exc}") from None
             if spec.reclass is not None:
                 relaxed = Reclass(spec.reclass.table, spec.reclass.unknown_class, strict=False)
                 classes, unknown = relaxed.apply(codes)
             else:
                 classes, unknown = codes.astype(np.uint8), {}
-        n_nodata = int((classes == lab.nodata_class).sum())
-        cp.label_info = {"label_nodata_pixels": n_nodata}
+        hist = np.bincount(classes.ravel(), minlength=256)
+        up.label_info = {"class_pixels": {int(k): int(v) for k, v in enumerate(hist) if v},
+                         "label_nodata_pixels": int((classes == lab.nodata_class).sum())}
         if unknown:
-            cp.label_info["unknown_codes"] = unknown
+            up.label_info["unknown_codes"] = unknown
             if lab.strict:
-                strict_bad[ch.id] = sorted(unknown)
-        labelled = 1.0 - n_nodata / classes.size
-        if lab.max_nodata_pixels is not None and n_nodata > lab.max_nodata_pixels:
-            cp.status, cp.reason = "dropped", f"labels: {n_nodata} no-data label pixels > {lab.max_nodata_pixels}"
-        elif labelled < lab.min_labelled_fraction:
-            cp.status, cp.reason = "dropped", f"labels: labelled fraction {labelled:.3f} < {lab.min_labelled_fraction:g}"
+                strict_bad[up.id] = sorted(unknown)
+        for rule in rules:
+            _, reason = label_fraction_check(rule, classes)
+            if reason is not None:
+                up.drop(reason)
+                break
     if strict_bad:
         codes = sorted({c for v in strict_bad.values() for c in v})
         first = sorted(strict_bad)[:5]
         raise LabelError(
-            f"labels: code(s) {codes} are not in the reclass table {lab.reclass!r} (in {len(strict_bad)} chip(s), e.g. "
+            f"labels: code(s) {codes} are not in the reclass table {lab.reclass!r} (in {len(strict_bad)} unit(s), e.g. "
             f"{', '.join(first)}); add them to labels.reclass or set labels.strict: false"
         )
 
 
-def _coverage(scenes: list[Scene], profile: Profile, chips: list[ChipPlan], grid_crs: str) -> np.ndarray:
-    """``(n_chips, n_scenes)`` coverage in percent: the item's own coverage attribute when it has
-    one (HLS SPATIAL_COVERAGE), else footprint-over-chip area."""
-    foot = np.array([reproject_geometry(s.geometry, "EPSG:4326", grid_crs) for s in scenes], dtype=object)
-    polys = np.array([c.chip.polygon for c in chips], dtype=object)
-    shapely.prepare(foot)
-    cov = np.zeros((len(chips), len(scenes)))
-    area = shapely.area(polys)
+def _sample(recipe: Recipe, units: list[UnitPlan]) -> None:
+    """Apply ``sampling`` to the units still planned (seed 001's class balance needs their
+    label class counts, classes 1..K; class 0 is no data)."""
+    from .sampling import get_sampler
+
+    cfg = recipe.sampling
+    if cfg.kind == "all":
+        return
+    live = [u for u in units if u.status == "planned"]
+    if not live:
+        return
+    params = cfg.model_dump(exclude={"kind"})
+    counts = None
+    if cfg.kind == "class-balance":
+        k = max([c for u in live for c in u.label_info.get("class_pixels", {})] + [max(class_names(recipe) or [1]), 1])
+        counts = np.zeros((len(live), k), dtype=np.int64)
+        for i, u in enumerate(live):
+            for c, n in u.label_info.get("class_pixels", {}).items():
+                if c >= 1:
+                    counts[i, c - 1] = n
+        params["min_classes"] = min(params["min_classes"], k)
+    keep = set(int(i) for i in get_sampler(cfg.kind)(counts=counts, n_units=len(live), **params))
+    for i, u in enumerate(live):
+        if i not in keep:
+            u.drop(Reason("sampling", f"not drawn by {cfg.kind} sampling (n={cfg.n}, seed={cfg.seed})"))
+
+
+# --------------------------------------------------------------------------------------
+# grids and units
+
+def _unit_id(template: str, grid: Grid, row: int, col: int) -> str:
+    return template.format(row=row, col=col, grid=grid.name, tile=grid.tile or "")
+
+
+def _make_units(recipe: Recipe, grids: list[Grid], aoi, aoi_crs) -> list[UnitPlan]:
+    u = recipe.units
+    template = u.id or (("{grid}_{col:02d}_{row:02d}" if recipe.grid.kind == "scene" else "chip_{row:03d}_{col:03d}")
+                        if u.kind == "chip" else "tile_{row:03d}_{col:03d}")
+    out: list[UnitPlan] = []
+    for g in grids:
+        size = unit_size_px(g.gbox, u.size, u.size_m)
+        aoi_g = reproject_geometry(aoi, aoi_crs, g.gbox.crs.to_wkt())
+        for unit in tile_units(g, size, aoi_g, u.min_aoi_fraction):
+            out.append(UnitPlan(unit, _unit_id(template, g, unit.row, unit.col), g.tile))
+    seen: dict[str, tuple] = {}
+    for up in out:
+        if up.id in seen:
+            raise RecipeError(f"recipe field 'units.id': template {template!r} gives the id {up.id!r} to two units "
+                              f"(grid/row/col {seen[up.id]} and {up.key}); add {{grid}}, {{row}} and {{col}}")
+        seen[up.id] = up.key
+    if not out:
+        what = f"{u.size} px" if u.size else f"{u.size_m:g} m"
+        raise LabelError(f"no {what} unit of the grid lies inside the AOI; enlarge the AOI or lower units.size")
+    return sorted(out, key=lambda p: p.key)
+
+
+def _scene_grids(recipe: Recipe, sp: SourcePlan, scenes: list[Scene], aoi, aoi_crs) -> tuple[list[Grid], list[Scene]]:
+    """Scene grid: select the grid source's scenes over the whole AOI; one grid per chosen scene."""
+    g = recipe.grid
+    aoi_ea = reproject_geometry(aoi, aoi_crs, EQUAL_AREA)
+    cands = _candidates_for_area(scenes, sp.profile, aoi_ea)
+    cfg = recipe.sources[g.source].selection
+    try:
+        groups = get_strategy(cfg.kind)(SelectionContext("aoi", aoi_ea, cands, cfg, {}, g.source))
+    except SelectionFailed as exc:
+        raise CatalogError(f"grid: no scene of source {g.source!r} can give the grid ({exc})") from None
+    res = g.resolution or min((b.resolution for b in sp.bands if b.resolution), default=None)
+    grids, chosen = [], []
+    for grp in groups:
+        scene = grp[0].scene
+        band = min(sp.bands, key=lambda b: (b.resolution or math.inf)) if sp.bands else sp.qa.as_band()
+        gbox = scene_gbox(scene.properties, scene.asset_fields.get(band.asset, {}), scene.assets.get(band.asset),
+                          env=read_env(recipe.reading, recipe.sources[g.source].search.auth))
+        if res is not None:
+            gbox = at_resolution(gbox, res, "grid.resolution")
+        grids.append(Grid(len(grids), scene.id, gbox, sp.profile.tile_of(scene.id, scene.properties)))
+        chosen.append(scene)
+    return grids, chosen
+
+
+def _candidates_for_area(scenes: list[Scene], profile: Profile, area_ea) -> list[Candidate]:
+    out = []
+    a = area_ea.area
+    for s in scenes:
+        foot = reproject_geometry(s.geometry, "EPSG:4326", EQUAL_AREA)
+        inter = foot.intersection(area_ea).area
+        if inter > 0:
+            out.append(Candidate(s, 100.0 * inter / a, foot))
+    return sorted(out, key=lambda c: (c.scene.datetime, c.scene.id))
+
+
+def _unit_polygons_ea(units: list[UnitPlan], grids: list[Grid]) -> np.ndarray:
+    """Unit footprints in the equal-area CRS (edges densified), as a shapely array."""
+    out = np.empty(len(units), dtype=object)
+    by_grid: dict[int, list[int]] = defaultdict(list)
+    for i, u in enumerate(units):
+        by_grid[u.unit.grid].append(i)
+    for gi, idx in by_grid.items():
+        polys = [units[i].unit.polygon for i in idx]
+        for i, p in zip(idx, polys):
+            out[i] = reproject_geometry(p, grids[gi].gbox.crs.to_wkt(), EQUAL_AREA)
+    return out
+
+
+def _coverage(scenes: list[Scene], profile: Profile, polys_ea: np.ndarray) -> tuple[np.ndarray, list]:
+    """``(n_units, n_scenes)`` coverage in percent: the item's own tile coverage attribute when its
+    profile names one (HLS SPATIAL_COVERAGE), else footprint-over-unit area in the equal-area CRS."""
+    foot = [reproject_geometry(s.geometry, "EPSG:4326", EQUAL_AREA) for s in scenes]
+    cov = np.zeros((len(polys_ea), len(scenes)))
+    area = shapely.area(polys_ea)
+    tree = shapely.STRtree(polys_ea)
     for j, f in enumerate(foot):
-        inter = shapely.intersects(f, polys)
-        if inter.any():
-            cov[inter, j] = 100.0 * shapely.area(shapely.intersection(polys[inter], f)) / area[inter]
+        idx = tree.query(f, predicate="intersects")
+        if idx.size:
+            cov[idx, j] = 100.0 * shapely.area(shapely.intersection(polys_ea[idx], f)) / area[idx]
     for j, s in enumerate(scenes):
         attr = s.properties.get(profile.coverage_property) if profile.coverage_property else None
         if attr is not None:
             cov[cov[:, j] > 0, j] = float(attr)
-    return cov
+    return cov, foot
 
 
-def _assign_tiles(scenes: list[Scene], profile: Profile, chips: list[ChipPlan],
-                  grid_crs: str) -> tuple[dict[str, list[int]], dict[str, str]]:
-    """Seed 001's chip -> tile rule: the tile whose centroid is nearest (projected distance in the
-    grid CRS); among tiles whose footprints cover the chip fully when there are any.
+def _assign_tiles(scenes: list[Scene], profile: Profile, units: list[UnitPlan], grids: list[Grid]) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Seed 001's unit -> tile rule: the tile whose centroid is nearest (projected distance in the
+    unit's grid CRS); among tiles whose footprints cover the unit fully when there are any.
 
-    Returns ``(scene indices per tile, tile per chip id)``; both empty when the profile cannot
+    Returns ``(scene indices per tile, tile per unit id)``; both empty when the profile cannot
     tell the tile of a scene."""
     by_tile: dict[str, list[int]] = {}
     for j, s in enumerate(scenes):
@@ -194,160 +439,193 @@ def _assign_tiles(scenes: list[Scene], profile: Profile, chips: list[ChipPlan],
             return {}, {}
         by_tile.setdefault(t, []).append(j)
     names = sorted(by_tile)
-    unions = [shapely.union_all([reproject_geometry(scenes[j].geometry, "EPSG:4326", grid_crs) for j in by_tile[t]]) for t in names]
-    cents = [u.centroid for u in unions]
     tile_of: dict[str, str] = {}
-    for cp in chips:
-        poly = cp.chip.polygon
-        c = poly.centroid
-        full = [i for i, u in enumerate(unions) if u.covers(poly)]
-        pool = full or range(len(names))
-        tile_of[cp.chip.id] = names[min(pool, key=lambda i: (c.distance(cents[i]), names[i]))]
+    for gi in sorted({u.unit.grid for u in units}):
+        crs = grids[gi].gbox.crs.to_wkt()
+        unions = [shapely.union_all([reproject_geometry(scenes[j].geometry, "EPSG:4326", crs) for j in by_tile[t]]) for t in names]
+        cents = [u.centroid for u in unions]
+        for up in (u for u in units if u.unit.grid == gi):
+            poly = up.unit.polygon
+            c = poly.centroid
+            full = [i for i, u in enumerate(unions) if u.covers(poly)]
+            pool = full or range(len(names))
+            tile_of[up.id] = names[min(pool, key=lambda i: (c.distance(cents[i]), names[i]))]
     return by_tile, tile_of
 
 
-def _candidates(scenes: list[Scene], profile: Profile, chips: list[ChipPlan], grid_crs: str,
-                unit: str) -> tuple[list[list[Candidate]], dict[str, str]]:
-    """Per chip, the candidate scenes with their coverage, and the chip's tile (unit ``tile``)."""
-    cov = _coverage(scenes, profile, chips, grid_crs)
-    by_tile, tile_of = _assign_tiles(scenes, profile, chips, grid_crs) if unit == "tile" else ({}, {})
-    out = []
-    for i, cp in enumerate(chips):
-        idx = by_tile.get(tile_of.get(cp.chip.id), range(len(scenes))) if by_tile else range(len(scenes))
-        out.append([Candidate(scenes[j], float(cov[i, j])) for j in idx if cov[i, j] > 0])
-    return out, tile_of
+def _select(recipe: Recipe, name: str, sp: SourcePlan, scenes: list[Scene], units: list[UnitPlan], grids: list[Grid]) -> None:
+    """Choose each live unit's time steps of source ``name`` (drops units without acceptable scenes)."""
+    cfg = recipe.sources[name].selection
+    strategy = get_strategy(cfg.kind)
+    live = [u for u in units if u.status == "planned"]
+    if not live:
+        return
+    polys = _unit_polygons_ea(live, grids)
+    cov, foot = _coverage(scenes, sp.profile, polys)
+    by_tile, tile_of = _assign_tiles(scenes, sp.profile, live, grids) if cfg.per == "tile" else ({}, {})
+    for i, up in enumerate(live):
+        tile = tile_of.get(up.id)
+        idx = by_tile.get(tile, range(len(scenes))) if by_tile else range(len(scenes))
+        cands = [Candidate(scenes[j], float(cov[i, j]), foot[j]) for j in idx if cov[i, j] > 0]
+        cands.sort(key=lambda c: (c.scene.datetime, c.scene.id))
+        if tile and up.tile is None:
+            up.tile = tile
+        ctx = SelectionContext(tile or up.id, polys[i], cands, cfg, dict(up.groups), name)
+        try:
+            up.groups[name] = strategy(ctx)
+        except SelectionFailed as exc:
+            up.drop(Reason("selection", f"source {name!r}: {exc}"))
 
+
+# --------------------------------------------------------------------------------------
+# making the plan
 
 def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
-    """Plan a recipe: no imagery is read, except the header and a decimated overview of the
-    earliest selected scene's assets when ``probe`` is true (see :func:`probe_assets`).
+    """Plan a recipe (see the module docstring): no imagery is read, except headers and a
+    decimated overview of each source's earliest selected scene when ``probe`` is true
+    (:func:`probe_assets`).
 
     Raises
     ------
     AOIError, RecipeError, LabelError, CatalogError, NoScenesError, ProfileError, ReadError
         Bad input, each with a message naming the field or file.
     """
-    profile = get_profile(recipe.profile)
-    for b in recipe.bands:
-        profile.asset_key(b)
-    get_strategy(recipe.selection.strategy)
+    sources = resolve_sources(recipe)
     aoi, aoi_crs = load_aoi(recipe.aoi)
-    grid = make_grid(recipe.grid, aoi, aoi_crs)
-    aoi_grid = reproject_geometry(aoi, aoi_crs, grid.crs)
-    chips = [ChipPlan(c) for c in tile_chips(grid, recipe.grid.chip_size, aoi_grid, recipe.grid.min_aoi_fraction)]
-    if not chips:
-        raise LabelError(f"no {recipe.grid.chip_size} px chip of the target grid lies inside the AOI; enlarge the AOI or lower grid.chip_size")
-    spec = _label_spec(recipe)
-    if spec is not None:
-        _scan_labels(recipe, spec, chips)
     aoi_ll = reproject_geometry(aoi, aoi_crs, "EPSG:4326")
-    scenes = search(recipe.search, aoi_ll)  # unsigned: signed hrefs never reach the plan files
-    _check_assets(scenes, profile, recipe)
-    strategy = get_strategy(recipe.selection.strategy)
-    live = [c for c in chips if c.status == "planned"]
-    if live:
-        cands, tile_of = _candidates(scenes, profile, live, grid.crs, recipe.selection.unit)
-        for cp, cc in zip(live, cands):
-            cp.tile = tile_of.get(cp.chip.id)
-            try:
-                cp.scene_ids = [s.id for s in strategy(cc, recipe.selection)]
-            except SelectionFailed as exc:
-                cp.status, cp.reason = "dropped", str(exc)
-    all_scenes = {s.id: s for s in scenes}
-    if recipe.cloud_masks is not None:
-        all_scenes.update(_plan_cloud_masks(recipe, profile, [c for c in chips if c.status == "planned"], grid, aoi_ll))
-    plan = Plan(recipe, grid, chips, all_scenes)
+    g = recipe.grid
+    found: dict[str, list[Scene]] = {}
+    if g.kind == "label-raster":
+        gbox = grid_from_raster(g.path)
+        check_overlap(gbox, aoi, aoi_crs, f"label raster {g.path!r}")
+        grids = [Grid(0, "", gbox)]
+    elif g.kind == "crs":
+        grids = [Grid(0, "", grid_for_aoi(g.crs, g.resolution, g.origin, aoi, aoi_crs))]
+    else:
+        sp = sources[g.source]
+        found[g.source] = search(recipe.sources[g.source].search, aoi_ll)
+        _check_assets(found[g.source], sp)
+        grids, chosen = _scene_grids(recipe, sp, found[g.source], aoi, aoi_crs)
+    units = _make_units(recipe, grids, aoi, aoi_crs)
+    spec = label_spec(recipe)
+    if spec is not None:
+        _scan_labels(recipe, spec, units, grids)
+    _sample(recipe, units)
+    for name, cfg in recipe.sources.items():
+        if g.kind == "scene" and name == g.source:
+            by_id = {s.id: s for s in chosen}
+            for up in units:
+                up.groups[name] = [(Pick(by_id[grids[up.unit.grid].name]),)]
+            continue
+        found[name] = search(cfg.search, aoi_ll)  # unsigned: signed hrefs never reach the plan files
+        _check_assets(found[name], sources[name])
+        _select(recipe, name, sources[name], found[name], units, grids)
+    scenes = {name: {s.id: s for s in found[name]} for name in recipe.sources}  # every scene found (provenance)
+    plan = Plan(recipe, grids, units, scenes, sources)
     if probe:
         probe_assets(plan)
     return plan
-
-
-def _plan_cloud_masks(recipe: Recipe, profile: Profile, chips: list[ChipPlan], grid: TargetGrid, aoi_ll) -> dict[str, Scene]:
-    """Seed 000: the second search (cloudy scenes) and the seeded choice of mask scenes per chip."""
-    from .errors import NoScenesError, RecipeError
-    from .selection import seeded_by_date
-
-    cm = recipe.cloud_masks
-    if profile.qa_kind != "fmask" or not profile.qa_asset:
-        raise RecipeError(f"recipe field 'cloud_masks': needs a profile with an Fmask QA asset (profile {profile.name!r} has none)")
-    try:
-        update = {"cloud_cover": cm.cloud_cover} | ({"datetime": cm.datetime} if cm.datetime else {})
-        cloudy = search(recipe.search.model_copy(update=update), aoi_ll)
-    except NoScenesError:
-        cloudy = []
-    for s in cloudy:
-        if profile.qa_asset not in s.assets:
-            raise ProfileError(f"item {s.id!r} has no {profile.qa_asset!r} asset for the cloud masks")
-    if not chips:
-        return {}
-    cands, tile_of = _candidates(cloudy, profile, chips, grid.crs, recipe.selection.unit)
-    for cp, cc in zip(chips, cands):
-        try:
-            key = tile_of.get(cp.chip.id) or cp.chip.id
-            cp.mask_scene_ids = [s.id for s in seeded_by_date(cc, cm.coverage_thresholds, cm.min_scenes, cm.n_scenes, cm.seed, key)]
-        except SelectionFailed as exc:
-            cp.status, cp.reason = "dropped", str(exc)
-    return {s.id: s for s in cloudy}
-
-
-def _check_assets(scenes: list[Scene], profile: Profile, recipe: Recipe) -> None:
-    keys = [profile.asset_key(b) for b in recipe.bands]
-    if profile.qa_kind != "none" and profile.qa_asset:
-        keys.append(profile.qa_asset)
-    for s in scenes:
-        missing = [k for k in keys if k not in s.assets]
-        if missing:
-            raise ProfileError(
-                f"item {s.id!r} has no asset(s) {missing} that profile {profile.name!r} needs; its assets: {sorted(s.assets)}"
-            )
 
 
 # --------------------------------------------------------------------------------------
 # plan-time probe of the assets
 
 def probe_assets(plan: Plan) -> None:
-    """Open every asset of the earliest selected scene (header + a decimated read) before any
-    output is written, so systematic problems stop the run with exit code 2: a missing asset
-    (404), a file that is not a GeoTIFF (corrupt or truncated), a raster without a CRS, a scene
-    holding only nodata. A single bad asset of another scene is left to the build, where it
-    fails only the chips that use it.
+    """Open every asset of each source's earliest selected scene (header + a decimated read)
+    before any output is written, so systematic problems stop the run with exit code 2: a
+    missing asset (404), a file that is not a GeoTIFF (corrupt or truncated), a raster without
+    a CRS, a scene holding only nodata, a multi-band asset without a band index, an asset whose
+    dtype the band's dtype cannot hold (a silent clip), a band without any fill value. A single
+    bad asset of another scene is left to the build, where it fails only the units that use it.
+
+    Also records per asset key the block layout and the compressed size of every block, for
+    the dry-run byte estimate (:func:`estimate_bytes`).
 
     Raises
     ------
     ReadError
-        With ``exit_code = 2`` (bad input), naming the scene, the asset and the problem.
+        With ``exit_code = 2`` (bad input), naming the source, scene, asset and problem.
+    RecipeError
+        A dtype or band-index mismatch between the recipe and the asset.
     """
-    from .errors import ReadError
-
-    used = sorted({sid for c in plan.planned for sid in c.scene_ids}, key=lambda i: (plan.scenes[i].datetime, i))
-    if not used:
-        return
     r = plan.recipe
-    profile = get_profile(r.profile)
-    scene = sign_hrefs([plan.scenes[used[0]]], r.search.auth)[0]
-    keys = [profile.asset_key(b) for b in r.bands] + ([profile.qa_asset] if profile.qa_kind != "none" and profile.qa_asset else [])
-    env = read_env(r)
+    for name, sp in plan.sources.items():
+        used = sorted({p.scene.id for u in plan.planned for grp in u.groups.get(name, []) for p in grp},
+                      key=lambda i: (plan.scenes[name][i].datetime, i))
+        if not used:
+            continue
+        scene = plan.scenes[name][used[0]]
+        auth = r.sources[name].search.auth
+        reads = [(b.asset, b.index, b) for b in sp.bands] + ([(sp.qa.asset, 1, sp.qa.as_band())] if sp.qa else [])
+        reads += [(k, 1, None) for k in sp.extra_assets]
+        keys = sorted({k for k, _, _ in reads})
+        env = read_env(r.reading, auth)
+        hrefs = {k: sign_href(scene.assets[k], auth) for k in keys}
 
-    def one(key):
-        try:
-            return probe(scene.assets[key], env=env, max_retries=r.reading.max_retries)
-        except ReadError as exc:
-            return exc
+        def one(key):
+            try:
+                return probe(hrefs[key], env=env, max_retries=r.reading.max_retries)
+            except ReadError as exc:
+                return exc
 
-    with ThreadPoolExecutor(max(1, min(len(keys), r.reading.threads))) as pool:  # remote: overlap round trips
-        probed = list(pool.map(one, keys))
-    close_assets(scene.assets[k] for k in keys)
-    for key, got in zip(keys, probed):
-        href = scene.assets[key]
-        where = f"scene {scene.id!r} asset {key!r}"
-        if isinstance(got, ReadError):
-            raise _bad(ReadError(f"{where}: {got}")) from None
-        crs, nd, small = got
-        if crs is None:
-            raise _bad(ReadError(f"{where} ({redact(href)}) has no CRS; give the raster a CRS (gdal_edit.py -a_srs)"))
-        nd = nd if nd is not None else profile.nodata
-        if key != profile.qa_asset and nd is not None and small.size and bool((small == nd).all()):
-            raise _bad(ReadError(f"{where} ({redact(href)}) holds only nodata ({nd:g}); check the scene or the search filters"))
+        with ThreadPoolExecutor(max(1, min(len(keys), r.reading.threads))) as pool:  # remote: overlap round trips
+            probed = dict(zip(keys, pool.map(one, keys)))
+        close_assets(hrefs.values())
+        for key in keys:
+            got = probed[key]
+            where = f"source {name!r} scene {scene.id!r} asset {key!r}"
+            if isinstance(got, ReadError):
+                raise _bad(ReadError(f"{where}: {got}")) from None
+            if got["crs"] is None:
+                raise _bad(ReadError(f"{where} ({redact(scene.assets[key])}) has no CRS; give the raster a CRS (gdal_edit.py -a_srs)"))
+            sp.probed[key] = got
+        new_bands = []
+        for key, index, band in reads:
+            got = sp.probed[key]
+            if band is None:
+                continue
+            where = f"source {name!r} band {band.name!r} (asset {key!r})"
+            if index > got["count"]:
+                raise RecipeError(f"{where}: band index {index} but the asset has {got['count']} band(s)")
+            if got["count"] > 1 and band.name != "qa" and _index_unset(r, name, band):
+                raise RecipeError(f"{where}: the asset has {got['count']} bands; say which one with bands[].index "
+                                  f"(1..{got['count']}) so every output band is not band 1")
+            src_dtype, dst_dtype = np.dtype(got["dtypes"][index - 1]), np.dtype(band.dtype)
+            if not (np.can_cast(src_dtype, dst_dtype, "safe") or (src_dtype.kind == dst_dtype.kind == "f")):
+                raise RecipeError(f"{where}: the asset is {src_dtype} but the band is kept as {band.dtype}: values would be "
+                                  f"clipped; set bands[].dtype (or profile dtype) to {src_dtype} or wider")
+            nd = band.nodata
+            file_nd = got["nodata"][index - 1]
+            if nd is None:
+                if file_nd is None:
+                    raise RecipeError(f"{where}: no fill value anywhere (recipe, profile or file); set bands[].nodata so "
+                                      f"pixels outside the scene are not read as data")
+                nd = file_nd
+            sample = got["sample"][index - 1] if band.name != "qa" else None
+            fill_src = file_nd if file_nd is not None else nd
+            if sample is not None and sample.size and fill_src is not None and bool(
+                    (np.isnan(sample) if is_nan(fill_src) else sample == fill_src).all()):
+                raise _bad(ReadError(f"source {name!r} scene {scene.id!r} asset {key!r} ({redact(scene.assets[key])}) holds "
+                                     f"only nodata ({fill_src:g}); check the scene or the search filters"))
+            if band.name != "qa":
+                new_bands.append(replace(band, nodata=nd))
+        if len(new_bands) == len(sp.bands):
+            sp.bands = tuple(new_bands)
+
+
+def _index_unset(recipe: Recipe, source: str, band: BandSpec) -> bool:
+    """True when neither the recipe nor the profile chose a band index for ``band``."""
+    from .config import BandConfig
+
+    for b in recipe.sources[source].bands:
+        if isinstance(b, BandConfig) and b.name == band.name and b.index is not None:
+            return False
+    prof = recipe.sources[source].profile
+    if not isinstance(prof, str):
+        pb = prof.bands.get(band.name)
+        if isinstance(pb, BandConfig) and pb.index is not None:
+            return False
+    return True
 
 
 def _bad(exc):
@@ -355,51 +633,111 @@ def _bad(exc):
     return exc
 
 
+def estimate_bytes(plan: Plan) -> int:
+    """Bytes the build will fetch, from the probed assets' tile sizes.
+
+    Per source, asset and scene: the distinct COG blocks that the units' source windows touch
+    (on the probed asset's grid, or the scene's own ``proj:*`` grid) times their compressed size
+    (exact for the probed scene's positions, its mean block size elsewhere), plus 16 KiB per
+    opened asset (GDAL's first read of the header and tile index). Without a probe, 0.
+    """
+    from odc.geo.geobox import GeoBox
+
+    from .reading import MARGIN_PX, footprint_box
+
+    total = 0
+    for name, sp in plan.sources.items():
+        keys = sorted({b.asset for b in sp.bands} | ({sp.qa.asset} if sp.qa else set()) | set(sp.extra_assets))
+        for key in keys:
+            info = sp.probed.get(key)
+            if info is None:
+                continue
+            bh, bw = info["block"]
+            sizes = info["block_bytes"]
+            mean = float(sizes.mean()) if sizes.size else 0.0
+            per_scene: dict[str, list] = defaultdict(list)
+            for u in plan.planned:
+                for grp in u.groups.get(name, []):
+                    for p in grp:
+                        per_scene[p.scene.id].append(u.unit.gbox)
+            for sid, boxes in per_scene.items():
+                s = plan.scenes[name][sid]
+                fields = s.asset_fields.get(key, {})
+                try:
+                    grid = scene_gbox(s.properties, fields) if (fields.get("proj:transform") or s.properties.get("proj:transform")) else None
+                except ProfileError:
+                    grid = None
+                src = grid or GeoBox(info["shape"], info["transform"], info["crs"])
+                same = grid is None or (tuple(grid.affine)[:6] == tuple(info["transform"])[:6] and tuple(grid.shape) == tuple(info["shape"]))
+                tiles: set[tuple[int, int]] = set()
+                for gb in boxes:
+                    c0, r0, c1, r1 = footprint_box(gb.crs.to_wkt(), tuple(gb.affine)[:6], tuple(gb.shape), src.crs.to_wkt(),
+                                                   tuple(src.affine)[:6])
+                    c0, r0 = max(0, c0 - MARGIN_PX), max(0, r0 - MARGIN_PX)
+                    c1, r1 = min(src.shape[1], c1 + MARGIN_PX), min(src.shape[0], r1 + MARGIN_PX)
+                    if c1 <= c0 or r1 <= r0:
+                        continue
+                    tiles.update((tr, tc) for tr in range(r0 // bh, (r1 - 1) // bh + 1) for tc in range(c0 // bw, (c1 - 1) // bw + 1))
+                if same:
+                    total += int(sum(sizes[tr, tc] for tr, tc in tiles if tr < sizes.shape[0] and tc < sizes.shape[1]))
+                else:
+                    total += int(len(tiles) * mean)
+                total += 16384
+    return total
+
+
 # --------------------------------------------------------------------------------------
 # persistence
 
 def write_plan(plan: Plan, store: OutputStore) -> None:
-    """Write ``plan/chips.parquet``, ``plan/scenes.parquet`` and, last, ``plan/plan.json``.
+    """Write ``plan/units.parquet``, ``plan/scenes.parquet`` and, last, ``plan/plan.json``.
 
     Each file is written atomically; a plan counts only once ``plan.json`` exists. Asset
     hrefs are stored with query-string credentials (SAS tokens, signed-URL parameters)
-    redacted; :func:`refresh_hrefs` restores them by searching again.
+    redacted; :func:`refresh_hrefs` restores them by fetching the scenes again.
     """
     import io
 
     import geopandas as gpd
 
     failpoints.hit("plan:before-write")
-    chips = gpd.GeoDataFrame(
-        {
-            "chip_id": [c.chip.id for c in plan.chips], "row": [c.chip.row for c in plan.chips],
-            "col": [c.chip.col for c in plan.chips], "tile": [c.tile for c in plan.chips],
-            "scene_ids": [list(c.scene_ids) for c in plan.chips], "status": [c.status for c in plan.chips],
-            "reason": [c.reason for c in plan.chips],
-            "label_info": [json.dumps(c.label_info, sort_keys=True) for c in plan.chips],
-            "mask_scene_ids": [list(c.mask_scene_ids) for c in plan.chips],
-        },
-        geometry=[c.chip.polygon for c in plan.chips], crs=plan.grid.crs,
-    )
-    scenes = sorted(plan.scenes.values(), key=lambda s: (s.datetime, s.id))
-    sc = gpd.GeoDataFrame(
-        {
-            "id": [s.id for s in scenes], "collection": [s.collection for s in scenes],
-            "datetime": [s.datetime.isoformat() for s in scenes], "cloud_cover": [s.cloud_cover for s in scenes],
-            "item": [json.dumps(_scene_item(s), sort_keys=True) for s in scenes],
-        },
-        geometry=[s.geometry for s in scenes], crs="EPSG:4326",
-    )
+    units = plan.units
+    picks = [[{"source": s, "step": t, "scene_id": p.scene.id, "role": p.role}
+              for s, groups in u.groups.items() for t, grp in enumerate(groups) for p in grp] for u in units]
+    geoms = [reproject_geometry(u.unit.polygon, plan.grids[u.unit.grid].gbox.crs.to_wkt(), "EPSG:4326") for u in units]
+    frame = gpd.GeoDataFrame({
+        "unit_id": pd_str([u.id for u in units]),
+        "grid": np.array([u.unit.grid for u in units], dtype=np.int32),
+        "row": np.array([u.unit.row for u in units], dtype=np.int32),
+        "col": np.array([u.unit.col for u in units], dtype=np.int32),
+        "tile": pd_str([u.tile for u in units]), "status": pd_str([u.status for u in units]),
+        "reason_code": pd_str([u.code for u in units]), "reason": pd_str([u.reason for u in units]),
+        "label_info": pd_str([json.dumps(u.label_info, sort_keys=True) for u in units]),
+        "picks": picks,
+        "transform": [list(tuple(u.unit.gbox.affine)[:6]) for u in units],
+    }, geometry=geoms, crs="EPSG:4326")
+    rows = []
+    for name, scenes in plan.scenes.items():
+        for s in sorted(scenes.values(), key=lambda s: (s.datetime, s.id)):
+            rows.append({"source": name, "id": s.id, "collection": s.collection, "datetime": s.datetime,
+                         "cloud_cover": s.cloud_cover, "item": json.dumps(s.to_item(redact), sort_keys=True),
+                         "geometry": s.geometry})
+    sc = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326") if rows else gpd.GeoDataFrame(
+        {"source": [], "id": [], "item": []}, geometry=[], crs="EPSG:4326")
     written = []
     try:
-        for name, frame in (("chips.parquet", chips), ("scenes.parquet", sc)):
+        for fname, df in (("units.parquet", frame), ("scenes.parquet", sc)):
             buf = io.BytesIO()
-            frame.to_parquet(buf, index=False)
-            store.write_bytes(f"{PLAN_DIR}/{name}", buf.getvalue())
-            written.append(f"{PLAN_DIR}/{name}")
-        doc = {"recipe": plan.recipe.model_dump(mode="json"),
-               "grid": plan.grid.__dict__ | {"transform": list(plan.grid.transform)}, "summary": plan.summary()}
-        store.write_text(f"{PLAN_DIR}/plan.json", json.dumps(doc, indent=2, sort_keys=True))
+            df.to_parquet(buf, index=False)
+            store.write_bytes(f"{PLAN_DIR}/{fname}", buf.getvalue())
+            written.append(f"{PLAN_DIR}/{fname}")
+        doc = {"version": RECIPE_VERSION, "recipe": canonical(plan.recipe),
+               "grids": [{"index": g.index, "name": g.name, "tile": g.tile, "crs": g.gbox.crs.to_wkt(),
+                          "transform": list(tuple(g.gbox.affine)[:6]), "shape": list(g.gbox.shape)} for g in plan.grids],
+               "sources": {n: {"bands": [_band_json(b) for b in sp.bands], "qa": sp.qa.__dict__ if sp.qa else None}
+                           for n, sp in plan.sources.items()},
+               "summary": plan.summary()}
+        store.write_text(f"{PLAN_DIR}/plan.json", json.dumps(doc, indent=2, sort_keys=True, default=str))
     except Exception:
         for rel in written:
             store.remove(rel)
@@ -407,10 +745,19 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
     failpoints.hit("plan:after-write")
 
 
-def _scene_item(s: Scene) -> dict:
-    return {"type": "Feature", "id": s.id, "collection": s.collection, "properties": dict(s.properties),
-            "geometry": shapely.geometry.mapping(s.geometry),
-            "assets": {k: {"href": redact(h)} for k, h in s.assets.items()}}
+def pd_str(values: list) -> list:
+    """Values of a string column (None kept), so an all-empty column is still typed string."""
+    import pandas as pd
+
+    return pd.array(values, dtype="string")
+
+
+def _band_json(b: BandSpec) -> dict:
+    return {k: ("nan" if is_nan(v) else v) for k, v in b.__dict__.items()}
+
+
+def _band_from_json(d: dict) -> BandSpec:
+    return BandSpec(**{k: (float("nan") if v == "nan" else v) for k, v in d.items()})
 
 
 def load_plan(store: OutputStore) -> Plan:
@@ -419,7 +766,7 @@ def load_plan(store: OutputStore) -> Plan:
     Raises
     ------
     OutputError
-        No plan in ``store`` (run ``eochips plan`` first).
+        No plan in ``store`` (run ``eochips plan`` first), or one written by another version.
     """
     import io
 
@@ -428,89 +775,125 @@ def load_plan(store: OutputStore) -> Plan:
     if not store.exists(f"{PLAN_DIR}/plan.json"):
         raise OutputError(f"no plan in {store.location!r}; run 'eochips plan RECIPE --output {store.location}' first")
     doc = json.loads(store.read_bytes(f"{PLAN_DIR}/plan.json"))
-    recipe = parse_recipe(doc["recipe"])
-    g = doc["grid"]
-    grid = TargetGrid(g["crs"], tuple(g["transform"]), g["width"], g["height"])
-    chips_df = gpd.read_parquet(io.BytesIO(store.read_bytes(f"{PLAN_DIR}/chips.parquet")))
-    size = recipe.grid.chip_size
+    if doc.get("version") != RECIPE_VERSION:
+        raise OutputError(f"the plan in {store.location!r} was written by another eochips version; plan again "
+                          f"(eochips run RECIPE -o {store.location} --overwrite)")
+    recipe = parse_recipe(_unnan(doc["recipe"]))
+    grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"])
+             for g in doc["grids"]]
+    sources = resolve_sources(recipe)
+    for n, sd in doc["sources"].items():
+        sources[n].bands = tuple(_band_from_json(b) for b in sd["bands"])
+    sc = gpd.read_parquet(io.BytesIO(store.read_bytes(f"{PLAN_DIR}/scenes.parquet")))
+    scenes: dict[str, dict[str, Scene]] = {n: {} for n in recipe.sources}
+    for src, item in zip(sc["source"], sc["item"]):
+        s = scene_from_item(json.loads(item))
+        scenes[src][s.id] = s
+    df = gpd.read_parquet(io.BytesIO(store.read_bytes(f"{PLAN_DIR}/units.parquet")))
+    size = {g.index: None for g in grids}
+    units = []
+    for r in df.itertuples():
+        g = grids[int(r.grid)]
+        n = _unit_shape(recipe, g, size)
+        unit = Unit(int(r.grid), int(r.row), int(r.col), GeoBox((n, n), _affine(list(r.transform)), g.gbox.crs))
+        groups: dict[str, list] = {}
+        for p in (list(r.picks) if r.picks is not None else []):
+            groups.setdefault(p["source"], [])
+            while len(groups[p["source"]]) <= p["step"]:
+                groups[p["source"]].append(())
+            groups[p["source"]][p["step"]] = groups[p["source"]][p["step"]] + (Pick(scenes[p["source"]][p["scene_id"]], p["role"]),)
+        units.append(UnitPlan(unit, r.unit_id, None if r.tile is None or r.tile is np.nan else str(r.tile), groups,
+                              str(r.status), str(r.reason_code or ""), str(r.reason or ""), json.loads(r.label_info)))
+    return Plan(recipe, grids, units, scenes, sources)
+
+
+def _unit_shape(recipe: Recipe, grid: Grid, cache: dict) -> int:
+    if cache.get(grid.index) is None:
+        cache[grid.index] = unit_size_px(grid.gbox, recipe.units.size, recipe.units.size_m)
+    return cache[grid.index]
+
+
+def _affine(t):
     from affine import Affine
 
-    a = Affine(*grid.transform)
-    chips = []
-    for r in chips_df.itertuples():
-        ch = Chip(int(r.row), int(r.col), grid.crs, tuple(a @ Affine.translation(r.col * size, r.row * size))[:6], size)
-        masks = getattr(r, "mask_scene_ids", None)
-        chips.append(ChipPlan(ch, r.tile, list(r.scene_ids), r.status, r.reason, json.loads(r.label_info),
-                              [] if masks is None else list(masks)))
-    sc = gpd.read_parquet(io.BytesIO(store.read_bytes(f"{PLAN_DIR}/scenes.parquet")))
-    scenes = {s.id: s for s in (scene_from_item(json.loads(it)) for it in sc["item"])}
-    return Plan(recipe, grid, chips, scenes)
+    return Affine(*list(t)[:6])
+
+
+def _unnan(v):
+    if v == "nan":
+        return float("nan")
+    if isinstance(v, dict):
+        return {k: _unnan(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_unnan(x) for x in v]
+    return v
 
 
 def refresh_hrefs(plan: Plan) -> Plan:
-    """Restore asset hrefs whose credentials were redacted on disk, by searching again (same
-    recipe, same scene ids). Plans without redacted hrefs are returned unchanged.
+    """Restore asset hrefs whose credentials were redacted on disk, by fetching the plan's scene
+    ids again, source by source. Plans without redacted hrefs are returned unchanged.
 
     Raises
     ------
     CatalogError
-        A scene of the plan is no longer in the catalog.
+        A scene of the plan is no longer in its source's catalog.
     """
-    if not any("REDACTED" in h for s in plan.scenes.values() for h in s.assets.values()):
+    stale = {n for n, scenes in plan.scenes.items() if any("REDACTED" in h for s in scenes.values() for h in s.assets.values())}
+    if not stale:
         return plan
-    from .errors import CatalogError
-
     aoi, aoi_crs = load_aoi(plan.recipe.aoi)
-    fresh = {s.id: s for s in search(plan.recipe.search, reproject_geometry(aoi, aoi_crs, "EPSG:4326"))}
-    missing = sorted(set(plan.scenes) - set(fresh))
-    if missing:
-        raise CatalogError(f"scene(s) {missing[:3]} of the plan are no longer in {plan.recipe.search.catalog!r}; plan again")
-    return Plan(plan.recipe, plan.grid, plan.chips, {k: fresh[k] for k in plan.scenes})
+    aoi_ll = reproject_geometry(aoi, aoi_crs, "EPSG:4326")
+    scenes = dict(plan.scenes)
+    for name in sorted(stale):
+        cfg = plan.recipe.sources[name].search
+        fresh = fetch_by_ids(cfg, plan.scenes[name], aoi_ll)
+        missing = sorted(set(plan.scenes[name]) - set(fresh))
+        if missing:
+            raise CatalogError(f"source {name!r}: scene(s) {missing[:3]} of the plan are no longer in {redact(cfg.catalog)!r}; plan again")
+        scenes[name] = {k: fresh[k] for k in plan.scenes[name]}
+    units = []
+    for u in plan.units:
+        groups = {s: [tuple(Pick(scenes[s][p.scene.id], p.role) for p in grp) for grp in gs] for s, gs in u.groups.items()}
+        units.append(replace(u, groups=groups))
+    return Plan(plan.recipe, plan.grids, units, scenes, plan.sources)
 
 
-def make_tasks(plan: Plan, store: OutputStore) -> list[ChipTask]:
-    """One :class:`ChipTask` per planned chip, in chip-id order."""
+# --------------------------------------------------------------------------------------
+# tasks
+
+def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[UnitTask]:
+    """One :class:`~eochips.chips.UnitTask` per planned unit, in ``(grid, row, col)`` order.
+
+    Hrefs stay unsigned (workers sign them at read time); no credential is put in a task.
+    """
     r = plan.recipe
-    profile = get_profile(r.profile)
-    keys = tuple(profile.asset_key(b) for b in r.bands)
-    qa_key = profile.qa_asset if profile.qa_kind != "none" else None
-    rs = tuple(r.reading.band_resampling.get(b, r.reading.resampling) for b in r.bands)
-    env = read_env(r)
-    labels = _label_spec(r)
-    signed = {s.id: s for s in sign_hrefs(plan.scenes.values(), r.search.auth)}
+    labels = label_spec(r)
     tasks = []
-    extra_keys = sorted({k for m in r.qa.masks for k in m.bands})
-    for cp in sorted(plan.planned, key=lambda c: c.chip.id):
-        steps = []
-        for sid in cp.scene_ids:
-            s = signed[sid]
-            missing = [k for k in extra_keys if k not in s.assets]
-            if missing:
-                raise ProfileError(f"item {sid!r} has no asset(s) {missing} that qa.masks need; its assets: {sorted(s.assets)}")
-            steps.append(StepSpec(sid, s.datetime.isoformat(), tuple(s.assets[k] for k in keys),
-                                  s.assets.get(qa_key) if qa_key else None, profile.offset_dn(s.properties),
-                                  tuple((k, s.assets[k]) for k in extra_keys)))
-        mask_steps = tuple(StepSpec(sid, signed[sid].datetime.isoformat(), (), signed[sid].assets[profile.qa_asset])
-                           for sid in cp.mask_scene_ids)
-        ch = cp.chip
-        tasks.append(ChipTask(
-            chip_id=ch.id, crs=ch.crs, transform=ch.transform, size=ch.size, band_names=keys, steps=tuple(steps),
-            dtype=profile.dtype, nodata=profile.nodata, scale=profile.scale, offset=profile.offset, resampling=rs,
-            out=store.location, qa_kind=profile.qa_kind if qa_key else "none",
-            qa_nodata=profile.qa_nodata, bad_bits=tuple(r.qa.bad_fmask_bits), max_bad_pct=r.qa.max_bad_pct,
-            max_nodata_pixels=r.qa.max_nodata_pixels, labels=labels, compress=r.output.compress, level=r.output.level,
-            write_qa=r.output.write_qa, threads=r.reading.threads, max_retries=r.reading.max_retries,
-            env=tuple(sorted(env.items())), mask_sources=tuple(r.qa.masks), dilation=r.qa.dilation,
-            max_cloud_fraction=r.qa.max_cloud_fraction, max_shadow_fraction=r.qa.max_shadow_fraction,
-            quicklook=r.qa.quicklook, rgb=_rgb_indices(r), mask_steps=mask_steps,
-            cmask_bits=tuple(r.cloud_masks.bits) if r.cloud_masks else ("cloud",),
-        ))
+    model_masks = [(mi, m) for mi, m in enumerate(r.masks.sources) if m.kind not in QA_MASKS]
+    for up in sorted(plan.planned, key=lambda u: u.key):
+        layers = []
+        for name, sp in plan.sources.items():
+            keys = sorted({b.asset for b in sp.bands} | ({sp.qa.asset} if sp.qa else set()) | set(sp.extra_assets))
+            steps = []
+            for grp in up.groups.get(name, []):
+                steps.append(StepRead(tuple(
+                    SceneRead(p.scene.id, p.scene.datetime.isoformat(), p.role, tuple((k, p.scene.assets[k]) for k in keys),
+                              sp.profile.offset_dn(p.scene.properties)) for p in grp)))
+            mreads = tuple(MaskRead(mi, tuple(m.bands), m.working_resolution) for mi, m in model_masks
+                           if r.source_of(m.source) == name)
+            cfg = r.sources[name]
+            layers.append(LayerRead(name, sp.bands, sp.qa, tuple(steps), cfg.composite, cfg.search.auth, mreads))
+        g = up.unit.gbox
+        task = UnitTask(
+            unit_id=up.id, key=up.key, crs=g.crs.to_wkt(), transform=tuple(g.affine)[:6], shape=tuple(g.shape),
+            layers=tuple(layers), out=store.location, tile=up.tile, grid_name=plan.grids[up.unit.grid].name, labels=labels,
+            label_bounds=_grid_bounds(plan.grids[up.unit.grid]), masks=r.masks, filters=tuple(r.filters),
+            layouts=tuple(r.output.layout), resolution_groups=getattr(r.units, "resolution_groups", False),
+            compress=r.output.compress, level=r.output.level, reading=r.reading, cpu_threads=cpu_threads,
+        )
+        tasks.append(replace(task, fingerprint=task_fingerprint(task)))
     return tasks
 
 
-def _rgb_indices(r: Recipe) -> tuple[int, int, int] | None:
-    """Band indices of red, green, blue in the recipe's band list (for quicklooks)."""
-    try:
-        return (r.bands.index("red"), r.bands.index("green"), r.bands.index("blue"))
-    except ValueError:
-        return None
+__all__ = ["Plan", "UnitPlan", "SourcePlan", "make_plan", "write_plan", "load_plan", "refresh_hrefs", "make_tasks",
+           "label_spec", "class_names", "qa_users", "resolve_sources", "estimate_bytes", "PLAN_DIR"]

@@ -20,12 +20,16 @@ real HLS), while the window + reproject route equals ``gdalwarp`` exactly; see
 - GDAL options live in a plain dict and a ``rasterio.Env`` is opened around every read
   (GDAL's config is thread-local; STYLE.md §8).
 - Transient errors (HTTP 5xx/429, resets, timeouts, truncated bodies) are retried with
-  capped exponential backoff and jitter; permanent ones (404, not a TIFF) raise
-  :class:`~eochips.errors.ReadError` at once.
+  capped exponential backoff and jitter, by eochips alone (GDAL's own HTTP retries are off:
+  one retry layer per transport); permanent ones (HTTP 4xx, not a TIFF) raise
+  :class:`~eochips.errors.ReadError` at once. HTTP errors are classified by their status code.
+- Credentials: a read gets the GDAL options of its source's auth scheme from
+  :func:`read_env` on the worker, and hrefs are signed there (:func:`eochips.search.sign_href`).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -44,13 +48,12 @@ from rasterio.windows import Window
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from .errors import ReadError, TransientReadError
-from .search import redact
+from .search import gdal_auth_env, redact
 
 DEFAULT_GDAL_ENV: dict[str, str | int | bool] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.TIFF",
-    "GDAL_HTTP_MAX_RETRY": 3,
-    "GDAL_HTTP_RETRY_DELAY": 0.5,
+    "GDAL_HTTP_MAX_RETRY": 0,
     "GDAL_HTTP_TIMEOUT": 60,
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "VSI_CACHE": "TRUE",
@@ -62,9 +65,10 @@ DEFAULT_GDAL_ENV: dict[str, str | int | bool] = {
 # (warnings.catch_warnings is not thread-safe).
 warnings.filterwarnings("ignore", message="Dataset has no geotransform", category=rasterio.errors.NotGeoreferencedWarning)
 
-# HTTP answers that will not change on retry
-_PERMANENT = ("HTTP response code: 404", "HTTP response code: 403", "HTTP response code: 401",
-              "HTTP response code: 400", "HTTP response code: 410", "does not exist", "No such file")
+# HTTP status codes worth retrying (every other 4xx / 5xx is permanent)
+TRANSIENT_STATUS = (408, 425, 429, 500, 502, 503, 504)
+_STATUS = re.compile(r"HTTP response code: (\d{3})\b")
+_MISSING = ("does not exist", "No such file")
 # the bytes are not a (complete) GeoTIFF: retried once with a fresh handle (a truncated transfer
 # looks the same), then permanent
 _FORMAT = ("not recognized as being in a supported file format", "not a TIFF", "TIFFReadDirectory",
@@ -76,6 +80,13 @@ def gdal_env(cachemax_mb: int = 128, extra: Mapping[str, str] | None = None) -> 
     env = dict(DEFAULT_GDAL_ENV, GDAL_CACHEMAX=cachemax_mb)
     env.update(extra or {})
     return env
+
+
+def read_env(reading, auth: str = "none") -> dict:
+    """The GDAL options of every read of a source: cache size and HTTP timeout of the recipe's
+    ``reading`` section, and the credentials of ``auth`` (built here, on the worker; never put
+    in a task, a plan or a message)."""
+    return gdal_env(reading.gdal_cachemax_mb, gdal_auth_env(auth)) | {"GDAL_HTTP_TIMEOUT": reading.http_timeout}
 
 
 class _Handles:
@@ -138,7 +149,9 @@ def close_assets(hrefs) -> None:
         _handles.close(h)
 
 
-_MARGIN = {Resampling.nearest: 1, Resampling.bilinear: 2, Resampling.cubic: 3, Resampling.average: 2}
+_MARGIN = {Resampling.nearest: 1, Resampling.bilinear: 2, Resampling.cubic: 3, Resampling.cubic_spline: 3,
+           Resampling.lanczos: 4, Resampling.average: 2, Resampling.mode: 2}
+"""Source pixels added around a unit's footprint, per resampling kernel (its radius + 1)."""
 
 
 def source_window(ds, crs: str, transform: Affine, shape: tuple[int, int], margin: int = 2,
@@ -146,7 +159,7 @@ def source_window(ds, crs: str, transform: Affine, shape: tuple[int, int], margi
     """The source pixel window a chip needs (its footprint in source pixels, densified edges,
     widened by ``margin`` pixels for the resampling kernel, clipped to the raster unless
     ``clip`` is false); None when the chip does not overlap the source."""
-    box = _footprint_box(str(crs), tuple(transform)[:6], tuple(shape), ds.crs.to_wkt(), tuple(ds.transform)[:6])
+    box = footprint_box(str(crs), tuple(transform)[:6], tuple(shape), ds.crs.to_wkt(), tuple(ds.transform)[:6])
     c0, r0, c1, r1 = box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin
     if not clip:
         return Window(c0, r0, c1 - c0, r1 - r0)
@@ -156,8 +169,11 @@ def source_window(ds, crs: str, transform: Affine, shape: tuple[int, int], margi
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 
+MARGIN_PX = max(_MARGIN.values())
+
+
 @lru_cache(maxsize=4096)
-def _footprint_box(crs: str, transform: tuple, shape: tuple, src_crs: str, src_transform: tuple) -> tuple[int, int, int, int]:
+def footprint_box(crs: str, transform: tuple, shape: tuple, src_crs: str, src_transform: tuple) -> tuple[int, int, int, int]:
     """``(col0, row0, col1, row1)`` source pixels under a chip's footprint (edges densified);
     cached: every asset of a scene, and every scene on the same grid, shares it."""
     h, w = shape
@@ -344,15 +360,23 @@ def error_text(exc: BaseException) -> str:
 def classify(exc: BaseException, href: str) -> ReadError:
     """Turn a GDAL/rasterio error into a permanent :class:`ReadError` or a :class:`TransientReadError`.
 
-    HTTP 4xx (but 429) and missing files are permanent at once. "Not a TIFF" / decode errors
-    are permanent for a local file (its bytes will not change), but transient for a remote one:
-    a truncated transfer gives exactly the error of a truncated file ("TIFFFillTile: Read error
-    ... got N bytes, expected M"), so remote decode errors are retried until the retries run
-    out. Everything else (5xx, 429, resets, timeouts) is transient. Messages are redacted.
+    An HTTP error is classified by its status code (``HTTP response code: NNN`` in GDAL's
+    message): :data:`TRANSIENT_STATUS` is transient, every other code permanent. A missing
+    local file is permanent. "Not a TIFF" / decode errors are permanent for a local file (its
+    bytes will not change), but transient for a remote one: a truncated transfer gives exactly
+    the error of a truncated file ("TIFFFillTile: Read error ... got N bytes, expected M"), so
+    remote decode errors are retried until the retries run out. Everything else (resets,
+    timeouts) is transient. Messages are redacted.
     """
     msg = redact(error_text(exc))
     where = redact(href)
-    if any(p in msg for p in _PERMANENT):
+    status = _STATUS.search(msg)
+    if status:
+        code = int(status.group(1))
+        if code in TRANSIENT_STATUS:
+            return TransientReadError(f"cannot read {where} (transient, HTTP {code}): {msg}")
+        return ReadError(f"cannot read {where}: {msg}")
+    if any(p in msg for p in _MISSING):
         return ReadError(f"cannot read {where}: {msg}")
     if any(p in msg for p in _FORMAT):
         if not href.startswith(("http://", "https://", "s3://", "gs://", "az://")):
@@ -407,14 +431,17 @@ def _retrying(fn, href: str, max_retries: int, retries: list | None, env: Mappin
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def probe(href: str, *, env: Mapping | None = None, max_retries: int = 4, size: int = 64):
-    """Open an asset and read band 1 decimated to about ``size`` pixels a side (overviews are
-    used when the COG has them).
+def probe(href: str, *, env: Mapping | None = None, max_retries: int = 4, size: int = 64) -> dict:
+    """Open an asset and read every band decimated to about ``size`` pixels a side (overviews
+    are used when the COG has them), and the compressed size of each block of band 1.
 
     Returns
     -------
-    crs, nodata, small
-        The asset's CRS (None if it has none), its declared nodata, and the ``(y, x)`` sample.
+    dict
+        ``crs`` (WKT or None), ``count``, ``dtypes``, ``nodata`` (per band, declared or None),
+        ``sample`` (per band, a decimated ``(y, x)`` array), ``shape`` ``(y, x)``, ``transform``
+        (6 coefficients), ``block`` ``(y, x)`` of band 1 and ``block_bytes`` ``(block rows,
+        block cols)`` int64 compressed bytes of each block of band 1.
 
     Raises
     ------
@@ -424,7 +451,18 @@ def probe(href: str, *, env: Mapping | None = None, max_retries: int = 4, size: 
 
     def go(ds):
         f = max(1, max(ds.width, ds.height) // size)
-        return ds.crs, ds.nodata, ds.read(1, out_shape=(max(1, ds.height // f), max(1, ds.width // f)))
+        out_shape = (max(1, ds.height // f), max(1, ds.width // f))
+        samples = [ds.read(b, out_shape=out_shape) for b in range(1, min(ds.count, 32) + 1)]
+        bh, bw = ds.block_shapes[0]
+        nr, nc = -(-ds.height // bh), -(-ds.width // bw)
+        sizes = np.zeros((nr, nc), dtype=np.int64)
+        if nr * nc <= 65536:
+            for r in range(nr):
+                for c in range(nc):
+                    sizes[r, c] = ds.block_size(1, r, c)
+        return {"crs": ds.crs.to_wkt() if ds.crs else None, "count": ds.count, "dtypes": list(ds.dtypes),
+                "nodata": list(ds.nodatavals), "sample": samples, "shape": (ds.height, ds.width),
+                "transform": tuple(ds.transform)[:6], "block": (bh, bw), "block_bytes": sizes}
 
     return _retrying(go, href, max_retries, None, env or gdal_env())
 

@@ -87,7 +87,7 @@ def _footprint(path: Path):
     from rasterio.features import shapes
     from shapely.geometry import shape
 
-    from .grid import reproject_geometry
+    from .geo import reproject_geometry
 
     with rasterio.open(path) as ds:
         f = 8

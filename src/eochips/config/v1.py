@@ -1,29 +1,21 @@
-"""The recipe: one YAML file that says everything eochips needs to build a dataset.
+"""Recipe version 1 (eochips 0.1): one sensor, one grid fixed before the search, one scene per
+time step. Kept only to read version-1 files: :func:`eochips.config.upgrade.upgrade_v1` turns a
+validated :class:`RecipeV1` into a version-2 mapping.
 
-A recipe is validated by the pydantic v2 models below (``extra="forbid"`` everywhere, so a
-misspelt key is an error, not a silently ignored option). Loading goes through
-:func:`load_recipe`, which accepts a built-in recipe name or a YAML path, expands
-``${VAR}`` / ``${VAR:-default}`` environment references in strings, and turns every
-validation problem into one :class:`~eochips.errors.RecipeError` line that names the field
-and what would be valid.
-
-The JSON Schema of the model is printed by ``eochips schema``.
+Validating with these models first means that a bad version-1 file gets a message naming the
+field as the user wrote it (``grid.chip_size``), not its version-2 successor. The JSON Schema
+of this version is committed as ``schema/recipe-v1.json``.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import RecipeError
-
-RECIPE_VERSION = 1
+V1_STRATEGIES = ("all", "first-middle-last", "least-cloudy")
+"""The selection strategies a version-1 recipe could name (version 2 has more, as ``kind``)."""
 
 
 class _Model(BaseModel):
@@ -156,6 +148,13 @@ class SelectionConfig(_Model):
     """How scenes are chosen for each chip (see :mod:`eochips.selection`)."""
 
     strategy: str = Field("first-middle-last", description="A registered strategy name.")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in V1_STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; valid: {', '.join(sorted(V1_STRATEGIES))}")
+        return v
     unit: Literal["tile", "chip"] = Field(
         "tile", description="tile: chips take the scenes of their nearest tile (seed 001); chip: any scene over the chip."
     )
@@ -289,10 +288,10 @@ class EngineConfig(_Model):
     batch_chips: int = Field(128, gt=0, le=100000, description="Most chips in one worker task (chips sharing scenes are batched so shared COG tiles are read once).")
 
 
-class Recipe(_Model):
+class RecipeV1(_Model):
     """A complete eochips recipe (version 1)."""
 
-    version: Literal[1] = RECIPE_VERSION
+    version: Literal[1] = 1
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     aoi: AOIConfig
@@ -310,158 +309,3 @@ class Recipe(_Model):
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
 
-# --------------------------------------------------------------------------------------
-# loading
-
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand(obj: Any) -> Any:
-    if isinstance(obj, str):
-        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), obj)
-    if isinstance(obj, list):
-        return [_expand(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _expand(v) for k, v in obj.items()}
-    return obj
-
-
-def builtin_recipes() -> list[str]:
-    """Names of the built-in recipes shipped in ``eochips/recipes/*.yaml``."""
-    root = resources.files("eochips") / "recipes"
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def recipe_text(name_or_path: str | os.PathLike) -> tuple[str, Path | None]:
-    """Return the YAML text of a built-in recipe name or a recipe file, and its folder.
-
-    Raises
-    ------
-    RecipeError
-        When the name is neither an existing file nor a built-in recipe.
-    """
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise RecipeError(f"recipe file {str(p)!r} does not exist; built-in recipes: {', '.join(builtin_recipes())}")
-        return p.read_text(encoding="utf-8"), p.resolve().parent
-    name = str(name_or_path)
-    if name in builtin_recipes():
-        return (resources.files("eochips") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8"), None
-    raise RecipeError(f"unknown recipe {name!r}: not a file and not one of the built-in recipes ({', '.join(builtin_recipes())})")
-
-
-def _format_error(err: dict[str, Any], model: type[BaseModel]) -> str:
-    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
-    if err["type"] == "extra_forbidden":
-        return f"recipe field {loc!r}: unknown key{_valid_keys(model, err['loc'])}"
-    if err["type"] == "missing":
-        return f"recipe field {loc!r}: required but missing"
-    msg = err["msg"].removeprefix("Value error, ")
-    got = err.get("input")
-    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-    return f"recipe field {loc!r}: {msg}{shown}" if loc else f"recipe: {msg}"
-
-
-def _valid_keys(model: type[BaseModel], loc: tuple) -> str:
-    cur: Any = model
-    for part in loc[:-1]:
-        field = getattr(cur, "model_fields", {}).get(part)
-        if field is None:
-            return ""
-        ann = field.annotation
-        cands = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not cands:
-            return ""
-        cur = cands[0]
-    keys = sorted(getattr(cur, "model_fields", {}))
-    return f"; valid keys: {', '.join(keys)}" if keys else ""
-
-
-def parse_recipe(data: Any, base_dir: Path | None = None) -> Recipe:
-    """Validate a recipe mapping (already parsed from YAML).
-
-    Relative file paths in the recipe (label raster, vectors, AOI file, static catalog) are
-    resolved against ``base_dir`` (the recipe file's folder) when given.
-
-    Raises
-    ------
-    RecipeError
-        Naming the first invalid field and what would be valid.
-    """
-    if not isinstance(data, dict):
-        raise RecipeError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
-    data = _expand(data)
-    if base_dir is not None:
-        data = _resolve_paths(data, base_dir)
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        errs = exc.errors()
-        raise RecipeError(_format_error(errs[0], Recipe) + (f" (+{len(errs) - 1} more)" if len(errs) > 1 else "")) from None
-
-
-def _resolve_paths(data: dict, base: Path) -> dict:
-    def fix(v: Any) -> Any:
-        if isinstance(v, str) and v and "://" not in v and not os.path.isabs(v):
-            return str((base / v).resolve())
-        return v
-
-    out = dict(data)
-    for section, keys in (("grid", ["label_raster"]), ("labels", ["raster", "vector"]), ("aoi", ["path"]), ("search", ["catalog"])):
-        sec = out.get(section)
-        if isinstance(sec, dict):
-            sec = dict(sec)
-            for k in keys:
-                if k in sec:
-                    sec[k] = fix(sec[k])
-            out[section] = sec
-    return out
-
-
-def load_recipe(name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Load and validate a recipe.
-
-    Parameters
-    ----------
-    name_or_path
-        A built-in recipe name (``eochips recipes``) or a YAML file path.
-    overrides
-        Dotted keys to set before validation, e.g. ``{"grid.chip_size": 32}``.
-
-    Raises
-    ------
-    RecipeError
-        Malformed YAML, an unknown key, a wrong type or a bad value.
-    """
-    text, base = recipe_text(name_or_path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"recipe {str(name_or_path)!r} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    for key, value in (overrides or {}).items():
-        data = set_dotted(data, key, value)
-    return parse_recipe(data, base)
-
-
-def set_dotted(data: dict, key: str, value: Any) -> dict:
-    """Return a copy of ``data`` with ``a.b.c`` set to ``value`` (intermediate dicts created)."""
-    if not isinstance(data, dict):
-        raise RecipeError("recipe: expected a mapping at the top level")
-    out = dict(data)
-    head, _, rest = key.partition(".")
-    if rest:
-        sub = out.get(head) or {}
-        if not isinstance(sub, dict):
-            raise RecipeError(f"recipe field {head!r}: cannot set {key!r} inside a {type(sub).__name__}")
-        out[head] = set_dotted(sub, rest, value)
-    else:
-        out[head] = value
-    return out
-
-
-def recipe_schema() -> dict[str, Any]:
-    """The JSON Schema of :class:`Recipe` (what ``eochips schema`` prints)."""
-    return Recipe.model_json_schema()

@@ -1,5 +1,4 @@
-"""Writing outputs: valid Cloud-Optimized GeoTIFFs and other files, atomically, to a local
-folder or to object storage.
+"""The output location: files written atomically to a local folder or to object storage.
 
 :class:`OutputStore` is the one place that touches the output location. A file appears under
 its final name only when complete:
@@ -7,10 +6,10 @@ its final name only when complete:
 - local folder: written under a unique temporary sibling name, then :func:`os.replace`;
 - object storage (``s3://``, ``gs://``, ``az://``, any fsspec URL): written to a local
   staging file, then uploaded with a single put (an object becomes visible only when its
-  upload completes).
+  upload completes), from a staging folder of this store and this process.
 
-Output is deterministic: the same arrays give byte-identical files (GDAL's COG driver writes
-no timestamps).
+Every relative path is checked to stay inside the location (:func:`check_relative`): a
+recipe template or an item id cannot write elsewhere.
 """
 
 from __future__ import annotations
@@ -22,14 +21,9 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Mapping, Sequence
 
-import numpy as np
-import rasterio
-from affine import Affine
-
-from . import failpoints
-from .errors import OutputError
+from .. import failpoints
+from ..errors import OutputError
 
 TMP_MARK = ".eochips-tmp-"
 
@@ -73,7 +67,8 @@ class OutputStore:
         self.location = loc.rstrip("/") if _is_url(loc) else loc
         self.is_local = not _is_url(loc)
         if self.is_local:
-            self.root = Path(loc)
+            self.root = Path(loc).expanduser().absolute()  # absolute: workers may run in another folder
+            self.location = str(self.root)
             self.fs = None
         else:
             import fsspec
@@ -92,11 +87,17 @@ class OutputStore:
 
     # -- helpers ---------------------------------------------------------------------
     def _remote(self, rel: str) -> str:
-        return f"{self.root_path}/{rel}"
+        return f"{self.root_path}/{check_relative(rel)}"
 
     def local_path(self, rel: str) -> Path:
-        """Final local path of ``rel`` (local stores only)."""
-        return self.root / rel
+        """Final local path of ``rel`` (local stores only).
+
+        Raises
+        ------
+        OutputError
+            ``rel`` would leave the output folder (``..``, an absolute path).
+        """
+        return self.root / check_relative(rel)
 
     def ensure(self) -> None:
         """Create the location if needed and check it can be written.
@@ -129,11 +130,18 @@ class OutputStore:
                 raise OutputError(f"output {self.location!r} is not reachable: {type(exc).__name__}: {exc}") from None
 
     @property
+    def staging_root(self) -> Path:
+        """The local folder of this store's staging folders, one per process (remote stores)."""
+        return Path(tempfile.gettempdir()) / "eochips-staging" / hashlib.sha1(self.location.encode()).hexdigest()[:16]
+
+    @property
     def staging(self) -> Path:
-        """A local folder for files on their way to the store."""
+        """A local folder for files on their way to the store: the output folder itself for a
+        local store; for a remote one, a folder of this store and this process (so two jobs on
+        one host, or two runs into different prefixes, never touch each other's files)."""
         if self.is_local:
             return self.root
-        d = Path(tempfile.gettempdir()) / "eochips-staging"
+        d = self.staging_root / str(os.getpid())
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -217,12 +225,20 @@ class OutputStore:
             self.fs.rm_file(self._remote(rel))
 
     def remove_temporaries(self) -> int:
-        """Delete leftover temporaries of an interrupted run; return the count."""
+        """Delete leftover temporaries of interrupted runs; return the count.
+
+        Local store: every temporary below the folder (a run holds its folder, see
+        :mod:`eochips.engine`). Remote store: the staging folders of *this store* on this host
+        whose process is gone; a live process's files (another job writing to the same
+        prefix) are left alone.
+        """
         if not self.is_local:
             n = 0
-            for p in self.staging.glob(f"*{TMP_MARK}*"):
-                p.unlink(missing_ok=True)
-                n += 1
+            root = self.staging_root
+            for d in (root.iterdir() if root.is_dir() else []):
+                if d.name.isdigit() and int(d.name) != os.getpid() and not _alive(int(d.name)):
+                    n += sum(1 for _ in d.iterdir())
+                    shutil.rmtree(d, ignore_errors=True)
             return n
         n = 0
         if self.root.is_dir():
@@ -235,85 +251,25 @@ class OutputStore:
         return n
 
 
-
-def write_cog(
-    store: OutputStore,
-    rel: str,
-    array: np.ndarray,
-    crs: str,
-    transform: tuple,
-    *,
-    nodata: float | None = None,
-    descriptions: Sequence[str] | None = None,
-    scales: Sequence[float] | None = None,
-    offsets: Sequence[float] | None = None,
-    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
-    tags: Mapping[str, str] | None = None,
-    compress: str = "deflate",
-    level: int = 6,
-    blocksize: int = 256,
-) -> str:
-    """Write a ``(band, y, x)`` array as a COG at ``rel`` in ``store``, atomically; return its sha256.
-
-    Parameters
-    ----------
-    store, rel
-        Output location and the file's relative path.
-    array
-        ``(band, y, x)`` (or ``(y, x)``) array; its dtype is kept (no silent float conversion).
-    crs, transform
-        CRS (WKT / ``EPSG:n``) and affine coefficients ``(a, b, c, d, e, f)`` of the array's grid.
-    nodata
-        Declared fill value (None: none declared).
-    descriptions, scales, offsets
-        Per band: description (e.g. ``"B02@2022-06-01"``), scale and offset to physical units.
-    colormap
-        Class id -> RGBA, single-band uint8 only.
-    compress, level
-        ``deflate`` (predictor 2 for integers, 3 for floats), ``lzw``, ``zstd`` or ``none``.
-    blocksize
-        Tile size in pixels (capped at the image size rounded up to 16).
+def check_relative(rel: str) -> str:
+    """``rel`` if it is a relative path that stays inside the output folder.
 
     Raises
     ------
     OutputError
-        The file cannot be written (disk full, permissions).
+        An absolute path, a ``..`` part or an empty name (from a recipe template or an item id).
     """
-    arr = np.asarray(array)
-    if arr.ndim == 2:
-        arr = arr[None]
-    count, height, width = arr.shape
-    blocksize = min(blocksize, 16 * -(-max(height, width) // 16))
-    opts: dict = {"BLOCKSIZE": blocksize, "OVERVIEWS": "NONE", "BIGTIFF": "IF_SAFER"}
-    if compress != "none":
-        opts["COMPRESS"] = compress.upper()
-        if compress in ("deflate", "zstd"):
-            opts["LEVEL"] = level
-        opts["PREDICTOR"] = "2" if np.issubdtype(arr.dtype, np.integer) else "3"
-    staged = store.staging_file(rel)
+    parts = rel.replace("\\", "/").split("/")
+    if not rel or rel.startswith("/") or any(p in ("", "..") for p in parts) or ":" in parts[0]:
+        raise OutputError(f"output path {rel!r} would leave the dataset folder; names must be relative, without '..'")
+    return rel
+
+
+def _alive(pid: int) -> bool:
     try:
-        with rasterio.open(
-            staged, "w", driver="COG", width=width, height=height, count=count, dtype=arr.dtype.name,
-            crs=crs, transform=Affine(*transform), nodata=nodata, **opts,
-        ) as ds:
-            ds.write(arr)
-            if descriptions:
-                for i, d in enumerate(descriptions, 1):
-                    ds.set_band_description(i, d)
-            if scales is not None:
-                ds.scales = tuple(scales)
-            if offsets is not None:
-                ds.offsets = tuple(offsets)
-            if colormap:
-                ds.write_colormap(1, dict(colormap))
-            if tags:
-                ds.update_tags(**tags)
-        digest = sha256_file(staged)
-    except rasterio.errors.RasterioIOError as exc:
-        staged.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {rel}: {exc}") from None
-    except OSError as exc:
-        staged.unlink(missing_ok=True)
-        raise _disk_full_hint(exc, rel) from None
-    store.publish(staged, rel)
-    return digest
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,854 @@
+"""Recipe version 2: named sources, grids made from a label raster, a CRS or a selected scene,
+units in pixels or metres, ordered filters, layouts and finalizers.
+
+Every model forbids unknown keys and is frozen. Every choice among implementations is a
+tagged variant: a mapping with a ``kind`` key, validated as a pydantic discriminated union
+and paired with the function registered under the same name (selection strategies in
+:mod:`eochips.selection`, samplers in :mod:`eochips.sampling`, mask sources in
+:mod:`eochips.qa`, filters in :mod:`eochips.filters`, layouts in :mod:`eochips.writers`,
+splits and finalizers in :mod:`eochips.dataset`). ``tests/test_config.py`` checks that the
+two lists of names are the same.
+
+File fields are typed :data:`FilePath` (a local path) or :data:`Location` (a path or a
+URL); :func:`eochips.config.loading.resolve_paths` finds them by that type and makes them
+absolute against the recipe file's folder (or the working directory for built-in recipes
+and ``--set`` values), so a plan can be built from any folder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class PathMarker:
+    """Marks a string field as a file path (``url_ok``: or a URL) in :data:`FilePath`, :data:`Location`."""
+
+    def __init__(self, url_ok: bool):
+        self.url_ok = url_ok
+
+    def __repr__(self) -> str:  # pragma: no cover - shown in pydantic reprs only
+        return f"PathMarker(url_ok={self.url_ok})"
+
+
+FilePath = Annotated[str, PathMarker(url_ok=False)]
+"""A local file path; relative paths are resolved against the recipe's folder."""
+Location = Annotated[str, PathMarker(url_ok=True)]
+"""A local path or a URL (``https://``, ``s3://``); relative paths are resolved like :data:`FilePath`."""
+
+RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
+Resampling = Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode"]
+DType = Literal["uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"]
+NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _regex(v: str | None) -> str | None:
+    if v is not None:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+    return v
+
+
+# --------------------------------------------------------------------------------------
+# area of interest
+
+class AOIConfig(_Model):
+    """The area of interest: exactly one of ``bbox``, ``geometry`` or ``path``."""
+
+    bbox: tuple[float, float, float, float] | None = Field(None, description="minx, miny, maxx, maxy in `crs`.")
+    geometry: dict[str, Any] | None = Field(None, description="GeoJSON Geometry, Feature or FeatureCollection.")
+    path: FilePath | None = Field(None, description="A vector file (GeoJSON, GeoPackage) whose union is the AOI.")
+    crs: str = Field("EPSG:4326", description="CRS of bbox / geometry (GeoJSON is EPSG:4326 unless said otherwise).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "AOIConfig":
+        given = [k for k in ("bbox", "geometry", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of bbox, geometry, path (got {given or 'none'})")
+        if self.bbox is not None and not (self.bbox[0] < self.bbox[2] and self.bbox[1] < self.bbox[3]):
+            hint = " (a bbox crossing the antimeridian must be split in two)" if self.bbox[0] > self.bbox[2] else ""
+            raise ValueError(f"bbox must be minx < maxx and miny < maxy, got {list(self.bbox)}{hint}")
+        return self
+
+
+# --------------------------------------------------------------------------------------
+# sources: search, profile, bands, selection, composite
+
+class CloudCover(_Model):
+    """Bounds on the item property ``eo:cloud_cover`` (percent, inclusive); a shorthand that is
+    added to ``search.filter`` with AND."""
+
+    min: float | None = Field(None, ge=0, le=100, description="Keep items with eo:cloud_cover >= min.")
+    max: float | None = Field(None, ge=0, le=100, description="Keep items with eo:cloud_cover <= max.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "CloudCover":
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class SearchConfig(_Model):
+    """Where and how to look for a source's scenes.
+
+    ``catalog`` is a STAC API root URL, or a static catalog (a path or URL of an
+    ItemCollection / Catalog JSON or a stac-geoparquet file). Both kinds apply the same item
+    filter (:mod:`eochips.search`): collections, AOI intersection, datetime, ``filter`` (a
+    CQL2 expression, text or JSON, evaluated with the ``cql2`` package on static items and
+    sent to APIs that implement the Filter extension), ``cloud_cover`` and ``id_pattern``;
+    then the same order (``sortby``, default datetime then id) and the same ``max_items``
+    cut, so an API and a static copy of it give the same scenes.
+    """
+
+    catalog: Location = Field(..., description="STAC API URL, or path/URL of a static ItemCollection, Catalog or stac-geoparquet file.")
+    collections: list[str] = Field(..., min_length=1, description="Collection ids to search.")
+    datetime: str | None = Field(None, description="RFC 3339 interval 'START/END' (dates or datetimes, UTC).")
+    filter: str | dict[str, Any] | None = Field(None, description="CQL2 text or CQL2 JSON over item properties, e.g. \"s2:nodata_pixel_percentage <= 20\".")
+    cloud_cover: CloudCover = Field(default_factory=CloudCover)
+    id_pattern: str | None = Field(None, description="Regular expression an item id must match (e.g. a tile id).")
+    sortby: list[str] | None = Field(None, description="Sort fields, e.g. ['-properties.datetime'] (newest first); default datetime, id.")
+    page_size: int = Field(100, gt=0, le=10000, description="Items per API page.")
+    max_items: int | None = Field(None, gt=0, description="Keep the first this many items in `sortby` order.")
+    auth: Literal["none", "earthdata", "planetary-computer"] = Field(
+        "none", description="earthdata: bearer token from $EARTHDATA_TOKEN or ~/.netrc; planetary-computer: sign hrefs at read time."
+    )
+    max_retries: int = Field(5, ge=0, le=20, description="Retries of each API request (5xx, 429, resets, timeouts).")
+
+    @field_validator("datetime")
+    @classmethod
+    def _interval(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = v.split("/")
+        if len(parts) != 2:
+            raise ValueError(f"expected 'START/END', got {v!r}")
+        start, end = (p.strip() for p in parts)
+        from datetime import datetime as _dt
+
+        for part in (start, end):
+            if part not in ("", ".."):
+                try:
+                    _dt.fromisoformat(part.replace("Z", "+00:00"))
+                except ValueError:
+                    raise ValueError(f"{part!r} is not an ISO 8601 date or datetime (e.g. 2022-03-01)") from None
+        if start not in ("", "..") and end not in ("", "..") and start[:10] > end[:10]:
+            raise ValueError(f"start {start!r} is after end {end!r}")
+        return v
+
+    @field_validator("filter")
+    @classmethod
+    def _cql2(cls, v):
+        if v is not None:
+            import cql2
+
+            try:
+                expr = cql2.Expr(v)
+                expr.validate()
+            except Exception as exc:  # cql2 raises ParseError / ValidationError / ValueError
+                lines = [ln.strip(" |=") for ln in str(exc).splitlines() if ln.strip(" |^-")]
+                where = lines[0].replace("-->", "at").strip() if lines else ""
+                raise ValueError(f"not a valid CQL2 expression ({where}: {lines[-1] if lines else exc})") from None
+        return v
+
+    @field_validator("sortby")
+    @classmethod
+    def _sortby(cls, v):
+        for f in v or []:
+            if not re.fullmatch(r"[+-]?[A-Za-z_][\w:.\-]*", f):
+                raise ValueError(f"sort field {f!r} is not [+|-]name, e.g. '-properties.datetime'")
+        return v
+
+    @field_validator("id_pattern")
+    @classmethod
+    def _id_regex(cls, v):
+        return _regex(v)
+
+
+class BandConfig(_Model):
+    """One output band of a source, with any of its profile defaults overridden.
+
+    A band is read from asset ``asset``, 1-based band ``index`` of that file (a multi-band
+    asset gives one output band per index), kept in ``dtype`` with fill ``nodata`` (NaN for a
+    float band without one), physical value = DN * ``scale`` + ``offset``, native pixel size
+    ``resolution`` metres, warped with ``resampling``.
+    """
+
+    name: str = Field(..., pattern=NAME, description="The band's name in the output (descriptions 'name@date').")
+    asset: str | None = Field(None, description="Asset key (default: the profile's asset of `name`).")
+    index: int | None = Field(None, ge=1, description="1-based band index within the asset (default 1).")
+    dtype: DType | None = None
+    nodata: float | None = Field(None, description="Fill value (.nan allowed for floats).")
+    scale: float | None = None
+    offset: float | None = None
+    resolution: float | None = Field(None, gt=0, description="Native pixel size, metres (resolution groups).")
+    resampling: Resampling | None = None
+
+
+class QALayerConfig(_Model):
+    """The QA asset of a profile and its decoder."""
+
+    asset: str
+    kind: Literal["fmask", "scl", "qa-pixel", "bqa", "none"] = "none"
+    dtype: DType = "uint8"
+    nodata: float | None = None
+    resolution: float | None = Field(None, gt=0)
+
+
+class ProfileConfig(_Model):
+    """A collection profile declared in the recipe (the built-in ones are in :mod:`eochips.profiles`)."""
+
+    name: str = "custom"
+    bands: dict[str, str | BandConfig] = Field(..., min_length=1, description="Band name -> asset key, or a full band spec.")
+    dtype: DType = "uint16"
+    nodata: float | None = Field(0, description="Fill value of the bands (None: the file's, else NaN for floats).")
+    scale: float = 1.0
+    offset: float = 0.0
+    qa: QALayerConfig | None = None
+    tile_pattern: str | None = Field(None, description="Regex with one group that extracts the tile id from the item id.")
+    tile_property: str | None = Field(None, description="Item property holding the tile id.")
+    coverage_property: str | None = Field(None, description="Item property holding the percent of the tile with data.")
+    baseline_offset: bool = Field(False, description="Sentinel-2 processing baseline >= 04.00: offset -1000 DN per scene.")
+
+    @field_validator("tile_pattern")
+    @classmethod
+    def _tile_regex(cls, v):
+        return _regex(v)
+
+
+class _Coverage(_Model):
+    per: Literal["tile", "unit"] = Field(
+        "tile", description="tile: units take the scenes chosen for their nearest tile (seed 001); unit: each unit chooses on its own."
+    )
+    coverage_thresholds: list[float] = Field([100, 90, 80, 70, 60, 50], min_length=1,
+                                             description="Coverage fallback (percent): the first threshold with enough scenes is used.")
+
+    @field_validator("coverage_thresholds")
+    @classmethod
+    def _pct(cls, v):
+        if any(not 0 < t <= 100 for t in v):
+            raise ValueError(f"thresholds must be in (0, 100], got {v}")
+        return v
+
+
+class FirstMiddleLastSelection(_Coverage):
+    """Seed 001: at the first coverage threshold with >= ``min_scenes`` scenes, the scenes at
+    sorted-by-date indices 0, n // 2 and -1."""
+
+    kind: Literal["first-middle-last"]
+    min_scenes: int = Field(3, ge=3, description="Scenes needed at a threshold (at least 3: three distinct dates).")
+
+
+class LeastCloudySelection(_Coverage):
+    """The ``n_scenes`` least cloudy scenes at the first threshold with that many, in date order."""
+
+    kind: Literal["least-cloudy"]
+    n_scenes: int = Field(1, gt=0)
+
+
+class SeededByDateSelection(_Coverage):
+    """Seed 000: at the first threshold with >= ``min_scenes`` scenes, ``n_scenes`` of them
+    drawn with a seed per tile (or unit), in date order."""
+
+    kind: Literal["seeded-by-date"]
+    min_scenes: int = Field(6, gt=0)
+    n_scenes: int = Field(6, gt=0)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _enough(self) -> "SeededByDateSelection":
+        if self.n_scenes > self.min_scenes:
+            raise ValueError(f"n_scenes ({self.n_scenes}) cannot exceed min_scenes ({self.min_scenes})")
+        return self
+
+
+class AllSelection(_Coverage):
+    """Every scene covering at least the last threshold, one time step each, in date order."""
+
+    kind: Literal["all"]
+    coverage_thresholds: list[float] = Field([50], min_length=1)
+
+
+class IntersectingSelection(_Model):
+    """Every scene whose footprint intersects the unit, as ONE time step composited in date
+    order (DEM tiles, a mosaic of swaths)."""
+
+    kind: Literal["intersecting"]
+    per: Literal["unit"] = "unit"
+
+
+Selection = Annotated[
+    Union[FirstMiddleLastSelection, LeastCloudySelection, SeededByDateSelection, AllSelection, IntersectingSelection],
+    Field(discriminator="kind"),
+]
+
+
+class CompositeConfig(_Model):
+    """How the scenes of one time step are merged (:mod:`eochips.composite`)."""
+
+    kind: Literal["first-valid", "later-on-top", "median"] = "first-valid"
+    index_band: bool = Field(False, description="Also record which scene each pixel came from.")
+
+
+class SourceConfig(_Model):
+    """One named source: a search, a profile, the bands to read and how scenes are chosen."""
+
+    search: SearchConfig
+    profile: str | ProfileConfig = Field(..., description="A built-in profile name (eochips profiles) or an inline profile.")
+    bands: list[str | BandConfig] = Field(default_factory=list, description="Band names (or specs), in output order.")
+    selection: Selection = Field(default_factory=lambda: AllSelection(kind="all"))
+    resampling: Resampling = Field("bilinear", description="Default resampling of the bands (QA always nearest).")
+    composite: CompositeConfig = Field(default_factory=CompositeConfig)
+
+    def band_names(self) -> list[str]:
+        return [b if isinstance(b, str) else b.name for b in self.bands]
+
+
+# --------------------------------------------------------------------------------------
+# grid and units
+
+class LabelRasterGrid(_Model):
+    """The grid of a label raster (its CRS, pixel size and edges: seed 001's CDL grid)."""
+
+    kind: Literal["label-raster"]
+    path: FilePath
+
+
+class CRSGrid(_Model):
+    """A grid in ``crs`` with square ``resolution`` pixels; ``origin`` (x, y of the top-left
+    corner of pixel (0, 0)) defaults to the AOI's top-left snapped outwards to the resolution."""
+
+    kind: Literal["crs"]
+    crs: str
+    resolution: float = Field(..., gt=0, description="Pixel size in CRS units (metres).")
+    origin: tuple[float, float] | None = None
+
+
+class SceneGrid(_Model):
+    """The grid of each scene selected for ``source`` (over the whole AOI): its CRS and pixel
+    edges at ``resolution``; one grid per selected scene (BigEarthNet tiles, Clay's S2 scene)."""
+
+    kind: Literal["scene"]
+    source: str
+    resolution: float | None = Field(None, gt=0, description="Pixel size (metres); default: the finest band of the source.")
+
+
+Grid = Annotated[Union[LabelRasterGrid, CRSGrid, SceneGrid], Field(discriminator="kind")]
+
+
+class ChipUnits(_Model):
+    """Non-overlapping square chips of the grid (the grid's remainder rows/columns are not chipped).
+
+    ``size`` in pixels or ``size_m`` in metres; ``id`` is a template with fields ``row``,
+    ``col`` (chip position), ``grid`` (the scene id of a scene grid), ``tile``; with
+    ``resolution_groups`` each band is read at its native resolution (a 1200 m chip: 120 px
+    at 10 m, 60 at 20 m, 20 at 60 m) instead of on the chip grid.
+    """
+
+    kind: Literal["chip"]
+    size: int | None = Field(None, gt=0, le=100000, description="Chip side in pixels.")
+    size_m: float | None = Field(None, gt=0, description="Chip side in metres (a multiple of the grid's pixel size).")
+    min_aoi_fraction: float = Field(1.0, gt=0, le=1, description="Keep chips whose area inside the AOI is at least this fraction.")
+    id: str | None = Field(None, description="Unit id template; default chip_{row:03d}_{col:03d} ({grid}_{col:02d}_{row:02d} on scene grids).")
+    resolution_groups: bool = False
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "ChipUnits":
+        if (self.size is None) == (self.size_m is None):
+            raise ValueError("give exactly one of size (pixels) or size_m (metres)")
+        return self
+
+    @field_validator("id")
+    @classmethod
+    def _template(cls, v):
+        if v is not None:
+            check_template(v, {"row", "col", "grid", "tile"}, need_any=({"row", "col"},))
+        return v
+
+
+class TileUnits(_Model):
+    """Output tiles of a mosaic: like chips, but every tile that touches the AOI is kept."""
+
+    kind: Literal["tile"]
+    size: int = Field(1024, gt=0, le=100000)
+    min_aoi_fraction: float = Field(1e-9, gt=0, le=1)
+    id: str | None = None
+    resolution_groups: Literal[False] = False
+    size_m: None = None
+
+    @field_validator("id")
+    @classmethod
+    def _template(cls, v):
+        if v is not None:
+            check_template(v, {"row", "col", "grid", "tile"}, need_any=({"row", "col"},))
+        return v
+
+
+Units = Annotated[Union[ChipUnits, TileUnits], Field(discriminator="kind")]
+
+
+def check_template(template: str, fields: set[str], need_any: tuple[set[str], ...] = ()) -> None:
+    """Check a ``str.format`` template: only ``fields`` (format specs allowed), and every set of
+    ``need_any`` fully present (so names are unique). Raises ValueError naming the problem."""
+    import string
+
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"template {template!r} is not a valid format string: {exc}") from None
+    unknown = sorted(u for u in used if u not in fields)
+    if unknown or "" in used:
+        raise ValueError(f"template {template!r} uses unknown field(s) {unknown or ['{}']}; valid: {', '.join(sorted(fields))}")
+    for need in need_any:
+        if not need <= used:
+            raise ValueError(f"template {template!r} must contain {', '.join('{' + n + '}' for n in sorted(need))} (names must be unique)")
+    if "/" in template.replace("{", "").replace("}", "") and "path" not in fields:
+        raise ValueError(f"template {template!r} must not contain '/'")
+
+
+# --------------------------------------------------------------------------------------
+# sampling
+
+class AllSampling(_Model):
+    """Keep every unit."""
+
+    kind: Literal["all"] = "all"
+
+
+class ClassBalanceSampling(_Model):
+    """Seed 001's chip sampling (:func:`eochips.sampling.class_balance`): weight per unit from its
+    label class counts, ``draws`` weighted draws with ``seed``, the ``n`` most drawn kept."""
+
+    kind: Literal["class-balance"]
+    n: int = Field(..., gt=0)
+    min_classes: int = Field(8, gt=0)
+    seed: int = 42
+    draws: int = Field(100_000_000, gt=0)
+
+
+class RandomNSampling(_Model):
+    """``n`` units drawn uniformly without replacement with ``seed``."""
+
+    kind: Literal["random-n"]
+    n: int = Field(..., gt=0)
+    seed: int = 42
+
+
+Sampling = Annotated[Union[AllSampling, ClassBalanceSampling, RandomNSampling], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------------------
+# masks
+
+FmaskBit = Literal["cirrus", "cloud", "adjacent", "shadow", "snow_ice", "water"]
+
+
+class _MaskSource(_Model):
+    source: str | None = Field(None, description="The source whose scenes are masked (default: the only source).")
+
+
+class FmaskMask(_MaskSource):
+    """HLS v2.0 Fmask bits of the source's QA asset."""
+
+    kind: Literal["fmask"]
+    cloud_bits: list[FmaskBit] = ["cloud"]
+    shadow_bits: list[FmaskBit] = ["shadow"]
+
+
+class SCLMask(_MaskSource):
+    """Sentinel-2 L2A Scene Classification classes of the source's QA asset."""
+
+    kind: Literal["scl"]
+    cloud_classes: list[int] = [8, 9, 10]
+    shadow_classes: list[int] = [3]
+    snow_classes: list[int] = [11]
+    nodata_classes: list[int] = [0]
+
+
+class QAPixelMask(_MaskSource):
+    """Landsat Collection 2 ``QA_PIXEL`` bits (USGS LSDS-1619)."""
+
+    kind: Literal["qa-pixel"]
+    cloud: list[Literal["dilated_cloud", "cirrus", "cloud"]] = ["cloud", "dilated_cloud", "cirrus"]
+    shadow: list[Literal["shadow"]] = ["shadow"]
+    snow: list[Literal["snow"]] = ["snow"]
+
+
+class BQAMask(_MaskSource):
+    """Landsat 8 Collection 1 ``BQA`` bits and confidences."""
+
+    kind: Literal["bqa"]
+    min_confidence: int = Field(3, ge=1, le=3, description="1 low, 2 medium, 3 high.")
+    cirrus: bool = True
+
+
+class S2CloudlessMask(_MaskSource):
+    """s2cloudless on L1C reflectance (DN * ``scale``) of asset keys ``bands`` (s2cloudless's order),
+    read at ``working_resolution`` metres."""
+
+    kind: Literal["s2cloudless"]
+    bands: list[str] = Field(..., min_length=10, max_length=13)
+    scale: float = Field(0.0001, gt=0)
+    working_resolution: float | None = Field(None, gt=0)
+    threshold: float = Field(0.4, gt=0, lt=1)
+    average_over: int = Field(4, ge=0)
+    dilation_size: int = Field(2, ge=0)
+
+
+class ONNXMask(_MaskSource):
+    """An ONNX cloud/shadow model (``ukis-csmask`` or a ``.onnx`` path) on asset keys ``bands``
+    named by ``band_order`` (common names)."""
+
+    kind: Literal["onnx"]
+    model: str = "ukis-csmask"
+    bands: list[str] = Field(..., min_length=1)
+    band_order: list[str] = Field(..., min_length=1)
+    scale: float = Field(0.0001, gt=0)
+    working_resolution: float | None = Field(None, gt=0)
+    product_level: Literal["l1c", "l2a"] = "l1c"
+
+
+MaskSource = Annotated[Union[FmaskMask, SCLMask, QAPixelMask, BQAMask, S2CloudlessMask, ONNXMask], Field(discriminator="kind")]
+QA_MASKS = ("fmask", "scl", "qa-pixel", "bqa")
+"""Mask kinds that decode the source's QA asset (the others read bands of their own)."""
+
+
+class MasksConfig(_Model):
+    """Mask sources, combined by union per source and time step, then grown by ``dilation``
+    pixels. A plain list is accepted as ``sources``."""
+
+    sources: list[MaskSource] = Field(default_factory=list)
+    dilation: int = Field(0, ge=0, le=50, description="Grow cloud and shadow by this many pixels (cloud-buster: 5, an 11 x 11 kernel).")
+    quicklook: bool = Field(False, description="Write quicklooks/{unit}.png: RGB per date with the masks outlined.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _list(cls, v):
+        return {"sources": v} if isinstance(v, list) else v
+
+
+# --------------------------------------------------------------------------------------
+# filters (ordered)
+
+class NodataFilter(_Model):
+    """Drop a unit with more than ``max_pixels`` pixels that are fill in any band of any time
+    step of ``sources`` (default: every source's bands; QA not counted)."""
+
+    kind: Literal["nodata"]
+    sources: list[str] | None = None
+    max_pixels: int = Field(0, ge=0)
+
+
+class NaNFilter(_Model):
+    """Drop a unit with more than ``max_pixels`` NaN pixels in ``bands`` (``source.band``; default all float bands)."""
+
+    kind: Literal["nan"]
+    bands: list[str] | None = None
+    max_pixels: int = Field(0, ge=0)
+
+
+class ValueFilter(_Model):
+    """Drop a unit with more than ``max_pixels`` pixels of ``band`` (``source.band``) equal to ``equals``
+    in any time step (Clay: any B02 == 0)."""
+
+    kind: Literal["value"]
+    band: str
+    equals: float
+    max_pixels: int = Field(0, ge=0)
+
+
+class FmaskBadPctFilter(_Model):
+    """Seed 001's QA rule: keep a unit only if, for every time step, the largest share (percent)
+    held by any single Fmask value with one of ``bits`` set is < ``max_pct``."""
+
+    kind: Literal["fmask-bad-pct"]
+    source: str | None = None
+    bits: list[FmaskBit] = ["cirrus", "cloud", "shadow", "snow_ice"]
+    max_pct: float = Field(5.0, ge=0, le=100)
+
+
+class MaskFractionFilter(_Model):
+    """Drop a unit whose worst time step has a ``layer`` fraction (0..1 of the unit's pixels) > ``max``."""
+
+    kind: Literal["mask-fraction"]
+    source: str | None = None
+    layer: Literal["cloud", "shadow", "snow", "nodata", "cloud+shadow"] = "cloud"
+    max: float = Field(..., ge=0, le=1)
+
+
+class LabelFractionFilter(_Model):
+    """Drop a unit by the pixels of label classes ``classes``: more than ``max_pixels``, or a
+    fraction above ``max_fraction`` (``strict``: at or above). Evaluated from the labels alone,
+    at plan time, when no imagery filter comes before it."""
+
+    kind: Literal["label-fraction"]
+    classes: list[int] = Field([0], min_length=1)
+    max_pixels: int | None = Field(None, ge=0)
+    max_fraction: float | None = Field(None, ge=0, le=1)
+    strict: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> "LabelFractionFilter":
+        if (self.max_pixels is None) == (self.max_fraction is None):
+            raise ValueError("give exactly one of max_pixels or max_fraction")
+        return self
+
+
+Filter = Annotated[
+    Union[NodataFilter, NaNFilter, ValueFilter, FmaskBadPctFilter, MaskFractionFilter, LabelFractionFilter],
+    Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------------------
+# labels
+
+class LabelsConfig(_Model):
+    """Where labels come from: a raster (+ reclass table) or polygons."""
+
+    raster: FilePath | None = Field(None, description="Label raster (default: the label-raster grid's).")
+    reclass: str | dict[int, int] | None = Field(None, description="'cdl-13', or a {source code: class} table.")
+    vector: FilePath | None = Field(None, description="GeoJSON / GeoPackage polygons.")
+    class_field: str | None = Field(None, description="Attribute holding the class (vector labels).")
+    classes: dict[str, int] | None = Field(None, description="Attribute value -> class id (vector labels).")
+    class_names: dict[int, str] | None = None
+    unknown_class: int = Field(0, ge=0, le=255, description="Class given to codes missing from the reclass table.")
+    strict: bool = Field(False, description="Fail on codes missing from the reclass table instead of mapping them.")
+    nodata_class: int = Field(0, ge=0, le=255)
+    products: list[Literal["class-map"]] = Field(["class-map"], description="Label files written per unit.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LabelsConfig":
+        if self.vector is not None and (self.class_field is None or self.classes is None):
+            raise ValueError("vector labels need class_field and classes")
+        if self.vector is not None and self.raster is not None:
+            raise ValueError("give labels.raster or labels.vector, not both")
+        return self
+
+
+# --------------------------------------------------------------------------------------
+# output layouts
+
+class Seed001Layout(_Model):
+    """Seed 001's files: ``{unit}_merged.tif`` (every band of every time step of ``source``,
+    time-major), ``{unit}.mask.tif`` (class map) and ``{unit}_Fmask.tif`` (raw QA per step)."""
+
+    kind: Literal["seed-001"]
+    source: str | None = None
+    write_qa: bool = True
+
+
+class Seed000CmaskLayout(_Model):
+    """Seed 000's cloud masks: per time step i of ``source``, ``{unit}_{i}_cmask.tif`` (uint8:
+    1 where one of the Fmask ``bits`` is set, 0 clear, 255 fill), listed in ``tracker``."""
+
+    kind: Literal["seed-000-cmask"]
+    source: str
+    bits: list[FmaskBit] = ["cloud"]
+    tracker: str = Field("fmask_tracker.csv", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class PerBandLayout(_Model):
+    """One file per band (and time step): ``path``/``name`` templates with fields unit, band,
+    source, step, date, grid, tile."""
+
+    kind: Literal["per-band"]
+    sources: list[str] | None = None
+    name: str = "{unit}_{band}.tif"
+    path: str = "chips"
+    labels: str | None = "{unit}_labels.tif"
+
+
+class StackLayout(_Model):
+    """One file per unit with every band of ``sources`` (each source's steps time-major), cast
+    to ``dtype`` if given (a narrowing cast is refused at plan time)."""
+
+    kind: Literal["stack"]
+    sources: list[str] | None = None
+    dtype: DType | None = None
+    name: str = "{unit}.tif"
+    path: str = "chips"
+    labels: str | None = "{unit}_labels.tif"
+
+
+Layout = Annotated[Union[Seed001Layout, Seed000CmaskLayout, PerBandLayout, StackLayout], Field(discriminator="kind")]
+
+
+class OutputConfig(_Model):
+    """The files written per unit: one or more layouts, and the GeoTIFF compression."""
+
+    layout: list[Layout] = Field(default_factory=lambda: [Seed001Layout(kind="seed-001")])
+    compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
+    level: int = Field(6, ge=1, le=12)
+
+    @field_validator("layout", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, dict) else v
+
+
+# --------------------------------------------------------------------------------------
+# dataset
+
+class RandomSplit(_Model):
+    """Seed 001: sort ids, shuffle with ``random.Random(seed)``, first ``int(train_fraction * n)`` train."""
+
+    kind: Literal["random"] = "random"
+    seed: int = 42
+    train_fraction: float = Field(0.8, gt=0, lt=1)
+
+
+Split = Annotated[Union[RandomSplit], Field(discriminator="kind")]
+FINALIZERS = ("index", "split", "stats", "plots", "tables", "summary", "manifest")
+
+
+class DatasetConfig(_Model):
+    """Dataset finalisation: the split, statistics and the finalizers run in order."""
+
+    split: Split = Field(default_factory=RandomSplit)
+    stats_on: Literal["train", "all"] = Field("train", description="Units the band statistics and class weights use.")
+    percentiles: tuple[float, float] = (1.5, 98.5)
+    finalizers: list[str] = Field(list(FINALIZERS), description="Finalizers in order (eochips.dataset.FINALIZERS).")
+
+    @field_validator("finalizers")
+    @classmethod
+    def _known(cls, v):
+        unknown = [f for f in v if f not in FINALIZERS]
+        if unknown:
+            raise ValueError(f"unknown finalizer(s) {unknown}; valid: {', '.join(FINALIZERS)}")
+        if "manifest" in v and v[-1] != "manifest":
+            raise ValueError("'manifest' must be the last finalizer (it hashes the files the others write)")
+        return v
+
+    @field_validator("percentiles")
+    @classmethod
+    def _pct(cls, v):
+        if not 0 <= v[0] <= v[1] <= 100:
+            raise ValueError(f"percentiles must be 0 <= low <= high <= 100, got {list(v)}")
+        return v
+
+
+class ReadingConfig(_Model):
+    """I/O settings of the windowed reads (they do not change any output)."""
+
+    threads: int = Field(16, ge=1, le=64, description="Reading threads per worker (over assets; warps and writes use the worker's share of the cores).")
+    max_retries: int = Field(4, ge=0, le=20, description="Retries of a transient read failure (5xx, 429, reset, timeout, truncated body).")
+    http_timeout: int = Field(60, gt=0, le=3600, description="Seconds before an HTTP request for an asset gives up (then retried).")
+    gdal_cachemax_mb: int = Field(128, ge=16)
+
+
+class EngineConfig(_Model):
+    """Where the units are built (does not change any output)."""
+
+    workers: int | None = Field(None, gt=0, description="Dask workers (default: CPU cores).")
+    scheduler: str | None = Field(None, description="tcp://HOST:PORT of an existing Dask scheduler.")
+    processes: bool = True
+    batch_chips: int = Field(128, gt=0, le=100000, description="Most units in one worker task (units sharing scenes are batched so shared COG tiles are read once).")
+
+
+# --------------------------------------------------------------------------------------
+# the recipe
+
+RECIPE_VERSION = 2
+NON_OUTPUT_FIELDS = ("description", "reading", "engine")
+"""Top-level fields that do not change any output byte: left out of the recipe fingerprint."""
+
+
+class Recipe(_Model):
+    """A complete eochips recipe (version 2)."""
+
+    version: Literal[2] = RECIPE_VERSION
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    aoi: AOIConfig
+    sources: dict[str, SourceConfig] = Field(..., min_length=1, description="Named sources (names: letters, digits, _ and -).")
+    grid: Grid
+    units: Units
+    sampling: Sampling = Field(default_factory=AllSampling)
+    masks: MasksConfig = Field(default_factory=MasksConfig)
+    filters: list[Filter] = Field(default_factory=list, description="Applied in order; the first that says no gives the reason.")
+    labels: LabelsConfig | None = None
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    reading: ReadingConfig = Field(default_factory=ReadingConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @field_validator("sources")
+    @classmethod
+    def _names(cls, v):
+        for name in v:
+            if not re.fullmatch(NAME, name):
+                raise ValueError(f"source name {name!r} must start with a letter and hold only letters, digits, _ and -")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> "Recipe":
+        """Cross-references: every source, band and label use names something that exists."""
+        names = list(self.sources)
+
+        def source(ref: str | None, where: str) -> str:
+            if ref is None:
+                if len(names) == 1:
+                    return names[0]
+                raise ValueError(f"{where}: give the source (one of {', '.join(names)})")
+            if ref not in self.sources:
+                raise ValueError(f"{where}: unknown source {ref!r}; sources: {', '.join(names)}")
+            return ref
+
+        def band(ref: str, where: str) -> None:
+            src, _, b = ref.rpartition(".")
+            src = source(src or None, where)
+            if b not in self.sources[src].band_names():
+                raise ValueError(f"{where}: source {src!r} has no band {b!r}; its bands: {', '.join(self.sources[src].band_names()) or 'none'}")
+
+        if self.grid.kind == "scene":
+            source(self.grid.source, "grid.source")
+        if self.grid.kind != "label-raster" and self.labels is not None and self.labels.raster is None and self.labels.vector is None:
+            raise ValueError("labels: give labels.raster or labels.vector (the grid is not a label raster)")
+        for i, m in enumerate(self.masks.sources):
+            source(m.source, f"masks.sources.{i}.source")
+        for i, f in enumerate(self.filters):
+            where = f"filters.{i}"
+            if f.kind == "nodata":
+                for s in f.sources or []:
+                    source(s, f"{where}.sources")
+            elif f.kind == "nan":
+                for b in f.bands or []:
+                    band(b, f"{where}.bands")
+            elif f.kind == "value":
+                band(f.band, f"{where}.band")
+            elif f.kind in ("fmask-bad-pct", "mask-fraction"):
+                source(f.source, f"{where}.source")
+                if f.kind == "mask-fraction" and not self.masks.sources:
+                    raise ValueError(f"{where}: a mask-fraction filter needs masks.sources")
+            elif f.kind == "label-fraction" and self.labels is None:
+                raise ValueError(f"{where}: a label-fraction filter needs a labels section")
+        for i, lay in enumerate(self.output.layout):
+            where = f"output.layout.{i}"
+            for s in ([lay.source] if hasattr(lay, "source") else (lay.sources or [])):
+                source(s, f"{where}.source")
+        if self.sampling.kind == "class-balance" and (self.labels is None or (self.labels.reclass is None and self.labels.classes is None)):
+            raise ValueError("sampling: class-balance needs labels with a reclass table or classes (it counts label classes)")
+        for s, cfg in self.sources.items():
+            seen = cfg.band_names()
+            dup = sorted({b for b in seen if seen.count(b) > 1})
+            if dup:
+                raise ValueError(f"sources.{s}.bands: band name(s) {dup} repeated; name each output band once")
+        return self
+
+    def source_of(self, ref: str | None) -> str:
+        """The source a mask, filter or layout refers to (the only source when ``ref`` is None)."""
+        return ref if ref is not None else next(iter(self.sources))
+
+
+def is_nan(v: float | None) -> bool:
+    """True for a NaN fill value."""
+    return isinstance(v, float) and math.isnan(v)

@@ -1,0 +1,330 @@
+"""Dataset finalisation: finalizers run in the recipe's order (``dataset.finalizers``).
+
+=============  ===================================================================================
+finalizer      writes (at the dataset root)
+=============  ===================================================================================
+``index``      ``index.parquet``: GeoParquet, one row per unit of the plan, geometry in EPSG:4326
+               plus the unit's CRS and transform; status, typed reason code, reason, split,
+               scenes per source and step with roles and datetimes, measures (nodata pixels, Fmask
+               bad %, mask fractions, label histogram), file names, roles and sha256
+``split``      ``train_ids.csv`` / ``val_ids.csv`` (column ``ids``): kept unit ids sorted, shuffled
+               with ``random.Random(seed)``, first ``int(train_fraction * n)`` train (seed 001)
+``stats``      ``stats.json``: per output band (the bands' recipe names, pooled over dates), mean,
+               population std, the 1.5 / 98.5 percentiles as seed 001's "min" / "max", the exact
+               minimum and maximum, nodata excluded, in one streaming pass over the image files
+               in their own dtypes (exact for 8/16-bit integers, float-safe otherwise:
+               :mod:`eochips.dataset.stats`); class weights (sklearn "balanced" ``N / (K * n_c)``
+               over the classes present, normalised to sum 1, 0 for class 0 and absent classes)
+``plots``      ``class_distribution_{split}.png``: pixels per class
+``tables``     the tables layouts ask for (seed 000's ``fmask_tracker.csv``)
+``summary``    ``summary.json``: counts by status and reason code, dates, unknown label codes
+``manifest``   ``checksums.sha256`` (sha256sum format, sorted paths, every file but itself and the
+               state: ``state.sqlite`` and the ``state/`` completion markers)
+=============  ===================================================================================
+
+Every finalizer reads the state through :func:`eochips.engine.open_state`, which takes in the
+units' completion markers: a fresh machine can finalize a dataset in object storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import failpoints
+from ..config.models import FINALIZERS as FINALIZER_NAMES
+from ..engine import MARKERS, STATE_FILE, open_state
+from ..plan import Plan, class_names, load_plan, make_tasks
+from ..writers import OutputStore
+
+MANIFEST = "checksums.sha256"
+
+
+@dataclass
+class Context:
+    """What the finalizers share: the store, the plan, the state's records, the kept ids and split."""
+
+    store: OutputStore
+    plan: Plan
+    records: dict[str, dict[str, Any]]
+    kept: list[str]
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def split_of(self) -> dict[str, str]:
+        return {**{c: "train" for c in self.train}, **{c: "validation" for c in self.val}}
+
+
+Finalizer = Callable[[Context], None]
+FINALIZERS: dict[str, Finalizer] = {}
+
+
+def register(name: str) -> Callable[[Finalizer], Finalizer]:
+    """Register a finalizer under ``name`` (a name of ``dataset.finalizers``)."""
+
+    def deco(fn: Finalizer) -> Finalizer:
+        FINALIZERS[name] = fn
+        return fn
+
+    return deco
+
+
+def split_ids(ids: list[str], seed: int = 42, train_fraction: float = 0.8) -> tuple[list[str], list[str]]:
+    """Seed 001's split: sort, shuffle with ``random.Random(seed)``, cut at ``int(f * n)``."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    k = int(train_fraction * len(order))
+    return order[:k], order[k:]
+
+
+SPLITS: dict[str, Callable[..., tuple[list[str], list[str]]]] = {
+    "random": lambda ids, cfg: split_ids(ids, cfg.seed, cfg.train_fraction),
+}
+
+
+def class_weights(hist: dict[int, int], n_classes: int) -> list[float]:
+    """sklearn "balanced" weights over the classes present (class 0 excluded), normalised to
+    sum 1, as a list indexed by class id 0..n_classes (0 for class 0 and absent classes)."""
+    present = {c: n for c, n in hist.items() if c != 0 and n > 0}
+    w = [0.0] * (n_classes + 1)
+    if not present:
+        return w
+    total, k = sum(present.values()), len(present)
+    raw = {c: total / (k * n) for c, n in present.items()}
+    s = sum(raw.values())
+    for c, v in raw.items():
+        if c <= n_classes:
+            w[c] = v / s
+    return w
+
+
+@register("split")
+def _split(ctx: Context) -> None:
+    ctx.store.write_text("train_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.train))
+    ctx.store.write_text("val_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.val))
+
+
+def _index_rows(ctx: Context) -> list[dict[str, Any]]:
+    from ..geo import reproject_geometry
+
+    plan, records = ctx.plan, ctx.records
+    split_of = ctx.split_of
+    rows = []
+    for up in sorted(plan.units, key=lambda u: u.key):
+        rec = records.get(up.id) or {"status": "pending", "code": "", "reason": "not built", "files": {}, "metrics": {}}
+        m = rec["metrics"]
+        picks = [(s, t, p) for s, groups in up.groups.items() for t, grp in enumerate(groups) for p in grp]
+        files = sorted(rec["files"])
+        roles = m.get("file_roles", {})
+        g = plan.grids[up.unit.grid].gbox
+        crs = g.crs.epsg
+        rows.append({
+            "unit_id": up.id, "grid": up.unit.grid, "row": up.unit.row, "col": up.unit.col, "tile": up.tile,
+            "crs": f"EPSG:{crs}" if crs else g.crs.to_wkt(), "transform": list(tuple(up.unit.gbox.affine)[:6]),
+            "status": rec["status"], "reason_code": rec.get("code") or up.code or "", "reason": rec["reason"] or "",
+            "split": split_of.get(up.id),
+            "scene_ids": m.get("scene_ids") or [p.scene.id for _, _, p in picks],
+            "datetimes": m.get("datetimes") or [p.scene.datetime.isoformat() for _, _, p in picks],
+            "scene_sources": m.get("scene_sources") or [s for s, _, _ in picks],
+            "scene_steps": m.get("scene_steps") or [t for _, t, _ in picks],
+            "scene_roles": m.get("scene_roles") or [p.role for _, _, p in picks],
+            "bad_qa_pct": m.get("bad_qa_pct"), "nodata_pixels": m.get("nodata_pixels"),
+            "label_hist": json.dumps(m.get("label_hist", {}), sort_keys=True),
+            "unknown_codes": json.dumps(m.get("unknown_codes") or up.label_info.get("unknown_codes") or {}, sort_keys=True),
+            "mask_fractions": json.dumps(m["mask_fractions"], sort_keys=True) if m.get("mask_fractions") else None,
+            "files": files, "roles": [roles.get(f, "") for f in files], "sha256": [rec["files"][n] for n in files],
+            "geometry": reproject_geometry(up.unit.polygon, g.crs.to_wkt(), "EPSG:4326"),
+        })
+    return rows
+
+
+@register("index")
+def _index(ctx: Context) -> None:
+    import io
+
+    import geopandas as gpd
+
+    buf = io.BytesIO()
+    gpd.GeoDataFrame(ctx.rows, geometry="geometry", crs="EPSG:4326").to_parquet(buf, index=False)
+    ctx.store.write_bytes("index.parquet", buf.getvalue())
+    failpoints.hit("finalize:after-index")
+
+
+@register("tables")
+def _tables(ctx: Context) -> None:
+    for lay in ctx.plan.recipe.output.layout:
+        if lay.kind == "seed-000-cmask":
+            lines = [f"{c['file']},{c['cloud_pct']}\n" for cid in ctx.kept for c in ctx.records[cid]["metrics"].get("cmasks", [])]
+            ctx.store.write_text(lay.tracker, "fmask_name,cloud_pct\n" + "".join(sorted(lines)))
+
+
+def _image_files(rec: dict[str, Any]) -> list[str]:
+    roles = rec["metrics"].get("file_roles", {})
+    return [f for f in sorted(rec["files"]) if roles.get(f) == "image"]
+
+
+@register("stats")
+def _stats(ctx: Context) -> None:
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    from .stats import BandStatistics
+
+    r = ctx.plan.recipe
+    store = ctx.store
+    ids = ctx.train if r.dataset.stats_on == "train" else ctx.kept
+    bs = BandStatistics()
+    hist_total: dict[int, int] = {}
+    for cid in ids:
+        rec = ctx.records[cid]
+        for rel in _image_files(rec):
+            src = store.local_path(rel) if store.is_local else None
+            with (rasterio.open(src) if src else MemoryFile(store.read_bytes(rel)).open()) as ds:
+                arr = ds.read()
+                for i, desc in enumerate(ds.descriptions):
+                    bs.add((desc or f"band{i + 1}").split("@")[0], arr[i], ds.nodatavals[i])
+        for c, n in rec["metrics"].get("label_hist", {}).items():
+            hist_total[int(c)] = hist_total.get(int(c), 0) + int(n)
+    names = class_names(r)
+    n_classes = max([*names, *hist_total, 0])
+    lo, hi = r.dataset.percentiles
+    bands = {}
+    for name, res in bs.result((lo, hi)).items():
+        if res["count"]:
+            pct = res["percentiles"]
+            bands[name] = {"mean": res["mean"], "std": res["std"], "min": list(pct.values())[0], "max": list(pct.values())[1],
+                           "count": res["count"], "minimum": res["minimum"], "maximum": res["maximum"],
+                           "percentiles": pct, "exact": res["exact"]}
+    stats = {
+        "computed_on": r.dataset.stats_on, "chips": len(ids), "bands": bands,
+        "note": "min/max are the percentiles of dataset.percentiles (seed 001's names); minimum/maximum are exact; "
+                "values are in the files' own encoding (raw DN, see each file's scale/offset)",
+        "class_weights": class_weights(hist_total, n_classes) if r.labels else None,
+        "class_pixels": {str(k): v for k, v in sorted(hist_total.items())},
+    }
+    store.write_text("stats.json", json.dumps(stats, indent=2))
+
+
+@register("plots")
+def _plots(ctx: Context) -> None:
+    r = ctx.plan.recipe
+    if not r.labels:
+        return
+    names = class_names(r)
+    hists = {c: ctx.records[c]["metrics"].get("label_hist", {}) for c in ctx.kept}
+    n_classes = max([*names, *(int(k) for h in hists.values() for k in h), 0])
+    for split, ids in (("train", ctx.train), ("validation", ctx.val)):
+        png = _plot_classes([hists[c] for c in ids], names, n_classes, f"{r.name}: {split} ({len(ids)} units)")
+        ctx.store.write_bytes(f"class_distribution_{split}.png", png)
+
+
+def summarize(ctx: Context) -> dict[str, Any]:
+    """The dataset's counts: units by status and reason code, split sizes, dates, unknown codes."""
+    dropped: dict[str, int] = {}
+    failed = {}
+    for cid, rec in ctx.records.items():
+        if rec["status"] == "dropped":
+            dropped[rec["code"]] = dropped.get(rec["code"], 0) + 1
+        elif rec["status"] == "failed":
+            failed[cid] = rec["reason"]
+    unknown: dict[str, int] = {}
+    for row in ctx.rows:
+        for code, n in json.loads(row["unknown_codes"]).items():
+            unknown[code] = unknown.get(code, 0) + n
+    plan = ctx.plan
+    return {
+        "recipe": plan.recipe.name, "units_total": len(plan.units), "kept": len(ctx.kept), "dropped": dropped,
+        "failed": len(failed), "failed_reasons": failed, "train": len(ctx.train), "validation": len(ctx.val),
+        "scenes": sum(len(v) for v in plan.scenes.values()), "grids": len(plan.grids), "unknown_label_codes": unknown,
+        "selected_dates": sorted({d[:10] for row in ctx.rows if row["status"] == "kept" for d in row["datetimes"]}),
+    }
+
+
+@register("summary")
+def _summary(ctx: Context) -> None:
+    ctx.store.write_text("summary.json", json.dumps(ctx.summary, indent=2, sort_keys=True))
+
+
+@register("manifest")
+def _manifest(ctx: Context) -> None:
+    failpoints.hit("finalize:before-manifest")
+    write_manifest(ctx.store)
+
+
+def finalize(out: str | os.PathLike) -> dict[str, Any]:
+    """Finalise the dataset in ``out`` (a folder or URL; see the module docstring); return the summary.
+
+    Raises
+    ------
+    OutputError
+        No plan, or a file cannot be written.
+    """
+    store = OutputStore(out)
+    store.remove_temporaries()
+    plan = load_plan(store)
+    r = plan.recipe
+    state = open_state(store, {t.unit_id: t.fingerprint for t in make_tasks(plan, store)})
+    try:
+        records = state.all()
+    finally:
+        state.close()
+    planned = {u.id for u in plan.units}
+    records = {k: v for k, v in records.items() if k in planned}
+    for u in plan.units:  # units the plan dropped have no marker: the plan itself is their record
+        if u.status == "dropped" and u.id not in records:
+            records[u.id] = {"status": "dropped", "code": u.code, "reason": u.reason, "files": {},
+                             "metrics": {"label_info": u.label_info}, "retries": 0, "attempts": 0}
+    kept = sorted(cid for cid, rec in records.items() if rec["status"] == "kept")
+    train, val = SPLITS[r.dataset.split.kind](kept, r.dataset.split)
+    ctx = Context(store, plan, records, kept, train, val)
+    ctx.rows = _index_rows(ctx)
+    ctx.summary = summarize(ctx)
+    for name in r.dataset.finalizers:
+        FINALIZERS[name](ctx)
+    return ctx.summary
+
+
+def _plot_classes(hists: list[dict], names: dict[int, str], n_classes: int, title: str) -> bytes:
+    """PNG bytes of a bar chart: pixels per class."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.zeros(n_classes + 1, dtype=np.int64)
+    for h in hists:
+        for c, n in h.items():
+            if int(c) <= n_classes:
+                counts[int(c)] += int(n)
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * (n_classes + 1)), 4), dpi=100)
+    labels = [names.get(i, str(i)) for i in range(n_classes + 1)]
+    ax.bar(range(n_classes + 1), counts, color="#4c72b0")
+    ax.set_xticks(range(n_classes + 1), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("pixels")
+    ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_manifest(store: OutputStore) -> None:
+    """Write ``checksums.sha256`` over every file of the store but itself and the state."""
+    skip = {MANIFEST, STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm"}
+    lines = [f"{store.sha256(rel)}  {rel}\n" for rel in store.list_files()
+             if rel not in skip and not rel.startswith(MARKERS.split("/")[0] + "/")]
+    store.write_text(MANIFEST, "".join(lines))
+
+
+assert set(FINALIZERS) == set(FINALIZER_NAMES), "every finalizer name of the config has a function"
