@@ -370,15 +370,14 @@ def _scene_grids(recipe: Recipe, sp: SourcePlan, scenes: list[Scene], aoi, aoi_c
         groups = get_strategy(cfg.kind)(SelectionContext("aoi", aoi_ea, cands, cfg, {}, g.source))
     except SelectionFailed as exc:
         raise CatalogError(f"grid: no scene of source {g.source!r} can give the grid ({exc})") from None
-    res = g.resolution or min((b.resolution for b in sp.bands if b.resolution), default=None)
     grids, chosen = [], []
     for grp in groups:
         scene = grp[0].scene
         band = min(sp.bands, key=lambda b: (b.resolution or math.inf)) if sp.bands else sp.qa.as_band()
         gbox = scene_gbox(scene.properties, scene.asset_fields.get(band.asset, {}), scene.assets.get(band.asset),
                           env=read_env(recipe.reading, recipe.sources[g.source].search.auth))
-        if res is not None:
-            gbox = at_resolution(gbox, res, "grid.resolution")
+        if g.resolution is not None:
+            gbox = at_resolution(gbox, g.resolution, "grid.resolution")
         grids.append(Grid(len(grids), scene.id, gbox, sp.profile.tile_of(scene.id, scene.properties)))
         chosen.append(scene)
     return grids, chosen

@@ -334,11 +334,12 @@ class CRSGrid(_Model):
 
 class SceneGrid(_Model):
     """The grid of each scene selected for ``source`` (over the whole AOI): its CRS and pixel
-    edges at ``resolution``; one grid per selected scene (BigEarthNet tiles, Clay's S2 scene)."""
+    edges, at ``resolution`` (default: the native grid of the asset of the source's finest band);
+    one grid per selected scene (BigEarthNet tiles, Clay's S2 scene)."""
 
     kind: Literal["scene"]
     source: str
-    resolution: float | None = Field(None, gt=0, description="Pixel size (metres); default: the finest band of the source.")
+    resolution: float | None = Field(None, gt=0, description="Pixel size (metres); default: the native grid of the source's finest band.")
 
 
 Grid = Annotated[Union[LabelRasterGrid, CRSGrid, SceneGrid], Field(discriminator="kind")]
