@@ -465,6 +465,9 @@ def _warp_unit(reads: _BatchRead, i: int) -> dict[str, LayerData] | ReadError:
                 elif job.scene == 0:  # mask models run on the step's first scene
                     mins.setdefault(job.slot[1], []).append(warped[j])
             bands, qa, index = _composite(lay, per_scene, qas)
+            if index is None and lay.composite.index_band and bands:  # one scene: it is the source wherever it has data
+                valid = np.logical_and.reduce([~nodata_mask(a, b.nodata) for a, b in zip(bands, lay.bands)])
+                index = np.where(valid, 0, -1).astype(np.int16)
             for bi, a in enumerate(bands):
                 bands_t[bi].append(a)
             if qa is not None:

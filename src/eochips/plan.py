@@ -777,7 +777,7 @@ def load_plan(store: OutputStore) -> Plan:
     if doc.get("version") != RECIPE_VERSION:
         raise OutputError(f"the plan in {store.location!r} was written by another eochips version; plan again "
                           f"(eochips run RECIPE -o {store.location} --overwrite)")
-    recipe = parse_recipe(_unnan(doc["recipe"]))
+    recipe = parse_recipe(doc["recipe"])  # "nan" fills (JSON has no NaN) validate back to float NaN
     grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"])
              for g in doc["grids"]]
     sources = resolve_sources(recipe)
@@ -816,16 +816,6 @@ def _affine(t):
     from affine import Affine
 
     return Affine(*list(t)[:6])
-
-
-def _unnan(v):
-    if v == "nan":
-        return float("nan")
-    if isinstance(v, dict):
-        return {k: _unnan(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_unnan(x) for x in v]
-    return v
 
 
 def refresh_hrefs(plan: Plan) -> Plan:

@@ -12,6 +12,10 @@ kind                   files (relative to the dataset folder)
 ``stack``              one file per unit with every band of its sources, optionally cast
 =====================  =====================================================================
 
+With ``composite.index_band`` a source also gets ``chips/{unit}_{source}_scene_index.tif``
+(int16, -1 where no scene has data): per step, the position of the scene each pixel came from
+in that step's scene list (the ``step_N`` tags list the scene ids).
+
 Band descriptions are the recipe's band names with the step's date (``blue@2021-06-08``);
 scale and offset (with a scene's DN offset) go into the GeoTIFF metadata; nodata is declared
 in every file (an integer fill, or NaN for floats). Every path is checked to stay inside the
@@ -72,6 +76,14 @@ def write_layouts(task, data) -> tuple[dict[str, str], dict[str, Any]]:
         files.update(f)
         roles.update(e.pop("file_roles", {}))
         extra.update(e)
+    for source, lay in data.layers.items():  # composites that record which scene each pixel came from
+        if lay.index is not None:
+            rel = check_relative(f"{CHIPS_DIR}/{task.unit_id}_{source}_scene_index.tif")
+            files[rel] = write_cog(store, rel, lay.index, task.crs, task.transform, nodata=-1,
+                                   descriptions=[f"scene_index@{s.date}" for s in lay.read.steps],
+                                   tags={f"step_{t}": ",".join(sc.scene_id for sc in s.scenes) for t, s in enumerate(lay.read.steps)},
+                                   **common)
+            roles[rel] = "index"
     if task.masks.quicklook:
         q = write_quicklook(data, store)
         files.update(q)
