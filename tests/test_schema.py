@@ -57,3 +57,18 @@ def test_every_kind_has_its_registered_function():
     assert _kinds(m.Split) == set(SPLITS)
     assert set(typing.get_args(m.CompositeConfig.model_fields["kind"].annotation)) == set(COMPOSITES)
     assert set(m.FINALIZERS) == set(FINALIZERS)
+
+
+def test_readme_recipe_example_validates():
+    """The version-2 recipe shown in README.md is a valid recipe."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from eochips.config import parse_recipe
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Recipes \(version 2\).*?```yaml\n(.*?)```", text, re.S).group(1)
+    r = parse_recipe(yaml.safe_load(block))
+    assert r.version == 2 and list(r.sources) == ["s2"] and [f.kind for f in r.filters] == ["nodata", "mask-fraction"]
