@@ -274,18 +274,24 @@ def recipe(name: str, catalog: Path, labels: Path, chips: list[tuple[int, int, i
     side = CHIP * RES
     boxes = [shapely.box(g.x0 + c * side, g.y0 - (r + 1) * side, g.x0 + (c + 1) * side, g.y0 - r * side) for _, r, c in chips]
     return {
+        "version": 2,
         "name": f"bench-{name}",
         "aoi": {"geometry": shapely.geometry.mapping(shapely.union_all(boxes)), "crs": GRID_CRS},
-        "search": {"catalog": str(catalog), "collections": ["HLSS30_2.0"], "datetime": "2021-06-01/2021-07-31"},
-        "profile": "hls-s30",
-        "bands": list(COMMON),
-        "grid": {"label_raster": str(labels), "chip_size": CHIP, "min_aoi_fraction": 0.99},
-        "selection": {"strategy": "first-middle-last", "unit": "tile", "min_scenes": 3},
-        "qa": {"bad_fmask_bits": ["cirrus", "cloud", "shadow", "snow_ice"], "max_bad_pct": 5, "max_nodata_pixels": 0},
-        "labels": {"reclass": "cdl-13", "unknown_class": 0, "max_nodata_pixels": 0},
-        "reading": {"resampling": "bilinear", "qa_resampling": "nearest"},
-        "output": {"layout": "seed-001", "compress": "deflate"},
-        "dataset": {"split": {"seed": 42, "train_fraction": 0.8}},
+        "sources": {"hls": {
+            "search": {"catalog": str(catalog), "collections": ["HLSS30_2.0"], "datetime": "2021-06-01/2021-07-31"},
+            "profile": "hls-s30", "bands": list(COMMON), "resampling": "bilinear",
+            "selection": {"kind": "first-middle-last", "per": "tile", "min_scenes": 3},
+        }},
+        "grid": {"kind": "label-raster", "path": str(labels)},
+        "units": {"kind": "chip", "size": CHIP, "min_aoi_fraction": 0.99},
+        "filters": [
+            {"kind": "label-fraction", "classes": [0], "max_pixels": 0},
+            {"kind": "nodata", "max_pixels": 0},
+            {"kind": "fmask-bad-pct", "source": "hls", "bits": ["cirrus", "cloud", "shadow", "snow_ice"], "max_pct": 5},
+        ],
+        "labels": {"reclass": "cdl-13", "unknown_class": 0},
+        "output": {"layout": {"kind": "seed-001", "source": "hls"}, "compress": "deflate"},
+        "dataset": {"split": {"kind": "random", "seed": 42, "train_fraction": 0.8}},
     }
 
 
