@@ -664,11 +664,6 @@ def _finish_and_mark(task: UnitTask, layers, retries: list) -> UnitResult:
     return res
 
 
-def process_unit(task: UnitTask) -> UnitResult:
-    """Build one unit (a batch of one, see :func:`process_batch`)."""
-    return process_batch([task])[0]
-
-
 def cpu_share(workers_on_host: int) -> int:
     """Warp/write threads per worker process: this host's cores divided among its workers (at
     least 1), so N workers on a C-core host run about C warps at once, not N x C."""

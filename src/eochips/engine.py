@@ -367,7 +367,7 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
     eng = plan.recipe.engine
     n_workers = workers or eng.workers or os.cpu_count() or 1
     scheduler = scheduler or eng.scheduler
-    tasks = make_tasks(plan, store, cpu_threads=cpu_share(1 if not eng.processes else n_workers))
+    tasks = make_tasks(plan, store, cpu_threads=cpu_share(n_workers))  # LocalCluster: n workers on this host
     prints = {t.unit_id: t.fingerprint for t in tasks}
     state = open_state(store, prints)
     summary = BuildSummary()

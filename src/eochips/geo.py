@@ -134,11 +134,6 @@ def _densify_step(geom: BaseGeometry) -> float:
     return max(maxx - minx, maxy - miny) / 32 or 1.0
 
 
-def equal_area(geom: BaseGeometry, crs: CRS | str) -> BaseGeometry:
-    """``geom`` (in ``crs``) in :data:`EQUAL_AREA`, where ``.area`` is in square metres."""
-    return reproject_geometry(geom, crs, EQUAL_AREA)
-
-
 # --------------------------------------------------------------------------------------
 # grids
 

@@ -120,9 +120,6 @@ class Plan:
     def planned(self) -> list[UnitPlan]:
         return [u for u in self.units if u.status == "planned"]
 
-    def scene(self, source: str, scene_id: str) -> Scene:
-        return self.scenes[source][scene_id]
-
     def summary(self) -> dict[str, Any]:
         """Counts and the byte estimate printed by ``eochips plan --dry-run``."""
         dropped: dict[str, int] = {}
