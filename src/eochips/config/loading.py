@@ -36,8 +36,9 @@ class RecipeUpgradeWarning(FutureWarning):
 
 
 def _expand(obj: Any) -> Any:
+    """``${VAR}`` and ``${VAR:-default}`` in strings (as in the shell: the default when VAR is unset or empty)."""
     if isinstance(obj, str):
-        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), obj)
+        return _ENV.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), obj)
     if isinstance(obj, list):
         return [_expand(v) for v in obj]
     if isinstance(obj, dict):
@@ -258,8 +259,23 @@ def _valid_keys(data: Any, loc: list) -> str:
     return f"; valid keys: {', '.join(keys)}" if keys else ""
 
 
+def _long_forms(data: Any) -> Any:
+    """``data`` with the shorthands the models accept written out (``masks: [...]`` as
+    ``masks.sources``, a single ``output.layout`` mapping as a list), so error locations, which
+    pydantic gives in the long form, can be followed through it."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    if isinstance(out.get("masks"), list):
+        out["masks"] = {"sources": out["masks"]}
+    if isinstance(out.get("output"), dict) and isinstance(out["output"].get("layout"), dict):
+        out["output"] = dict(out["output"], layout=[out["output"]["layout"]])
+    return out
+
+
 def format_error(exc: ValidationError, data: Any) -> str:
     """One line for a pydantic ValidationError: the most specific problem, naming the field."""
+    data = _long_forms(data)
     errs = exc.errors()
     best = max(range(len(errs)), key=lambda i: (_data_loc(data, errs[i]["loc"])[1], -i))
     err = errs[best]
@@ -326,7 +342,7 @@ def parse_recipe(data: Any, base_dir: Path | None = None, from_cwd: tuple[str, .
         except ValidationError as exc:
             raise RecipeError(_format_v1(exc, data)) from None
         data = upgrade_v1(v1)
-        from_cwd = tuple(_v1_keys_to_v2(k, data) for k in from_cwd)
+        from_cwd = tuple(k2 for k in from_cwd for k2 in _v1_keys_to_v2(k, data))
         if not _warned:
             warnings.warn(f"recipe {data['name']!r} is version 1: read through the v1 -> v2 upgrader; "
                           "`eochips upgrade RECIPE` prints it as version 2 (version 1 support ends in eochips 1.0)",
@@ -365,11 +381,13 @@ def _format_v1(exc: ValidationError, data: dict) -> str:
     return msg + (f" (+{n - 1} more)" if n > 1 else "")
 
 
-def _v1_keys_to_v2(key: str, data: dict) -> str:
-    """Where a version-1 path field went in version 2 (for ``--set`` values)."""
-    src = next(iter(data["sources"]))
-    return {"grid.label_raster": "grid.path", "search.catalog": f"sources.{src}.search.catalog",
-            "labels.raster": "labels.raster", "labels.vector": "labels.vector", "aoi.path": "aoi.path"}.get(key, key)
+def _v1_keys_to_v2(key: str, data: dict) -> list[str]:
+    """Where a version-1 ``--set`` key went in version 2: ``search...`` to the search of every
+    source made from it (``main`` and seed 000's ``cloud_masks``), ``grid.label_raster`` to
+    ``grid.path``; others keep their name."""
+    if key == "search" or key.startswith("search."):
+        return [f"sources.{src}.{key}" for src in data["sources"]]
+    return [{"grid.label_raster": "grid.path", "grid": "grid"}.get(key, key)]
 
 
 def read_yaml(text: str, name: str) -> Any:

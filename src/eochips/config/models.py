@@ -130,7 +130,7 @@ class SearchConfig(_Model):
             return v
         parts = v.split("/")
         if len(parts) != 2:
-            raise ValueError(f"expected 'START/END', got {v!r}")
+            raise ValueError("expected an interval 'START/END' (e.g. 2022-03-01/2022-09-30; '..' for an open end)")
         start, end = (p.strip() for p in parts)
         from datetime import datetime as _dt
 

@@ -48,6 +48,15 @@ def _profile(v1: RecipeV1) -> tuple[Any, str]:
     return out, p.qa_kind if p.qa_asset else "none"
 
 
+def _max_unlabelled(min_labelled: float, size: int) -> int:
+    """The most no-data label pixels a ``size``-pixel chip may hold under v1's rule, which kept a
+    chip unless ``1 - n / size < min_labelled`` (in floating point: ``1 - 0.8`` is not 0.2)."""
+    n = max(0, min(size, int((1.0 - min_labelled) * size) + 2))
+    while n > 0 and 1.0 - n / size < min_labelled:
+        n -= 1
+    return n if not (1.0 - n / size < min_labelled) else -1
+
+
 def upgrade_v1(v1: RecipeV1) -> dict[str, Any]:
     """The version-2 mapping of a validated version-1 recipe (see the module docstring)."""
     profile, qa_kind = _profile(v1)
@@ -89,7 +98,7 @@ def upgrade_v1(v1: RecipeV1) -> dict[str, Any]:
             filters.append({"kind": "label-fraction", "classes": [lab.nodata_class], "max_pixels": lab.max_nodata_pixels})
         if lab.min_labelled_fraction > 0:
             filters.append({"kind": "label-fraction", "classes": [lab.nodata_class],
-                            "max_fraction": 1.0 - lab.min_labelled_fraction})
+                            "max_pixels": _max_unlabelled(lab.min_labelled_fraction, v1.grid.chip_size ** 2)})
     qa = v1.qa
     filters.append({"kind": "nodata", "sources": [MAIN], "max_pixels": qa.max_nodata_pixels})
     if qa_kind == "fmask":
