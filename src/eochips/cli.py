@@ -87,7 +87,7 @@ def _exit_code(summary: dict[str, Any]) -> int:
         return 1
     if summary["kept"] == 0:
         why = ", ".join(f"{k} {n}" for k, n in sorted(summary["dropped"].items())) or "no unit was planned"
-        err.print(f"warning: no unit was kept ({why}); the dataset is empty", highlight=False, markup=False)
+        err.print(f"warning: no unit was kept ({why}); the dataset is empty", highlight=False, markup=False, soft_wrap=True)
         return EMPTY_DATASET
     return 0
 

@@ -203,7 +203,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
 
             get_mp_context()  # distributed's own preload list first, then ours on top
             multiprocessing.get_context("forkserver").set_forkserver_preload(
-                ["distributed", "rasterio", "eochips.chips", "eochips.engine"])
+                ["eochips._forkserver", "distributed", "rasterio", "eochips.chips", "eochips.engine"])
         if scheduler:
             with Client(scheduler, timeout="30s") as client:
                 yield client

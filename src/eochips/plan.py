@@ -17,8 +17,10 @@ chip-sampling step would have excluded never cost an imagery read, and a strict-
 stops the run before anything is written. Sampling (seed 001's class balance) then draws among
 the surviving units.
 
-``write_plan`` stores the plan in ``{output}/plan/``: ``plan.json`` (the resolved recipe, the
-grids, the summary), ``units.parquet`` (typed columns, EPSG:4326 geometry plus each unit's CRS
+``write_plan`` stores the plan in ``{output}/plan/``: ``plan.json`` (the resolved recipe but its
+``description``, ``reading`` and ``engine``, which go to ``run.json``: they cannot change an
+output byte, so a rerun with other workers keeps the manifest; the grids; the summary),
+``units.parquet`` (typed columns, EPSG:4326 geometry plus each unit's CRS
 and transform) and ``scenes.parquet`` (the scenes per source, hrefs with credentials redacted).
 """
 
@@ -38,7 +40,7 @@ from odc.geo.geobox import GeoBox
 from . import failpoints
 from .chips import LayerRead, MaskRead, SceneRead, StepRead, UnitTask, task_fingerprint
 from .config import Recipe, canonical, is_nan, parse_recipe
-from .config.models import QA_MASKS, RECIPE_VERSION
+from .config.models import NON_OUTPUT_FIELDS, QA_MASKS, RECIPE_VERSION
 from .errors import CatalogError, LabelError, OutputError, ProfileError, ReadError, RecipeError
 from .filters import Reason, label_fraction_check, plan_time_filters
 from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for_aoi, grid_from_raster, load_aoi,
@@ -51,6 +53,8 @@ from .selection import Candidate, Pick, SceneGroup, SelectionContext, SelectionF
 from .writers import OutputStore
 
 PLAN_DIR = "plan"
+RUN_FILE = "run.json"
+"""``plan/run.json``: the recipe's ``description``, ``reading`` and ``engine`` (not in the manifest)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -727,7 +731,12 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
             df.to_parquet(buf, index=False)
             store.write_bytes(f"{PLAN_DIR}/{fname}", buf.getvalue())
             written.append(f"{PLAN_DIR}/{fname}")
-        doc = {"version": RECIPE_VERSION, "recipe": canonical(plan.recipe),
+        recipe = canonical(plan.recipe)
+        # the settings that cannot change an output byte go to run.json, which the manifest leaves out
+        run = {k: recipe.pop(k) for k in NON_OUTPUT_FIELDS}
+        store.write_text(f"{PLAN_DIR}/{RUN_FILE}", json.dumps(run, indent=2, sort_keys=True, default=str))
+        written.append(f"{PLAN_DIR}/{RUN_FILE}")
+        doc = {"version": RECIPE_VERSION, "recipe": recipe,
                "grids": [{"index": g.index, "name": g.name, "tile": g.tile, "crs": g.gbox.crs.to_wkt(),
                           "transform": list(tuple(g.gbox.affine)[:6]), "shape": list(g.gbox.shape)} for g in plan.grids],
                "sources": {n: {"bands": [_band_json(b) for b in sp.bands], "qa": sp.qa.__dict__ if sp.qa else None}
@@ -774,7 +783,8 @@ def load_plan(store: OutputStore) -> Plan:
     if doc.get("version") != RECIPE_VERSION:
         raise OutputError(f"the plan in {store.location!r} was written by another eochips version; plan again "
                           f"(eochips run RECIPE -o {store.location} --overwrite)")
-    recipe = parse_recipe(doc["recipe"])  # "nan" fills (JSON has no NaN) validate back to float NaN
+    run = json.loads(store.read_bytes(f"{PLAN_DIR}/{RUN_FILE}")) if store.exists(f"{PLAN_DIR}/{RUN_FILE}") else {}
+    recipe = parse_recipe({**doc["recipe"], **run})  # "nan" fills (JSON has no NaN) validate back to float NaN
     grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"])
              for g in doc["grids"]]
     sources = resolve_sources(recipe)

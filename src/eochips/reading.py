@@ -56,7 +56,7 @@ DEFAULT_GDAL_ENV: dict[str, str | int | bool] = {
     "GDAL_HTTP_MAX_RETRY": 0,
     "GDAL_HTTP_TIMEOUT": 60,
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "VSI_CACHE": "TRUE",
+    "VSI_CACHE": "FALSE",  # its cached-file layer re-sends a failed range itself (a second retry layer)
     "GDAL_CACHEMAX": 128,
 }
 

@@ -18,8 +18,8 @@ finalizer      writes (at the dataset root)
 ``plots``      ``class_distribution_{split}.png``: pixels per class
 ``tables``     the tables layouts ask for (seed 000's ``fmask_tracker.csv``)
 ``summary``    ``summary.json``: counts by status and reason code, dates, unknown label codes
-``manifest``   ``checksums.sha256`` (sha256sum format, sorted paths, every file but itself and the
-               state: ``state.sqlite`` and the ``state/`` completion markers)
+``manifest``   ``checksums.sha256`` (sha256sum format, sorted paths, every file but itself, the
+               state (``state.sqlite``, the ``state/`` completion markers) and ``plan/run.json``)
 =============  ===================================================================================
 
 Every finalizer reads the state through :func:`eochips.engine.open_state`, which takes in the
@@ -322,7 +322,9 @@ def _plot_classes(hists: list[dict], names: dict[int, str], n_classes: int, titl
 
 def write_manifest(store: OutputStore) -> None:
     """Write ``checksums.sha256`` over every file of the store but itself and the state."""
-    skip = {MANIFEST, STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm"}
+    from ..plan import PLAN_DIR, RUN_FILE
+
+    skip = {MANIFEST, STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm", f"{PLAN_DIR}/{RUN_FILE}"}
     lines = [f"{store.sha256(rel)}  {rel}\n" for rel in store.list_files()
              if rel not in skip and not rel.startswith(MARKERS.split("/")[0] + "/")]
     store.write_text(MANIFEST, "".join(lines))
