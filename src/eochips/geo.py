@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
@@ -118,15 +119,30 @@ def _read_vector_union(path: str | None) -> tuple[BaseGeometry, CRS | None]:
     return shapely.union_all(gdf.geometry.values), (CRS.from_user_input(gdf.crs) if gdf.crs else None)
 
 
-def reproject_geometry(geom: BaseGeometry, src: CRS | str, dst: CRS | str) -> BaseGeometry:
-    """Reproject a shapely geometry (always_xy axis order), densifying edges first (32 steps
-    over the larger side of its bounds)."""
-    src, dst = CRS.from_user_input(src), CRS.from_user_input(dst)
-    if src == dst:
+def reproject_geometry(geom, src: CRS | str, dst: CRS | str):
+    """Reproject a shapely geometry, or an array of them (always_xy axis order), densifying each
+    first (segments of at most 1/32 of the larger side of its bounds)."""
+    tr = _transformer(_crs_key(src), _crs_key(dst))
+    if tr is None:
         return geom
-    dense = shapely.segmentize(geom, max_segment_length=_densify_step(geom))
-    tr = Transformer.from_crs(src, dst, always_xy=True)
+    if isinstance(geom, np.ndarray):
+        b = shapely.bounds(geom)
+        step = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) / 32
+        dense = shapely.segmentize(geom, max_segment_length=np.where(step > 0, step, 1.0))
+    else:
+        dense = shapely.segmentize(geom, max_segment_length=_densify_step(geom))
     return shapely.transform(dense, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+
+
+def _crs_key(crs: CRS | str) -> str:
+    return crs if isinstance(crs, str) else crs.to_wkt()
+
+
+@lru_cache(maxsize=256)
+def _transformer(src: str, dst: str) -> Transformer | None:
+    """The (cached: making one costs milliseconds) transformer between two CRSs; None if equal."""
+    a, b = CRS.from_user_input(src), CRS.from_user_input(dst)
+    return None if a == b else Transformer.from_crs(a, b, always_xy=True)
 
 
 def _densify_step(geom: BaseGeometry) -> float:

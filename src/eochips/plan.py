@@ -402,9 +402,8 @@ def _unit_polygons_ea(units: list[UnitPlan], grids: list[Grid]) -> np.ndarray:
     for i, u in enumerate(units):
         by_grid[u.unit.grid].append(i)
     for gi, idx in by_grid.items():
-        polys = [units[i].unit.polygon for i in idx]
-        for i, p in zip(idx, polys):
-            out[i] = reproject_geometry(p, grids[gi].gbox.crs.to_wkt(), EQUAL_AREA)
+        polys = np.array([units[i].unit.polygon for i in idx], dtype=object)
+        out[idx] = reproject_geometry(polys, grids[gi].gbox.crs.to_wkt(), EQUAL_AREA)
     return out
 
 

@@ -7,8 +7,8 @@ gets a :class:`SelectionContext` and returns the unit's time steps as scene grou
 
 The context holds the unit's area in an equal-area CRS (m^2), the candidate scenes with their
 coverage of that area (percent) and footprints, the picks already made for the unit by other
-sources (for strategies relative to another source), a key for seeded draws (the tile id or
-the unit id) and the source's selection config. The coverage fallback (first threshold with
+sources (for strategies relative to another source), a seeded random generator per unit key
+(the tile id or the unit id) and the source's selection config. The coverage fallback (first threshold with
 enough scenes, seed 001) is one shared loop, :func:`coverage_fallback`, with a stated float
 tolerance :data:`COVERAGE_TOL`.
 
@@ -18,6 +18,7 @@ Add a strategy with ``@register("name")`` next to a config model of ``kind: name
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -89,6 +90,11 @@ class SelectionContext:
     config: Any
     picks: Mapping[str, Sequence[SceneGroup]] = field(default_factory=dict)
     source: str = ""
+
+    def rng(self, seed: int) -> random.Random:
+        """A random generator seeded by ``seed`` and the unit's key: the same draw for every unit
+        of a tile (``per: tile``), a different one per tile, whatever the processing order."""
+        return random.Random(f"{seed}:{self.key}")
 
 
 class SelectionFailed(Exception):

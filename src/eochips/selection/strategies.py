@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import random
-
 from . import Pick, SceneGroup, SelectionContext, SelectionFailed, by_date, coverage_fallback, covering, one_each, register
 
 
@@ -41,7 +39,7 @@ def seeded_by_date(ctx: SelectionContext) -> list[SceneGroup]:
     took the first 6 in API order.)"""
     cfg = ctx.config
     kept = coverage_fallback(ctx, cfg.min_scenes)
-    idx = sorted(random.Random(f"{cfg.seed}:{ctx.key}").sample(range(len(kept)), cfg.n_scenes))
+    idx = sorted(ctx.rng(cfg.seed).sample(range(len(kept)), cfg.n_scenes))
     return one_each([kept[i] for i in idx])
 
 
