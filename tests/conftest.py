@@ -235,6 +235,20 @@ def derived_cloudy_items(items: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
+def local_catalog(hls_dir, tmp_path_factory) -> Path:
+    """A static ItemCollection of the real Exeter granules and their re-dated cloudy stand-ins
+    (:func:`derived_cloudy_items`, Aug-Sep 2021), with absolute local hrefs."""
+    d, items = hls_dir
+    feats = json.loads(json.dumps(items + derived_cloudy_items(items)))
+    for it in feats:
+        for a in it["assets"].values():
+            a["href"] = str(d / a["href"])
+    path = tmp_path_factory.mktemp("localcat") / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return path
+
+
+@pytest.fixture(scope="session")
 def cog_server(hls_dir):
     with RangeServer(hls_dir[0]) as srv:
         yield srv

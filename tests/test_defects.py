@@ -39,17 +39,6 @@ FMASK_RULE = "filters.2.max_pct"
 # helpers and fixtures
 
 
-@pytest.fixture(scope="module")
-def local_cat(hls_dir, tmp_path_factory) -> Path:
-    """A static ItemCollection of the real Exeter granules with absolute local hrefs."""
-    d, items = hls_dir
-    feats = json.loads(json.dumps(items))
-    for it in feats:
-        for a in it["assets"].values():
-            a["href"] = str(d / a["href"])
-    path = tmp_path_factory.mktemp("defects-cat") / "items.json"
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
-    return path
 
 
 def _sha(path: Path) -> str:
@@ -151,7 +140,7 @@ def test_d2_staging_per_store_and_process_and_only_dead_ones_removed(tmp_path, m
 # 2. D5: credentials never travel in tasks
 
 
-def test_d5_tasks_carry_no_credentials_but_workers_build_them(local_cat, cdl_raster, hls_dir, tmp_path, monkeypatch):
+def test_d5_tasks_carry_no_credentials_but_workers_build_them(local_catalog, cdl_raster, hls_dir, tmp_path, monkeypatch):
     """D5 (credentials in every task payload): with ``auth: earthdata`` and ``EARTHDATA_TOKEN``
     set, the tasks of a plan hold the token neither pickled (what goes to the scheduler and the
     workers) nor in their repr (what a log shows), while :func:`eochips.reading.read_env` (what a
@@ -533,10 +522,10 @@ def test_relative_paths_plan_in_one_folder_build_from_another(hls_dir, cdl_raste
 
 
 @pytest.fixture(scope="module")
-def zero_run(local_cat, cdl_raster, tmp_path_factory):
+def zero_run(local_catalog, cdl_raster, tmp_path_factory):
     """A run whose Fmask rule (max_pct 0) drops every unit, its stderr at a log's width (80)."""
     tmp = tmp_path_factory.mktemp("defects-zero")
-    recipe = write_recipe(tmp / "r.yaml", crop_recipe(str(local_cat), cdl_raster, **{FMASK_RULE: 0}))
+    recipe = write_recipe(tmp / "r.yaml", crop_recipe(str(local_catalog), cdl_raster, **{FMASK_RULE: 0}))
     return run_cli("run", str(recipe), "-o", str(tmp / "out"), "--no-progress", env={"COLUMNS": "80"})
 
 
@@ -570,13 +559,13 @@ def test_zero_kept_warning_is_one_line_naming_every_reason(zero_run):
 
 
 @pytest.fixture(scope="module")
-def slow(local_cat, cdl_raster, tmp_path_factory):
+def slow(local_catalog, cdl_raster, tmp_path_factory):
     """The crop recipe with the Fmask rule relaxed (29 of 42 units kept) and ``batch_chips: 1``
     (one Dask task per unit, so completion markers appear one by one over ~4 s: a build that
     can be interrupted in the middle), and a clean run of it (engine settings overridden for
     speed: they do not change an output byte)."""
     tmp = tmp_path_factory.mktemp("defects-slow")
-    recipe = write_recipe(tmp / "crop.yaml", crop_recipe(str(local_cat), cdl_raster,
+    recipe = write_recipe(tmp / "crop.yaml", crop_recipe(str(local_catalog), cdl_raster,
                                                          **{FMASK_RULE: 100, "engine.batch_chips": 1}))
     clean = tmp / "clean"
     proc = run_cli("run", str(recipe), "-o", str(clean), "--no-progress", "--set", "engine.batch_chips=128")

@@ -24,22 +24,12 @@ pytestmark = needs_shared
 V1 = json.loads((Path(__file__).parent / "fixtures" / "pixels-v1.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def static_catalog(hls_dir, tmp_path_factory):
-    d, items = hls_dir
-    feats = json.loads(json.dumps(items + derived_cloudy_items(items)))
-    for it in feats:
-        for a in it["assets"].values():
-            a["href"] = str(d / a["href"])
-    cat = tmp_path_factory.mktemp("pixcat") / "items.json"
-    cat.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
-    return cat
 
 
 @pytest.mark.parametrize("case", ["crop_relaxed_qa", "gap_filling"])
-def test_pixels_equal_engine_v1(case, static_catalog, cdl_raster, tmp_path):
-    data = (crop_recipe(str(static_catalog), cdl_raster, **{FMASK_RULE: 100}) if case == "crop_relaxed_qa"
-            else gap_recipe(str(static_catalog), cdl_raster))
+def test_pixels_equal_engine_v1(case, local_catalog, cdl_raster, tmp_path):
+    data = (crop_recipe(str(local_catalog), cdl_raster, **{FMASK_RULE: 100}) if case == "crop_relaxed_qa"
+            else gap_recipe(str(local_catalog), cdl_raster))
     out = tmp_path / "out"
     proc = run_cli("run", str(write_recipe(tmp_path / "r.yaml", data)), "-o", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]

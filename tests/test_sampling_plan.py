@@ -63,16 +63,6 @@ def top_n(weights: np.ndarray, n: int, seed: int, draws: int) -> list[int]:
     return sorted(i for i in ranked[:n] if hits[i] > 0)
 
 
-@pytest.fixture(scope="module")
-def catalog(hls_dir, tmp_path_factory):
-    d, items = hls_dir
-    feats = json.loads(json.dumps(items))
-    for it in feats:
-        for a in it["assets"].values():
-            a["href"] = str(d / a["href"])
-    cat = tmp_path_factory.mktemp("sampcat") / "items.json"
-    cat.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
-    return cat
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +101,9 @@ def labels(tmp_path_factory):
     return path, ids, np.array(counts, dtype=np.int64), np.array(nodata)
 
 
-def _plan(catalog, labels, sampling: dict):
+def _plan(local_catalog, labels, sampling: dict):
     path = labels[0]
-    data = crop_recipe(str(catalog), path, sampling=sampling)
+    data = crop_recipe(str(local_catalog), path, sampling=sampling)
     return make_plan(parse_recipe(data), probe=True)
 
 
@@ -132,9 +122,9 @@ def test_the_label_raster_is_as_intended(labels):
     assert all(weights[r * COLS + c] > 0 for r, c in NODATA_CHIPS)  # drawn if they were (wrongly) sampled
 
 
-def test_class_balance_keeps_the_top_n_of_the_seeded_draw(catalog, labels):
+def test_class_balance_keeps_the_top_n_of_the_seeded_draw(local_catalog, labels):
     _, ids, counts, nodata = labels
-    plan = _plan(catalog, labels, {"kind": "class-balance", "n": N, "min_classes": MIN_CLASSES, "seed": SEED, "draws": DRAWS})
+    plan = _plan(local_catalog, labels, {"kind": "class-balance", "n": N, "min_classes": MIN_CLASSES, "seed": SEED, "draws": DRAWS})
     assert [u.id for u in plan.units] == ids  # units in (row, col) order
     by_id = {u.id: u for u in plan.units}
 
@@ -166,43 +156,43 @@ def test_class_balance_keeps_the_top_n_of_the_seeded_draw(catalog, labels):
     assert {ids[i] for i in top_n(all_w, N, SEED, DRAWS)} != expected
 
 
-def test_class_balance_keeps_only_positive_weights(catalog, labels):
+def test_class_balance_keeps_only_positive_weights(local_catalog, labels):
     _, ids, counts, nodata = labels
-    plan = _plan(catalog, labels, {"kind": "class-balance", "n": 1000, "seed": 1, "draws": DRAWS})
+    plan = _plan(local_catalog, labels, {"kind": "class-balance", "n": 1000, "seed": 1, "draws": DRAWS})
     positive = {ids[i] for i in range(len(ids)) if not nodata[i] and seed_weight(counts[i]) > 0}
     assert {u.id for u in plan.units if u.status == "planned"} == positive
     assert {u.id for u in plan.units if u.code == "sampling"} == {
         ids[i] for i in range(len(ids)) if not nodata[i]} - positive
 
 
-def test_class_balance_seed_changes_the_draw(catalog, labels):
+def test_class_balance_seed_changes_the_draw(local_catalog, labels):
     _, ids, counts, nodata = labels
     live = [i for i in range(len(ids)) if not nodata[i]]
     weights = np.array([seed_weight(counts[i]) for i in live])
     sets = []
     for seed in (0, 1):
-        plan = _plan(catalog, labels, {"kind": "class-balance", "n": 3, "seed": seed, "draws": 50})
+        plan = _plan(local_catalog, labels, {"kind": "class-balance", "n": 3, "seed": seed, "draws": 50})
         got = {u.id for u in plan.units if u.status == "planned"}
         assert got == {ids[live[j]] for j in top_n(weights, 3, seed, 50)}
         sets.append(got)
     assert sets[0] != sets[1]
 
 
-def test_random_n_through_the_plan(catalog, labels):
+def test_random_n_through_the_plan(local_catalog, labels):
     _, ids, _, nodata = labels
     live = [ids[i] for i in range(len(ids)) if not nodata[i]]
-    plan = _plan(catalog, labels, {"kind": "random-n", "n": 5, "seed": 3})
+    plan = _plan(local_catalog, labels, {"kind": "random-n", "n": 5, "seed": 3})
     expected = {live[j] for j in np.random.default_rng(3).choice(len(live), size=5, replace=False)}
     assert {u.id for u in plan.units if u.status == "planned"} == expected
     assert {u.id for u in plan.units if u.code == "sampling"} == set(live) - expected
     assert sorted(u.id for u in plan.units if u.code == "label-fraction") == [ids[i] for i in np.flatnonzero(nodata)]
     # n above the live units keeps them all
-    plan = _plan(catalog, labels, {"kind": "random-n", "n": 100, "seed": 3})
+    plan = _plan(local_catalog, labels, {"kind": "random-n", "n": 100, "seed": 3})
     assert [u.id for u in plan.units if u.status == "planned"] == live
 
 
-def test_all_keeps_every_unit_the_labels_allow(catalog, labels):
+def test_all_keeps_every_unit_the_labels_allow(local_catalog, labels):
     _, ids, _, nodata = labels
-    plan = _plan(catalog, labels, {"kind": "all"})
+    plan = _plan(local_catalog, labels, {"kind": "all"})
     assert [u.id for u in plan.units if u.status == "planned"] == [ids[i] for i in range(len(ids)) if not nodata[i]]
     assert not any(u.code == "sampling" for u in plan.units)

@@ -341,17 +341,6 @@ def test_cli_upgrade_of_a_version_2_recipe_says_nothing(fixed_env):
 # end to end: engine v1's pixels
 
 
-@pytest.fixture(scope="module")
-def static_catalog(hls_dir, tmp_path_factory):
-    """The Exeter items (+ the re-dated cloudy stand-ins) with local hrefs (as test_pixels_unchanged.py)."""
-    d, items = hls_dir
-    feats = json.loads(json.dumps(items + derived_cloudy_items(items)))
-    for it in feats:
-        for a in it["assets"].values():
-            a["href"] = str(d / a["href"])
-    cat = tmp_path_factory.mktemp("v1cat") / "items.json"
-    cat.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
-    return cat
 
 
 def _run_and_compare(data: dict, case: str, tmp_path: Path) -> None:
@@ -368,15 +357,15 @@ def _run_and_compare(data: dict, case: str, tmp_path: Path) -> None:
 
 
 @needs_shared
-def test_version_1_crop_recipe_builds_engine_v1_pixels(static_catalog, cdl_raster, tmp_path):
-    data = crop_recipe_v1(str(static_catalog), cdl_raster, **{"qa.max_bad_pct": 100})
+def test_version_1_crop_recipe_builds_engine_v1_pixels(local_catalog, cdl_raster, tmp_path):
+    data = crop_recipe_v1(str(local_catalog), cdl_raster, **{"qa.max_bad_pct": 100})
     _run_and_compare(data, "crop_relaxed_qa", tmp_path)
 
 
 @needs_shared
-def test_version_1_gap_filling_recipe_builds_engine_v1_pixels(static_catalog, cdl_raster, tmp_path):
+def test_version_1_gap_filling_recipe_builds_engine_v1_pixels(local_catalog, cdl_raster, tmp_path):
     builtin = yaml.safe_load((V1_DIR / "hls-gap-filling.yaml").read_text())
-    data = crop_recipe_v1(str(static_catalog), cdl_raster, **{"qa.max_bad_pct": 100})
+    data = crop_recipe_v1(str(local_catalog), cdl_raster, **{"qa.max_bad_pct": 100})
     data["name"] = builtin["name"]
     data["cloud_masks"] = dict(builtin["cloud_masks"], datetime="2021-06-01/2021-09-30")
     assert data["qa"]["max_bad_pct"] == 100

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import RecipeError
+from .registry import Registry
 
 REASON_CODES = ("nodata", "nan", "value", "fmask-bad-pct", "mask-fraction", "label-fraction", "selection", "sampling", "io")
 
@@ -45,31 +45,9 @@ class Reason:
 
 
 Filter = Callable[[Any, Any], tuple[dict[str, Any], "Reason | None"]]
-FILTERS: dict[str, Filter] = {}
-
-
-def register(name: str) -> Callable[[Filter], Filter]:
-    """Register a filter under ``name`` (the ``kind`` of its config)."""
-
-    def deco(fn: Filter) -> Filter:
-        FILTERS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_filter(name: str) -> Filter:
-    """The filter registered as ``name``.
-
-    Raises
-    ------
-    RecipeError
-        Unknown name (the message lists the registered filters).
-    """
-    try:
-        return FILTERS[name]
-    except KeyError:
-        raise RecipeError(f"unknown filter kind {name!r}; valid: {', '.join(sorted(FILTERS))}") from None
+FILTERS = Registry("filter")
+register = FILTERS.register
+get_filter = FILTERS.lookup
 
 
 def apply_filters(filters, data) -> Reason | None:

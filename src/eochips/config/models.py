@@ -49,6 +49,39 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_interval(v: str | None) -> str | None:
+    """An RFC 3339 interval ``START/END`` (dates or datetimes; ``..`` or empty for an open end).
+
+    Raises
+    ------
+    ValueError
+        Not two parts, a part that is not ISO 8601, or START after END.
+    """
+    if v is None:
+        return v
+    parts = v.split("/")
+    if len(parts) != 2:
+        raise ValueError("expected an interval 'START/END' (e.g. 2022-03-01/2022-09-30; '..' for an open end)")
+    start, end = (p.strip() for p in parts)
+    from datetime import datetime as _dt
+
+    for part in (start, end):
+        if part not in ("", ".."):
+            try:
+                _dt.fromisoformat(part.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"{part!r} is not an ISO 8601 date or datetime (e.g. 2022-03-01)") from None
+    if start not in ("", "..") and end not in ("", "..") and start[:10] > end[:10]:
+        raise ValueError(f"start {start!r} is after end {end!r}")
+    return v
+
+
+def _unit_id(v: str | None) -> str | None:
+    if v is not None:
+        check_template(v, {"row", "col", "grid", "tile"}, need_any=({"row", "col"},))
+    return v
+
+
 def _regex(v: str | None) -> str | None:
     if v is not None:
         try:
@@ -84,8 +117,7 @@ class AOIConfig(_Model):
 # sources: search, profile, bands, selection, composite
 
 class CloudCover(_Model):
-    """Bounds on the item property ``eo:cloud_cover`` (percent, inclusive); a shorthand that is
-    added to ``search.filter`` with AND."""
+    """Bounds on the item property ``eo:cloud_cover`` (percent, inclusive)."""
 
     min: float | None = Field(None, ge=0, le=100, description="Keep items with eo:cloud_cover >= min.")
     max: float | None = Field(None, ge=0, le=100, description="Keep items with eo:cloud_cover <= max.")
@@ -126,23 +158,7 @@ class SearchConfig(_Model):
     @field_validator("datetime")
     @classmethod
     def _interval(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        parts = v.split("/")
-        if len(parts) != 2:
-            raise ValueError("expected an interval 'START/END' (e.g. 2022-03-01/2022-09-30; '..' for an open end)")
-        start, end = (p.strip() for p in parts)
-        from datetime import datetime as _dt
-
-        for part in (start, end):
-            if part not in ("", ".."):
-                try:
-                    _dt.fromisoformat(part.replace("Z", "+00:00"))
-                except ValueError:
-                    raise ValueError(f"{part!r} is not an ISO 8601 date or datetime (e.g. 2022-03-01)") from None
-        if start not in ("", "..") and end not in ("", "..") and start[:10] > end[:10]:
-            raise ValueError(f"start {start!r} is after end {end!r}")
-        return v
+        return check_interval(v)
 
     @field_validator("filter")
     @classmethod
@@ -370,9 +386,7 @@ class ChipUnits(_Model):
     @field_validator("id")
     @classmethod
     def _template(cls, v):
-        if v is not None:
-            check_template(v, {"row", "col", "grid", "tile"}, need_any=({"row", "col"},))
-        return v
+        return _unit_id(v)
 
 
 class TileUnits(_Model):
@@ -388,9 +402,7 @@ class TileUnits(_Model):
     @field_validator("id")
     @classmethod
     def _template(cls, v):
-        if v is not None:
-            check_template(v, {"row", "col", "grid", "tile"}, need_any=({"row", "col"},))
-        return v
+        return _unit_id(v)
 
 
 Units = Annotated[Union[ChipUnits, TileUnits], Field(discriminator="kind")]

@@ -14,25 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .models import AOIConfig, CloudCover, check_interval  # unchanged from version 1
+
 V1_STRATEGIES = ("all", "first-middle-last", "least-cloudy")
 """The selection strategies a version-1 recipe could name (version 2 has more, as ``kind``)."""
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CloudCover(_Model):
-    """Bounds on the item property ``eo:cloud_cover`` (percent, inclusive)."""
-
-    min: float | None = Field(None, ge=0, le=100, description="Keep items with eo:cloud_cover >= min.")
-    max: float | None = Field(None, ge=0, le=100, description="Keep items with eo:cloud_cover <= max.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "CloudCover":
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
-        return self
 
 
 class SearchConfig(_Model):
@@ -59,23 +48,7 @@ class SearchConfig(_Model):
     @field_validator("datetime")
     @classmethod
     def _interval(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        parts = v.split("/")
-        if len(parts) != 2:
-            raise ValueError(f"expected 'START/END', got {v!r}")
-        start, end = (p.strip() for p in parts)
-        from datetime import datetime as _dt
-
-        for part in (start, end):
-            if part not in ("", ".."):
-                try:
-                    _dt.fromisoformat(part.replace("Z", "+00:00"))
-                except ValueError:
-                    raise ValueError(f"{part!r} is not an ISO 8601 date or datetime (e.g. 2022-03-01)") from None
-        if start not in ("", "..") and end not in ("", "..") and start[:10] > end[:10]:
-            raise ValueError(f"start {start!r} is after end {end!r}")
-        return v
+        return check_interval(v)
 
     @field_validator("id_pattern")
     @classmethod
@@ -86,25 +59,6 @@ class SearchConfig(_Model):
             except re.error as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return v
-
-
-class AOIConfig(_Model):
-    """The area of interest: exactly one of ``bbox``, ``geometry`` or ``path``."""
-
-    bbox: tuple[float, float, float, float] | None = Field(None, description="minx, miny, maxx, maxy in `crs`.")
-    geometry: dict[str, Any] | None = Field(None, description="GeoJSON Geometry, Feature or FeatureCollection.")
-    path: str | None = Field(None, description="A vector file (GeoJSON, GeoPackage) whose union is the AOI.")
-    crs: str = Field("EPSG:4326", description="CRS of bbox / geometry (GeoJSON is EPSG:4326 unless said otherwise).")
-
-    @model_validator(mode="after")
-    def _one_of(self) -> "AOIConfig":
-        given = [k for k in ("bbox", "geometry", "path") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of bbox, geometry, path (got {given or 'none'})")
-        if self.bbox is not None and not (self.bbox[0] < self.bbox[2] and self.bbox[1] < self.bbox[3]):
-            hint = " (a bbox crossing the antimeridian must be split in two)" if self.bbox[0] > self.bbox[2] else ""
-            raise ValueError(f"bbox must be minx < maxx and miny < maxy, got {list(self.bbox)}{hint}")
-        return self
 
 
 class GridConfig(_Model):

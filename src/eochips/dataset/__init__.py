@@ -40,6 +40,7 @@ from .. import failpoints
 from ..config.models import FINALIZERS as FINALIZER_NAMES
 from ..engine import MARKERS, STATE_FILE, open_state
 from ..plan import Plan, class_names, load_plan, make_tasks
+from ..registry import Registry
 from ..writers import OutputStore
 
 MANIFEST = "checksums.sha256"
@@ -64,17 +65,8 @@ class Context:
 
 
 Finalizer = Callable[[Context], None]
-FINALIZERS: dict[str, Finalizer] = {}
-
-
-def register(name: str) -> Callable[[Finalizer], Finalizer]:
-    """Register a finalizer under ``name`` (a name of ``dataset.finalizers``)."""
-
-    def deco(fn: Finalizer) -> Finalizer:
-        FINALIZERS[name] = fn
-        return fn
-
-    return deco
+FINALIZERS = Registry("finalizer")
+register = FINALIZERS.register
 
 
 def split_ids(ids: list[str], seed: int = 42, train_fraction: float = 0.8) -> tuple[list[str], list[str]]:

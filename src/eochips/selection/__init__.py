@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from shapely.geometry.base import BaseGeometry
 
-from ..errors import RecipeError
+from ..registry import Registry
 from ..search import Scene
 
 COVERAGE_TOL = 1e-6
@@ -102,31 +102,9 @@ class SelectionFailed(Exception):
 
 
 Strategy = Callable[[SelectionContext], list[SceneGroup]]
-STRATEGIES: dict[str, Strategy] = {}
-
-
-def register(name: str) -> Callable[[Strategy], Strategy]:
-    """Register a selection strategy under ``name`` (the ``kind`` of its config)."""
-
-    def deco(fn: Strategy) -> Strategy:
-        STRATEGIES[name] = fn
-        return fn
-
-    return deco
-
-
-def get_strategy(name: str) -> Strategy:
-    """The strategy registered as ``name``.
-
-    Raises
-    ------
-    RecipeError
-        Unknown name (the message lists the registered strategies).
-    """
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise RecipeError(f"unknown selection kind {name!r}; valid: {', '.join(sorted(STRATEGIES))}") from None
+STRATEGIES = Registry("selection")
+register = STRATEGIES.register
+get_strategy = STRATEGIES.lookup
 
 
 def by_date(cands: Sequence[Candidate]) -> list[Candidate]:

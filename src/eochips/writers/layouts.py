@@ -31,36 +31,15 @@ import numpy as np
 from .. import failpoints
 from ..config import is_nan
 from ..errors import RecipeError
+from ..registry import Registry
 from .cog import write_cog
 from .store import OutputStore, check_relative
 
 CHIPS_DIR = "chips"
 Layout = Callable[[Any, Any, OutputStore, dict], tuple[dict[str, str], dict[str, Any]]]
-LAYOUTS: dict[str, Layout] = {}
-
-
-def register(name: str) -> Callable[[Layout], Layout]:
-    """Register a layout under ``name`` (the ``kind`` of its config)."""
-
-    def deco(fn: Layout) -> Layout:
-        LAYOUTS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_layout(name: str) -> Layout:
-    """The layout registered as ``name``.
-
-    Raises
-    ------
-    RecipeError
-        Unknown name (the message lists the registered layouts).
-    """
-    try:
-        return LAYOUTS[name]
-    except KeyError:
-        raise RecipeError(f"unknown layout kind {name!r}; valid: {', '.join(sorted(LAYOUTS))}") from None
+LAYOUTS = Registry("layout")
+register = LAYOUTS.register
+get_layout = LAYOUTS.lookup
 
 
 def write_layouts(task, data) -> tuple[dict[str, str], dict[str, Any]]:
