@@ -182,3 +182,19 @@ def test_batches_are_in_numeric_row_order_not_id_order(tmp_path):
     assert sorted(t.unit_id for t in tasks) != [t.unit_id for t in tasks]  # the string order differs
     (batch,) = make_batches(list(reversed(tasks)), workers=1)
     assert [t.key[1] for t in batch] == rows
+
+
+def test_warp_threads_are_each_workers_share_of_the_cores(monkeypatch):
+    """D9: N worker processes on a C-core host get C // N warp threads each (at least 1), not C
+    each (engine v1: min(reading.threads, cores) per worker, cores^2 in all); and asking for a
+    pool of another size never shuts down a pool a running task may be using."""
+    import os
+
+    from eochips.chips import _pool, cpu_share
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [cpu_share(n) for n in (1, 2, 4, 16, 32)] == [16, 8, 4, 1, 1]
+    a = _pool("cpu-test", 2)
+    b = _pool("cpu-test", 3)
+    assert a is not b and a.submit(lambda: 41 + 1).result() == 42  # the first pool still runs work
+    assert _pool("cpu-test", 2) is a

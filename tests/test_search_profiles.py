@@ -183,3 +183,17 @@ def test_cql2_filter_sort_and_max_items_agree_on_api_and_static(stac_api, hls_di
     for catalog in (stac_api, str(static)):
         with pytest.raises(NoScenesError):
             search(SearchConfig(catalog=catalog, collections=["HLSS30_2.0"], filter="\"s2:nodata_pixel_percentage\" <= 20"), aoi)
+
+
+def test_scene_is_frozen_hashable_and_picklable():
+    """D10: a Scene held dicts, so it was neither hashable nor truly frozen."""
+    import pickle
+
+    s = scene_from_item(_items("stacgeoparquet__sentinel-2-l2a-pc.json")[0])
+    assert {s: 1}[s] == 1 and hash(s) == hash(pickle.loads(pickle.dumps(s)))
+    with pytest.raises(TypeError):
+        s.assets["B02"] = "elsewhere"
+    with pytest.raises(TypeError):
+        s.properties["eo:cloud_cover"] = 0
+    assert json.loads(json.dumps(s.to_item()))["properties"]["eo:cloud_cover"] == s.cloud_cover
+    assert s.asset_fields["B02"]["proj:shape"] == (10980, 10980)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import crop_recipe, needs_shared, run_cli, write_recipe
+from conftest import crop_recipe, derived_cloudy_items, gap_recipe, needs_shared, run_cli, write_recipe
 from servers import RangeServer
 
 pytestmark = needs_shared
@@ -31,7 +31,7 @@ def _leaks(root: Path, texts: list[str]) -> list[str]:
 def signed_catalog(hls_dir, tmp_path):
     d, items = hls_dir
     with RangeServer(d, require_query=f"sig={SIG}") as srv:
-        feats = json.loads(json.dumps(items))
+        feats = json.loads(json.dumps(items + derived_cloudy_items(items)))
         for it in feats:
             it["id"] = "../../" + it["id"]  # hostile ids must not steer any path
             for a in it["assets"].values():
@@ -46,9 +46,11 @@ def test_token_and_sas_never_written_or_logged(signed_catalog, cdl_raster, tmp_p
     recipe = write_recipe(tmp_path / "r.yaml", crop_recipe(str(cat), cdl_raster, **{"sources.hls.search.auth": "earthdata"}))
     out = tmp_path / "work" / "out"
     env = {"EARTHDATA_TOKEN": TOKEN}
+    # the stages one by one, on the two-source gap-filling recipe: build must get the signed hrefs
+    # of both sources back by fetching their scenes again (engine v1 searched the main source only)
+    gap = write_recipe(tmp_path / "gap.yaml", gap_recipe(str(cat), cdl_raster, **{"sources.hls.search.auth": "earthdata"}))
     runs = [run_cli("run", str(recipe), "-o", str(out), "--no-progress", env=env),
-            # the stages one by one: build must get the signed hrefs back by searching again
-            run_cli("plan", str(recipe), "-o", str(tmp_path / "work" / "staged"), env=env),
+            run_cli("plan", str(gap), "-o", str(tmp_path / "work" / "staged"), env=env),
             run_cli("build", str(tmp_path / "work" / "staged"), "--no-progress", env=env),
             run_cli("finalize", str(tmp_path / "work" / "staged"), env=env)]
     for proc in runs:
@@ -56,12 +58,19 @@ def test_token_and_sas_never_written_or_logged(signed_catalog, cdl_raster, tmp_p
         assert TOKEN not in proc.stdout + proc.stderr and SIG not in proc.stdout + proc.stderr
     assert f"Bearer {TOKEN}" in srv.authorization  # the token was really used for the reads
     assert json.loads((out / "summary.json").read_text())["kept"] > 0
-    assert (out / "checksums.sha256").read_text() == (tmp_path / "work" / "staged" / "checksums.sha256").read_text()
+    staged = tmp_path / "work" / "staged"
+    assert json.loads((staged / "summary.json").read_text())["kept"] > 0
+    assert len(list((staged / "chips").glob("*_cmask.tif"))) > 0  # the cloudy source's signed hrefs were restored
+    # the chips both recipes share are the same bytes
+    ours = {ln.split("  ")[1]: ln.split("  ")[0] for ln in (out / "checksums.sha256").read_text().splitlines()}
+    theirs = {ln.split("  ")[1]: ln.split("  ")[0] for ln in (staged / "checksums.sha256").read_text().splitlines()}
+    shared = [k for k in ours if k.startswith("chips/") and k in theirs]
+    assert shared and all(ours[k] == theirs[k] for k in shared)
     assert _leaks(tmp_path / "work", [TOKEN, SIG]) == []
     assert "REDACTED" in (out / "plan" / "scenes.parquet").read_bytes().decode("latin-1")
     # nothing was written outside the output folders despite '../../' item ids
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["out", "staged"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["items.json", "r.yaml", "work"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gap.yaml", "items.json", "r.yaml", "work"]
 
 
 def test_failure_messages_are_redacted(signed_catalog, cdl_raster, tmp_path):
