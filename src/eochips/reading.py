@@ -511,14 +511,14 @@ def read_onto(
     Returns
     -------
     ndarray
-        ``(y, x)`` array of ``shape``; fill where the source has no data or does not reach.
+        ``(y, x)`` array of ``shape``; where the source has no data or does not reach, its fill
+        (declared in the file, else ``src_nodata``, else 0).
 
     Raises
     ------
     ReadError
-        Permanent failure (missing asset, not a raster, no CRS).
-    TransientReadError
-        Still failing after the retries.
+        A permanent failure (HTTP 4xx, missing asset, not a raster, no CRS), or a transient one
+        still failing after ``max_retries`` retries (the message says "gave up after N attempts").
     """
     kw = dict(band=band, resampling=resampling, src_nodata=src_nodata, env=env, max_retries=max_retries,
               retries=retries, cache=cache)
