@@ -148,6 +148,20 @@ def test_float_band_without_nodata_fills_with_nan(tmp_path):
             assert row.nan_pixels > 0 and not (out / "chips" / f"{uid}.tif").exists()
     half = dropped[dropped.reason_code == "nan"].iloc[0]
     assert 0 < half.nan_pixels < n * n  # partly outside: NaN where the DEM does not reach, values where it does
+    # D7: the band statistics of a float band: streamed, NaN excluded, from the files' own dtype
+    stats = json.loads((out / "stats.json").read_text())["bands"]["elevation"]
+    train = [ln.strip() for ln in (out / "train_ids.csv").read_text().splitlines()[1:]]
+    vals = []
+    for uid in train:
+        with rasterio.open(out / "chips" / f"{uid}.tif") as ds:
+            v = ds.read(1).ravel()
+        vals.append(v[~np.isnan(v)].astype(np.float64))
+    v = np.concatenate(vals)
+    assert stats["count"] == v.size and stats["mean"] == pytest.approx(v.mean(), rel=1e-9)
+    assert stats["std"] == pytest.approx(v.std(), rel=1e-9) and stats["minimum"] == v.min() and stats["maximum"] == v.max()
+    for q, key in ((1.5, "min"), (98.5, "max")):  # float percentiles: within 2**-9 of their magnitude
+        assert stats[key] == pytest.approx(np.percentile(v, q), rel=2 ** -9 + 2 ** -23)
+    assert stats["exact"] is False
 
 
 # --------------------------------------------------------------------------------------
