@@ -114,19 +114,13 @@ def test_object_storage_output_equals_local(recipe, local_run, s3, tmp_path):
     url = "s3://eochips-test/datasets/crop"
     proc = run_cli("run", str(recipe), "-o", url, "--no-progress", env=s3 | {"EOCHIPS_STATE_DIR": str(tmp_path / "state")})
     assert proc.returncode == 0, proc.stderr
-    old = {k: os.environ.get(k) for k in s3}
-    os.environ.update(s3)
-    try:
+    def bucket_files():
         import fsspec
 
         fs = fsspec.filesystem("s3")
-        remote = {p.split("datasets/crop/", 1)[1]: fs.cat_file(p) for p in fs.find("eochips-test/datasets/crop")}
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        return {p.split("datasets/crop/", 1)[1]: fs.cat_file(p) for p in fs.find("eochips-test/datasets/crop")}
+
+    remote = with_env(s3, bucket_files)
     local = {p.relative_to(local_run).as_posix(): p.read_bytes() for p in local_run.rglob("*") if p.is_file()}
     state = lambda files: {k for k in files if k.startswith("state")}  # noqa: E731 - the state, not the dataset
     assert "state.sqlite" in remote  # a snapshot of the state travels with the dataset
