@@ -55,11 +55,9 @@ def build_hls_granules(dst: Path) -> list[dict]:
     GeoTIFF ``datetime`` tag (UTC), footprint from the valid-data mask, eo:cloud_cover as the
     percent of valid Fmask pixels with the cloud or cloud-shadow bit (HLS CLOUD_COVERAGE)."""
     import rasterio
-    import shapely
-    from rasterio.features import shapes
-    from shapely.geometry import mapping, shape
+    from shapely.geometry import mapping
 
-    from eochips.geo import reproject_geometry
+    from realdata import footprint
 
     dst.mkdir(parents=True, exist_ok=True)
     items = []
@@ -79,8 +77,7 @@ def build_hls_granules(dst: Path) -> list[dict]:
             fm = np.where(arr[4] == -9999, 255, np.clip(arr[4], 0, 254)).astype(np.uint8)
             _write_cog(dst / f"{gid}.Fmask.tif", fm, dict(prof, dtype="uint8", nodata=255))
             assets["Fmask"] = {"href": f"{gid}.Fmask.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]}
-            polys = [shape(g) for g, v in shapes(valid.astype(np.uint8), mask=valid, transform=ds.transform) if v == 1]
-            foot = reproject_geometry(shapely.union_all(polys), ds.crs, "EPSG:4326")
+            foot = footprint(valid, ds.crs, ds.transform)
             fv = fm[fm != 255].astype(int)
             cloud = round(100.0 * float((((fv >> 1) & 1) | ((fv >> 3) & 1)).mean()), 2)
             items.append({
