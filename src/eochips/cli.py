@@ -19,6 +19,7 @@ from typing import Any, Callable, List, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import EochipsError
@@ -36,7 +37,7 @@ def _guard(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except EochipsError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)  # a value may hold [..]
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted: finished units are kept; rerun the same command to resume", highlight=False, markup=False)
@@ -44,6 +45,7 @@ def _guard(fn: Callable[[], Any]) -> Any:
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    from .config.loading import parse_set_value
     from .errors import RecipeError
 
     out: dict[str, Any] = {}
@@ -51,7 +53,10 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
         if "=" not in p:
             raise RecipeError(f"--set {p!r}: expected KEY=VALUE, e.g. units.size=32 (a list item: masks.sources.0.kind=scl)")
         k, v = p.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        k = k.strip()
+        if not k or any(part == "" for part in k.split(".")):
+            raise RecipeError(f"--set {p!r}: the key {k!r} is not a dotted recipe key, e.g. units.size")
+        out[k] = parse_set_value(k, v)
     return out
 
 

@@ -35,14 +35,28 @@ class RecipeUpgradeWarning(FutureWarning):
     """A version-1 recipe was read and upgraded to version 2 (shown once per process)."""
 
 
-def _expand(obj: Any) -> Any:
-    """``${VAR}`` and ``${VAR:-default}`` in strings (as in the shell: the default when VAR is unset or empty)."""
+def _expand(obj: Any, key: str = "") -> Any:
+    """``${VAR}`` and ``${VAR:-default}`` in strings (as in the shell: the default when VAR is
+    unset or empty). ``${VAR}`` without a default and VAR unset is an error naming the key.
+
+    Raises
+    ------
+    RecipeError
+        A ``${VAR}`` without a default whose variable is not set.
+    """
     if isinstance(obj, str):
-        return _ENV.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), obj)
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if default is None and name not in os.environ:
+                raise RecipeError(f"recipe field {key or '(top level)'!r}: environment variable {name} is not set "
+                                  f"(set it, or give a default: ${{{name}:-value}})")
+            return os.environ.get(name) or (default or "")
+
+        return _ENV.sub(sub, obj)
     if isinstance(obj, list):
-        return [_expand(v) for v in obj]
+        return [_expand(v, f"{key}.{i}" if key else str(i)) for i, v in enumerate(obj)]
     if isinstance(obj, dict):
-        return {k: _expand(v) for k, v in obj.items()}
+        return {k: _expand(v, f"{key}.{k}" if key else str(k)) for k, v in obj.items()}
     return obj
 
 
@@ -62,13 +76,28 @@ def recipe_text(name_or_path: str | os.PathLike) -> tuple[str, Path | None]:
     """
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
+        if p.is_dir():
+            raise RecipeError(f"recipe {str(p)!r} is a folder, not a recipe file (a .yaml file or a built-in recipe name)")
         if not p.is_file():
             raise RecipeError(f"recipe file {str(p)!r} does not exist; built-in recipes: {', '.join(builtin_recipes())}")
-        return p.read_text(encoding="utf-8"), p.resolve().parent
+        return _read_text(p), p.resolve().parent
     name = str(name_or_path)
     if name in builtin_recipes():
         return (resources.files("eochips") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8"), None
     raise RecipeError(f"unknown recipe {name!r}: not a file and not one of the built-in recipes ({', '.join(builtin_recipes())})")
+
+
+def _read_text(p: Path) -> str:
+    """The UTF-8 text of a recipe file (one error line naming the file otherwise)."""
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"recipe file {str(p)!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe file {str(p)!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          "save it as UTF-8") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -85,7 +114,52 @@ def set_dotted(data: dict, key: str, value: Any) -> dict:
     """
     if not isinstance(data, dict):
         raise RecipeError("recipe: expected a mapping at the top level")
-    return _set(data, key.split("."), value, key)
+    parts = key.split(".")
+    if data.get("version") == 2:
+        _check_missing_list(data, parts, key)
+    return _set(data, parts, value, key)
+
+
+def _check_missing_list(data: dict, parts: list[str], key: str) -> None:
+    """Refuse ``a.b.0`` when ``a.b`` is a list field the recipe does not set (there is no item
+    0 to set; setting it would make a mapping ``{"0": ...}``)."""
+    cur: Any = data
+    for j, part in enumerate(parts):
+        if cur is None and j > 0 and re.fullmatch(r"-?\d+", part):
+            alts = _field_alts(data, parts[:j])
+            if any(typing.get_origin(a) in (list, tuple) for a in alts) and not any(
+                    typing.get_origin(a) is dict or (isinstance(a, type) and issubclass(a, BaseModel)) for a in alts):
+                field = ".".join(parts[:j])
+                raise RecipeError(f"--set {key!r}: {field!r} is not set in the recipe, so it has no item {part}; "
+                                  f"set the whole list, e.g. --set '{field}=[...]'")
+            return
+        if isinstance(cur, dict):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and re.fullmatch(r"-?\d+", part) and -len(cur) <= int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return
+
+
+def _field_alts(data: Any, loc: list[str]) -> list[Any]:
+    """The alternatives of the annotation of the recipe field at ``loc`` (followed through
+    ``data`` for tagged variants), or [] when it is not a known field."""
+    ann, cur = Recipe, data
+    for part in loc:
+        alts = _unwrap(ann)
+        models = [a for a in alts if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = _model_for(alts, cur) or (models[0] if len(models) == 1 else None)
+        if model is not None:
+            if part not in model.model_fields:
+                return []
+            ann = model.model_fields[part].annotation
+        else:
+            inner = next((typing.get_args(a)[-1] for a in alts if typing.get_origin(a) in (list, dict)), None)
+            if inner is None:
+                return []
+            ann = inner
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return _unwrap(ann)
 
 
 def _set(node: Any, parts: list[str], value: Any, key: str) -> Any:
@@ -390,20 +464,120 @@ def _v1_keys_to_v2(key: str, data: dict) -> list[str]:
     return [{"grid.label_raster": "grid.path", "grid": "grid"}.get(key, key)]
 
 
+MAX_ALIAS_VALUES = 100_000
+"""Most values YAML aliases may add to a recipe (``*a`` repeats its anchor's values; a few
+hundred bytes of nested aliases can stand for 10^8 values)."""
+MAX_DEPTH = 100
+"""Most levels of nesting in a recipe."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python tags) that checks each document's node tree before any
+    value is built: no duplicate key, at most :data:`MAX_ALIAS_VALUES` values added by aliases,
+    no alias inside itself, at most :data:`MAX_DEPTH` levels (:func:`_check_tree`)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_tree(node)
+        return node
+
+
+class _TreeError(Exception):
+    """A problem of the node tree: the message and the node it is about."""
+
+    def __init__(self, message: str, node: yaml.Node):
+        super().__init__(message)
+        self.node = node
+
+
+def _check_tree(root: yaml.Node) -> None:
+    """Size, duplicate keys and recursion of a composed YAML node tree (aliases are the same
+    node object seen again: each is checked once, its size counted at every use).
+
+    Raises
+    ------
+    _TreeError
+        Naming the problem and the dotted key where it is.
+    """
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+    distinct = 0
+
+    def size(node: yaml.Node, key: str, depth: int) -> int:
+        nonlocal distinct
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in busy:
+            raise _TreeError(f"key {key or '(top level)'!r} holds an alias of itself (a recursive structure)", node)
+        if depth > MAX_DEPTH:
+            raise _TreeError(f"key {key!r} is nested more than {MAX_DEPTH} levels deep", node)
+        busy.add(id(node))
+        distinct += 1
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                n += size(item, f"{key}.{i}" if key else str(i), depth + 1)
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[str, yaml.Node] = {}
+            for k, v in node.value:
+                name = str(k.value) if isinstance(k, yaml.ScalarNode) else "?"
+                where = f"{key}.{name}" if key else name
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if name in seen:
+                        first = seen[name].start_mark.line + 1
+                        raise _TreeError(f"duplicate key {where!r} (first at line {first}); give each key once", k)
+                    seen[name] = k
+                n += size(k, where, depth + 1) + size(v, where, depth + 1)
+        busy.discard(id(node))
+        sizes[id(node)] = n
+        if n - distinct > MAX_ALIAS_VALUES:
+            raise _TreeError(f"key {key or '(top level)'!r}: its aliases expand to more than {MAX_ALIAS_VALUES} values "
+                             "(nested YAML aliases?); write the values out or use fewer aliases", node)
+        return n
+
+    size(root, "", 0)
+
+
 def read_yaml(text: str, name: str) -> Any:
-    """Parse recipe YAML safely (no Python tags).
+    """Parse recipe YAML safely: no Python tags, no duplicate keys, bounded aliases and nesting
+    (:class:`_RecipeLoader`).
 
     Raises
     ------
     RecipeError
-        Not valid YAML, with the line and column.
+        Not valid YAML, with the line and column; a duplicate key, an alias bomb or a recursive
+        alias, naming the key and the line.
     """
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except _TreeError as exc:
+        raise RecipeError(f"recipe {name!r} at line {exc.node.start_mark.line + 1}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"recipe {name!r} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise RecipeError(f"recipe {name!r} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {name!r} is nested too deeply (more than {MAX_DEPTH} levels)") from None
+
+
+def parse_set_value(key: str, text: str) -> Any:
+    """The value of ``--set KEY=TEXT``, read as YAML like the recipe (``32``, ``[1, 2]``, ``null``).
+
+    Raises
+    ------
+    RecipeError
+        TEXT is not valid YAML (an unclosed ``[``, a tab, a ``!!python`` tag), naming the key.
+    """
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    except _TreeError as exc:
+        raise RecipeError(f"--set {key!r}: {exc}") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"--set {key!r}: the value {text!r} is not valid YAML ({problem}); "
+                          "quote a string, e.g. --set 'name=\"my name\"'") from None
+    except RecursionError:
+        raise RecipeError(f"--set {key!r}: the value is nested too deeply") from None
 
 
 def load_recipe(name_or_path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Recipe:
