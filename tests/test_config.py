@@ -196,7 +196,7 @@ def test_env_expansion(tmp_path, monkeypatch):
     monkeypatch.delenv("EOCHIPS_T_UNSET", raising=False)
     data = base()
     data["name"] = "${EOCHIPS_T_NAME}"
-    data["description"] = "from ${EOCHIPS_T_UNSET:-a default} and [${EOCHIPS_T_UNSET}] in ${EOCHIPS_T_NAME}"
+    data["description"] = "from ${EOCHIPS_T_UNSET:-a default} and [${EOCHIPS_T_UNSET:-}] in ${EOCHIPS_T_NAME}"
     data["sources"]["hls"]["search"]["collections"] = ["${EOCHIPS_T_COLL}", "${EOCHIPS_T_UNSET:-HLSL30_2.0}"]
     data["grid"]["path"] = "/data/${EOCHIPS_T_UNSET:-cdl}/${EOCHIPS_T_NAME}.tif"
     data["sources"]["hls"]["search"]["catalog"] = "/cat/$EOCHIPS_T_NAME/{EOCHIPS_T_NAME}.json"  # not ${...}: kept

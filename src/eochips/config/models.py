@@ -46,11 +46,20 @@ NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no .inf / .nan unless a field says so
+
+
+Fill = Annotated[float, Field(allow_inf_nan=True)]
+"""A fill (nodata) value: any number, NaN included (``.nan`` for a float band)."""
 
 
 def check_interval(v: str | None) -> str | None:
     """An RFC 3339 interval ``START/END`` (dates or datetimes; ``..`` or empty for an open end).
+
+    The ends are compared as instants: a datetime with an offset (``Z``, ``+02:00``) is that
+    instant; a date or a datetime without an offset is UTC; a date-only END covers that whole
+    day (as :func:`eochips.search.scene.parse_interval` reads it), so
+    ``2021-06-01/2021-07-31T23:59:59Z`` and ``2021-06-01T12:00:00Z/2021-06-01`` are valid.
 
     Raises
     ------
@@ -63,17 +72,28 @@ def check_interval(v: str | None) -> str | None:
     if len(parts) != 2:
         raise ValueError("expected an interval 'START/END' (e.g. 2022-03-01/2022-09-30; '..' for an open end)")
     start, end = (p.strip() for p in parts)
-    from datetime import datetime as _dt
-
-    for part in (start, end):
-        if part not in ("", ".."):
-            try:
-                _dt.fromisoformat(part.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError(f"{part!r} is not an ISO 8601 date or datetime (e.g. 2022-03-01)") from None
-    if start not in ("", "..") and end not in ("", "..") and start[:10] > end[:10]:
+    when = [_instant(part, is_end=i == 1) for i, part in enumerate((start, end))]
+    if when[0] is not None and when[1] is not None and when[0] > when[1]:
         raise ValueError(f"start {start!r} is after end {end!r}")
     return v
+
+
+def _instant(part: str, is_end: bool):
+    """The UTC instant of one end of an interval (None for an open end); see :func:`check_interval`."""
+    from datetime import datetime as _dt
+    from datetime import timedelta, timezone
+
+    if part in ("", ".."):
+        return None
+    try:
+        dt = _dt.fromisoformat(part.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{part!r} is not an ISO 8601 date or datetime (e.g. 2022-03-01)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    if is_end and len(part) == 10:  # a date-only end: the whole day
+        dt += timedelta(days=1) - timedelta(microseconds=1)
+    return dt.astimezone(timezone.utc)
 
 
 def _unit_id(v: str | None) -> str | None:
@@ -202,7 +222,7 @@ class BandConfig(_Model):
     asset: str | None = Field(None, description="Asset key (default: the profile's asset of `name`).")
     index: int | None = Field(None, ge=1, description="1-based band index within the asset (default 1).")
     dtype: DType | None = None
-    nodata: float | None = Field(None, description="Fill value (.nan allowed for floats).")
+    nodata: Fill | None = Field(None, description="Fill value (.nan allowed for floats).")
     scale: float | None = None
     offset: float | None = None
     resolution: float | None = Field(None, gt=0, description="Native pixel size, metres (resolution groups).")
@@ -215,7 +235,7 @@ class QALayerConfig(_Model):
     asset: str
     kind: Literal["fmask", "scl", "qa-pixel", "bqa", "none"] = "none"
     dtype: DType = "uint8"
-    nodata: float | None = None
+    nodata: Fill | None = None
     resolution: float | None = Field(None, gt=0)
 
 
@@ -225,7 +245,7 @@ class ProfileConfig(_Model):
     name: str = "custom"
     bands: dict[str, str | BandConfig] = Field(..., min_length=1, description="Band name -> asset key, or a full band spec.")
     dtype: DType = "uint16"
-    nodata: float | None = Field(0, description="Fill value of the bands (None: the file's, else NaN for floats).")
+    nodata: Fill | None = Field(0, description="Fill value of the bands (None: the file's, else NaN for floats).")
     scale: float = 1.0
     offset: float = 0.0
     qa: QALayerConfig | None = None
