@@ -15,9 +15,12 @@ extension) and the order too (when it implements Sort), to cut traffic; with ``m
 pages are read until ``max_items`` items passed steps 1-3 and the boundary's ties are in, so
 a static copy of an API gives the same scenes (D8 of the engine review).
 
-Retries: one layer per transport. Each API request is retried on its own (connection errors,
-timeouts, truncated bodies, HTTP 429/500/502/503/504; ``Retry-After`` honoured), classified by
-exception type and status code, never by message text; urllib3's own retries are off.
+Retries: one layer per transport. Each API request, and each document of a static catalog
+fetched over HTTP, is retried on its own with one policy (:func:`retry_policy`: connection
+errors, timeouts, truncated bodies, HTTP 429/500/502/503/504; ``Retry-After`` honoured),
+classified by exception type and status code, never by message text; urllib3's own retries are
+off. A host name that does not resolve is not retried (:func:`dns_failure`): offline, it fails
+at once with one line.
 """
 
 from __future__ import annotations
@@ -162,7 +165,7 @@ def search(cfg: SearchConfig, aoi: BaseGeometry) -> list[Scene]:
     if is_api(cfg.catalog):
         items = _search_api(cfg, aoi, match, fields)
     else:
-        every = _static_items(cfg.catalog)
+        every = _static_items(cfg.catalog, cfg.max_retries)
         held = sorted({it.get("collection") for it in every if it.get("collection")})
         unknown = [c for c in cfg.collections if held and c not in held]
         if unknown:
@@ -192,15 +195,20 @@ def is_api(catalog: str) -> bool:
 
 def transient(exc: BaseException) -> bool:
     """True for a failure of one HTTP request that a retry may fix: a connection error, a timeout,
-    a truncated or undecodable body, or HTTP 429/500/502/503/504 (by status code, not message)."""
+    a truncated or undecodable body, or HTTP 429/500/502/503/504 (by status code, not message).
+    A host name that does not resolve is not (:func:`dns_failure`)."""
     import requests
 
     from pystac_client.exceptions import APIError
 
+    if dns_failure(exc):
+        return False  # a host name that does not resolve: offline or a typo, retrying will not help
     seen = 0
     while exc is not None and seen < 10:
         if isinstance(exc, APIError) and getattr(exc, "status_code", None) is not None:
             return exc.status_code in TRANSIENT_STATUS
+        if isinstance(exc, requests.HTTPError) and exc.response is not None:
+            return exc.response.status_code in TRANSIENT_STATUS
         if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                             requests.exceptions.ContentDecodingError, json.JSONDecodeError, UnicodeDecodeError)):
             return True
@@ -208,22 +216,55 @@ def transient(exc: BaseException) -> bool:
     return False
 
 
-def _retrying_io(cfg: SearchConfig):
-    """A pystac-client ``StacApiIO`` whose every request is retried on its own (module docstring)."""
-    from pystac_client.stac_api_io import StacApiIO
+def dns_failure(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it wraps) is a failed host-name lookup
+    (``socket.gaierror``, urllib3's ``NameResolutionError``)."""
+    import socket
+
+    from urllib3.exceptions import NameResolutionError
+
+    todo, seen = [exc], set()
+    while todo and len(seen) < 30:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, (socket.gaierror, NameResolutionError)):
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
+        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+    return False
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname or url
+
+
+def retry_policy(max_retries: int, retry_after=lambda: 0.0):
+    """The tenacity policy of every catalog request (API and static): :func:`transient`
+    failures retried ``max_retries`` times with jittered exponential backoff (at most 8 s, or
+    the server's ``Retry-After`` up to 30 s), then the last failure re-raised."""
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
     backoff = wait_random_exponential(multiplier=0.25, max=8)
+
+    def wait(state) -> float:
+        return max(backoff(state), min(retry_after(), 30.0))
+
+    return Retrying(retry=retry_if_exception(transient), stop=stop_after_attempt(max_retries + 1), wait=wait, reraise=True)
+
+
+def _retrying_io(cfg: SearchConfig):
+    """A pystac-client ``StacApiIO`` whose every request is retried on its own (module docstring)."""
+    from pystac_client.stac_api_io import StacApiIO
 
     class RetryingIO(StacApiIO):
         retry_after: float = 0.0
 
         def request(self, href, method=None, headers=None, parameters=None):
-            def wait(state) -> float:
-                return max(backoff(state), min(self.retry_after, 30.0))
-
-            for att in Retrying(retry=retry_if_exception(transient), stop=stop_after_attempt(cfg.max_retries + 1), wait=wait,
-                                reraise=True):
+            for att in retry_policy(cfg.max_retries, lambda: self.retry_after):
                 with att:
                     self.retry_after = 0.0
                     text = super().request(href, method=method, headers=headers, parameters=parameters)
@@ -251,6 +292,9 @@ def _search_api(cfg: SearchConfig, aoi: BaseGeometry, match: ItemMatcher, fields
     try:
         client = Client.open(cfg.catalog, stac_io=_retrying_io(cfg))
     except Exception as exc:  # pystac-client raises many kinds here
+        if dns_failure(exc):
+            raise CatalogError(f"catalog {where!r}: host {_host(cfg.catalog)!r} does not resolve (DNS); "
+                               "check the URL and the network") from None
         kind = "kept failing" if transient(exc) else "is not a reachable STAC API"
         raise CatalogError(f"catalog {where!r} {kind}: {type(exc).__name__}: {_short(exc)}") from None
     unknown = []
@@ -296,10 +340,18 @@ def _short(exc: BaseException, n: int = 300) -> str:
 # --------------------------------------------------------------------------------------
 # static catalogs
 
-def _static_items(location: str) -> list[dict]:
+def _static_items(location: str, max_retries: int = 5) -> list[dict]:
     """Every item dict of a static catalog (hrefs made absolute): ItemCollection /
-    FeatureCollection JSON, a list of items, a STAC Catalog JSON (its item links are followed),
-    or a stac-geoparquet file."""
+    FeatureCollection JSON, a list of items, a STAC Catalog or Collection JSON (its child and
+    item links are followed, :func:`_catalog_items`), or a stac-geoparquet file. Documents over
+    HTTP are fetched with :func:`retry_policy`.
+
+    Raises
+    ------
+    CatalogError
+        A document cannot be read or fetched (naming it and why), is not STAC, or child links
+        form a cycle.
+    """
     if location.lower().endswith(".parquet"):
         try:
             import pyarrow.parquet as pq
@@ -311,7 +363,7 @@ def _static_items(location: str) -> list[dict]:
         except (OSError, ValueError) as exc:
             raise CatalogError(f"static catalog {redact(location)!r} could not be read as Parquet: {_short(exc)}") from None
         return [dict(it) for it in sga.stac_table_to_items(table)]
-    doc = _read_json(location)
+    doc = _read_json(location, max_retries)
     if isinstance(doc, list):
         return [_absolute(it, location) for it in doc]
     kind = doc.get("type") if isinstance(doc, dict) else None
@@ -320,57 +372,121 @@ def _static_items(location: str) -> list[dict]:
     if kind == "Feature":
         return [_absolute(doc, location)]
     if kind in ("Catalog", "Collection"):
-        import pystac
-
-        cat = pystac.read_file(location)
-        return [it.to_dict(transform_hrefs=True) for it in cat.get_items(recursive=True)]
+        return _catalog_items(doc, location, max_retries)
     raise CatalogError(f"{redact(location)!r} is not a STAC ItemCollection, Catalog or stac-geoparquet file (type={kind!r})")
+
+
+def _catalog_items(root: dict, location: str, max_retries: int) -> list[dict]:
+    """The items below a static Catalog / Collection: its ``item`` links, then its ``child``
+    links' items, depth first in link order, each document read once. A link back to a document
+    on the way down (a catalog that is its own child) is an error, not an endless walk."""
+    out: list[dict] = []
+    seen = {location}
+    stack: list[tuple[str, dict, tuple[str, ...]]] = [(location, root, ())]
+    while stack:
+        href, doc, above = stack.pop()
+        children = []
+        for link in doc.get("links") or []:
+            if not isinstance(link, dict) or link.get("rel") not in ("item", "child") or not isinstance(link.get("href"), str):
+                continue
+            target = _join(href, link["href"])
+            if target == href or target in above:
+                raise CatalogError(f"static catalog {redact(location)!r}: {redact(href)!r} has a {link['rel']} link back to "
+                                   f"{redact(target)!r} (a cycle); fix its links")
+            if target in seen:
+                continue  # reached twice (two parents): read once
+            seen.add(target)
+            sub = _read_json(target, max_retries)
+            if not isinstance(sub, dict):
+                raise CatalogError(f"static catalog {redact(location)!r}: {redact(target)!r} is not a STAC object")
+            if sub.get("type") == "Feature":
+                out.append(_absolute(sub, target))
+            elif sub.get("type") in ("Catalog", "Collection"):
+                children.append((target, sub, above + (href,)))
+            else:
+                raise CatalogError(f"static catalog {redact(location)!r}: {redact(target)!r} is not a STAC Item, Catalog "
+                                   f"or Collection (type={sub.get('type')!r})")
+        stack.extend(reversed(children))
+    return out
+
+
+def _join(base: str, href: str) -> str:
+    """``href`` of a link made absolute against the document ``base`` it is in."""
+    from urllib.parse import urljoin
+
+    if href.startswith("file://"):
+        href = href[len("file://"):]
+    if "://" in href or os.path.isabs(href):
+        return href
+    if base.startswith(("http://", "https://")):
+        return urljoin(base, href)
+    return str((Path(base).absolute().parent / href).resolve())
 
 
 def _absolute(item: dict, location: str) -> dict:
     """Resolve relative asset hrefs against the folder (or URL) of the catalog file."""
-    from urllib.parse import urljoin
-
-    def fix(h: str) -> str:
-        if "://" in h or os.path.isabs(h):
-            return h
-        if location.startswith(("http://", "https://")):
-            return urljoin(location, h)
-        return str((Path(location).resolve().parent / h).resolve())
-
-    assets = {k: (dict(a, href=fix(a["href"])) if isinstance(a, dict) and "href" in a else a)
+    assets = {k: (dict(a, href=_join(location, a["href"])) if isinstance(a, dict) and isinstance(a.get("href"), str) else a)
               for k, a in (item.get("assets") or {}).items()}
     return dict(item, assets=assets)
 
 
-def _read_json(location: str) -> Any:
+def _read_json(location: str, max_retries: int = 5) -> Any:
+    """A JSON document of a static catalog: a local file, or fetched over HTTP with
+    :func:`retry_policy` (a 503, a reset, a truncated body are retried; a 404 or a host that
+    does not resolve are not)."""
+    where = redact(location)
+    if location.startswith(("http://", "https://")):
+        return _fetch_json(location, max_retries)
+    p = Path(location)
+    if p.is_dir():
+        raise CatalogError(f"static catalog {where!r} is a folder; give its catalog.json or items file")
     try:
-        if location.startswith(("http://", "https://")):
-            import requests
-            from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
-
-            for att in Retrying(retry=retry_if_exception(_http_transient), stop=stop_after_attempt(6),
-                                wait=wait_random_exponential(multiplier=0.25, max=8), reraise=True):
-                with att:
-                    r = requests.get(location, timeout=60)
-                    r.raise_for_status()
-                    return r.json()
-        return json.loads(Path(location).read_text(encoding="utf-8"))
+        text = p.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise CatalogError(f"static catalog {redact(location)!r} does not exist") from None
-    except (ValueError, OSError) as exc:
-        raise CatalogError(f"static catalog {redact(location)!r} could not be read as JSON: {_short(exc)}") from None
-    except Exception as exc:
-        raise CatalogError(f"static catalog {redact(location)!r} could not be fetched: {_short(exc)}") from None
+        raise CatalogError(f"static catalog {where!r} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"static catalog {where!r} is not UTF-8 JSON (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise CatalogError(f"static catalog {where!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CatalogError(f"static catalog {where!r} could not be read as JSON: {_short(exc)}") from None
 
 
-def _http_transient(exc: BaseException) -> bool:
+def _fetch_json(url: str, max_retries: int) -> Any:
     import requests
 
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        return exc.response.status_code in TRANSIENT_STATUS
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                            json.JSONDecodeError))
+    where = redact(url)
+    ra = {"s": 0.0}
+    try:
+        for att in retry_policy(max_retries, lambda: ra["s"]):
+            with att:
+                ra["s"] = 0.0
+                r = requests.get(url, timeout=(10, 60))
+                h = r.headers.get("Retry-After")
+                if h and h.strip().isdigit():
+                    ra["s"] = float(h)
+                r.raise_for_status()
+                text = r.content.decode("utf-8")
+                if text.lstrip()[:1] not in ("{", "["):
+                    raise CatalogError(f"static catalog {where!r} did not answer JSON (it starts {text.lstrip()[:40]!r})")
+                return json.loads(text)  # a truncated body raises here, inside the retry
+    except CatalogError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - requests / json / decoding: named below
+        if dns_failure(exc):
+            raise CatalogError(f"static catalog {where!r}: host {_host(url)!r} does not resolve (DNS); "
+                               "check the URL and the network") from None
+        if isinstance(exc, requests.HTTPError) and exc.response is not None:
+            code = exc.response.status_code
+            if code not in TRANSIENT_STATUS:
+                raise CatalogError(f"static catalog {where!r} answered HTTP {code} {exc.response.reason or ''}".rstrip()) from None
+        if transient(exc):
+            raise CatalogError(f"static catalog {where!r} kept failing after {max_retries} retries: "
+                               f"{type(exc).__name__}: {_short(exc)}") from None
+        raise CatalogError(f"static catalog {where!r} could not be fetched: {type(exc).__name__}: {_short(exc)}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def fetch_by_ids(cfg: SearchConfig, ids: Iterable[str], aoi: BaseGeometry) -> dict[str, Scene]:
