@@ -60,6 +60,16 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _check_output_args(output: str, workers: int | None) -> None:
+    """``--output`` and ``--workers`` checked before anything is read or written."""
+    from .errors import RecipeError
+    from .writers.store import check_location
+
+    check_location(output)
+    if workers is not None and workers < 1:
+        raise RecipeError(f"--workers {workers}: give at least 1 worker process (or leave it out: one per core)")
+
+
 def _load(recipe: str, sets: list[str] | None):
     from .config import load_recipe
 
@@ -112,9 +122,16 @@ def run(
 ) -> None:
     """Plan + build + finalize RECIPE into OUTPUT (a rerun resumes)."""
     from . import run as run_all
+    from .engine import check_scheduler
 
-    summary = _guard(lambda: run_all(_load(recipe, sets), output, workers=workers, scheduler=scheduler, progress=progress,
-                                     overwrite=overwrite))
+    def go():
+        _check_output_args(output, workers)
+        r = _load(recipe, sets)
+        if scheduler or r.engine.scheduler:
+            check_scheduler(scheduler or r.engine.scheduler)  # before the plan is written
+        return run_all(r, output, workers=workers, scheduler=scheduler, progress=progress, overwrite=overwrite)
+
+    summary = _guard(go)
     _print_summary(summary, output)
     raise typer.Exit(_exit_code(summary))
 
@@ -133,6 +150,8 @@ def plan(
     from .writers import OutputStore
 
     def go():
+        if not dry_run:
+            _check_output_args(output, None)
         r = _load(recipe, sets)
         p = make_plan(r)
         if not dry_run:
@@ -171,7 +190,11 @@ def build(
     """Build the planned units (skips units already done)."""
     from .engine import build as build_units
 
-    s = _guard(lambda: build_units(output, workers=workers, scheduler=scheduler, progress=progress)).as_dict()
+    def go():
+        _check_output_args(output, workers)
+        return build_units(output, workers=workers, scheduler=scheduler, progress=progress)
+
+    s = _guard(go).as_dict()
     out_console.print(json.dumps(s, indent=2))
     if s["failed"]:
         raise typer.Exit(1)
@@ -182,7 +205,7 @@ def finalize(output: str = typer.Argument(..., help="Dataset folder or URL.")) -
     """Write the index, split, statistics, plots, tables and manifest."""
     from .dataset import finalize as fin
 
-    summary = _guard(lambda: fin(output))
+    summary = _guard(lambda: (_check_output_args(output, None), fin(output))[1])
     _print_summary(summary, output)
     raise typer.Exit(_exit_code(summary))
 

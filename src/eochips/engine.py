@@ -181,13 +181,71 @@ class BuildSummary:
                 "seconds": round(self.seconds, 2)}
 
 
+SCHEDULER_TIMEOUT = 5
+"""Seconds to reach a ``--scheduler`` before giving up with one line."""
+
+
+def check_scheduler(address: str) -> None:
+    """Check that ``address`` is a Dask scheduler address this host can reach, within
+    :data:`SCHEDULER_TIMEOUT` seconds (``eochips run`` does this before writing anything).
+
+    Raises
+    ------
+    RecipeError
+        Not ``tcp://HOST:PORT`` (or tls://, ws://, wss://), or nothing answers there.
+    """
+    import asyncio
+    import re
+
+    from .errors import RecipeError
+
+    if not re.fullmatch(r"(tcp|tls|ws|wss)://[^\s/:]+(:\d+)?/?", address or ""):
+        raise RecipeError(f"--scheduler {address!r}: expected tcp://HOST:PORT of a Dask scheduler (e.g. tcp://10.0.0.5:8786)")
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        comm = await connect(address, timeout=SCHEDULER_TIMEOUT)
+        await comm.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, asyncio.TimeoutError, ValueError) as exc:
+        raise RecipeError(f"--scheduler {address!r}: no Dask scheduler answers there within {SCHEDULER_TIMEOUT} s "
+                          f"({type(exc).__name__}); start it, or leave --scheduler out for a local cluster") from None
+
+
+@contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """distributed and tornado log nothing below CRITICAL in the driver while the block runs and
+    while the cluster shuts down (no heartbeat or "stream closed" tracebacks on exit)."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
 @contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None, processes: bool = True) -> Iterator[Any]:
     """A ``distributed.Client``: on ``scheduler`` if given, else on a new LocalCluster (closed,
     with its worker processes, when the block ends, also on Ctrl-C).
 
-    LocalCluster workers start from a ``forkserver`` that has already imported eochips: a
-    worker is then ready in milliseconds instead of re-importing GDAL, dask and eochips.
+    The LocalCluster serves no dashboard; its scheduler's HTTP endpoint (health checks) binds an
+    ephemeral port on 127.0.0.1, so a busy port 8787 gives no warning. distributed logs nothing
+    below CRITICAL in the driver (:func:`_quiet_distributed`). LocalCluster workers start from a
+    ``forkserver`` that has already imported eochips: a worker is then ready in milliseconds
+    instead of re-importing GDAL, dask and eochips.
+
+    Raises
+    ------
+    RecipeError
+        ``workers`` below 1, or ``scheduler`` cannot be reached (:func:`check_scheduler`).
     """
     import multiprocessing
     import sys
@@ -195,9 +253,13 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
     import dask
     from distributed import Client, LocalCluster
 
+    from .errors import RecipeError
+
+    if workers is not None and workers < 1:
+        raise RecipeError(f"--workers {workers}: give at least 1 worker process")
     method = "forkserver" if sys.platform != "win32" else "spawn"
     with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "critical",
-                          "distributed.worker.multiprocessing-method": method}):
+                          "distributed.worker.multiprocessing-method": method}), _quiet_distributed():
         if method == "forkserver":
             from distributed.utils import get_mp_context
 
@@ -205,11 +267,13 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
             multiprocessing.get_context("forkserver").set_forkserver_preload(
                 ["eochips._forkserver", "distributed", "rasterio", "eochips.chips", "eochips.engine"])
         if scheduler:
-            with Client(scheduler, timeout="30s") as client:
+            check_scheduler(scheduler)
+            with Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT * 2}s") as client:
                 yield client
             return
         n = workers or os.cpu_count() or 1
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None,
+                          scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                           silence_logs=50) as cluster, Client(cluster) as client:  # a failed task is re-raised here, once
             yield client
 
@@ -261,27 +325,45 @@ def recipe_differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+EOCHIPS_FILES = ("plan/", "state/", STATE_FILE)
+"""What eochips writes first in a dataset folder (a folder holding only these is one of its own,
+e.g. a plan interrupted before ``plan/plan.json``)."""
+
+
 def check_output(store: OutputStore, recipe, overwrite: bool = False) -> None:
-    """Refuse to build a recipe into a dataset folder built from another recipe.
+    """Refuse to build a recipe into a folder that is not a dataset of the same recipe.
 
     The folder's ``plan/plan.json`` holds the recipe it was built from; if any output-relevant
     field differs, this stops (exit 2) naming the fields, unless ``overwrite``, which removes
-    the old dataset first (:func:`clear_dataset`).
+    the old dataset first (:func:`clear_dataset`). A non-empty folder without a plan (files that
+    eochips did not write) is refused even with ``overwrite``: nothing there is touched.
 
     Raises
     ------
     RecipeError
         The folder holds a dataset of a different recipe (or of another eochips version).
+    OutputError
+        The folder holds files but no eochips plan, or a ``plan/plan.json`` that is not one.
     """
     from .config import canonical
-    from .errors import RecipeError
+    from .errors import OutputError, RecipeError
 
     rel = "plan/plan.json"
     if not store.exists(rel):
+        foreign = [f for f in store.list_files() if not f.startswith(EOCHIPS_FILES)]
+        if foreign:
+            more = f" and {len(foreign) - 1} more file(s)" if len(foreign) > 1 else ""
+            raise OutputError(f"output {store.location!r} is not empty and is not an eochips dataset (it holds "
+                              f"{foreign[0]!r}{more}); give an empty or new folder")
         if overwrite:
             clear_dataset(store)
         return
-    doc = json.loads(store.read_bytes(rel))
+    try:
+        doc = json.loads(store.read_bytes(rel))
+        if not isinstance(doc, dict):
+            raise ValueError("not a mapping")
+    except (ValueError, UnicodeDecodeError):
+        raise OutputError(f"output {store.location!r}: {rel} is not an eochips plan; give an empty or new folder") from None
     from .config.models import RECIPE_VERSION
 
     new = json.loads(json.dumps(canonical(recipe), default=str))

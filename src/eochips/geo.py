@@ -101,6 +101,8 @@ def _geojson_geometry(obj: dict, where: str) -> BaseGeometry:
 
 def _read_vector_union(path: str | None) -> tuple[BaseGeometry, CRS | None]:
     p = Path(str(path))
+    if p.is_dir():
+        raise AOIError(f"aoi.path {str(p)!r} is a folder; give a vector file (GeoJSON, GeoPackage)")
     if not p.is_file():
         raise AOIError(f"aoi.path {str(p)!r} does not exist")
     if p.suffix.lower() in (".json", ".geojson"):

@@ -52,6 +52,37 @@ def _disk_full_hint(exc: OSError, what: str) -> OutputError:
     return OutputError(f"cannot write {what}: {exc.strerror or exc}")
 
 
+OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+"""fsspec protocols an output may use besides local paths and ``file://`` (object storage that
+every worker can reach; ``memory://``, ``ftp://`` and the like are refused by
+:func:`check_location`)."""
+
+
+def check_location(location: str | os.PathLike) -> str:
+    """The output location given by the user, checked before anything is written.
+
+    Raises
+    ------
+    OutputError
+        Empty; a URL whose protocol is not a local path, ``file://`` or one of
+        :data:`OBJECT_STORES`; a symbolic link whose target does not exist.
+    """
+    loc = str(location)
+    if not loc.strip():
+        raise OutputError("output location is empty; give a folder (-o my-dataset) or a URL (-o s3://bucket/prefix)")
+    if "://" in loc and not loc.startswith("file://"):
+        proto = loc.split("://", 1)[0].lower()
+        if proto not in OBJECT_STORES:
+            raise OutputError(f"output {loc!r}: protocol {proto + '://'!r} is not supported; use a local folder, file://, "
+                              "s3://, gs:// or az://")
+        return loc
+    path = Path(loc[len("file://"):] if loc.startswith("file://") else loc).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"output {loc!r} is a symbolic link to {os.readlink(path)!r}, which does not exist; "
+                          "create the target folder or give another --output")
+    return loc
+
+
 class OutputStore:
     """A dataset's output location: a local folder or an fsspec URL (``s3://bucket/prefix``).
 
