@@ -391,7 +391,7 @@ def _catalog_items(root: dict, location: str, max_retries: int) -> list[dict]:
                 continue
             target = _join(href, link["href"])
             if target == href or target in above:
-                raise CatalogError(f"static catalog {redact(location)!r}: {redact(href)!r} has a {link['rel']} link back to "
+                raise CatalogError(f"static catalog {redact(location)!r}: {redact(href)!r} has a '{link['rel']}' link back to "
                                    f"{redact(target)!r} (a cycle); fix its links")
             if target in seen:
                 continue  # reached twice (two parents): read once
