@@ -92,6 +92,11 @@ NUMBER_CASES = {
                              "recipe field 'grid.origin.1': Input should be a finite number"),
     "NaN in the bbox": ("set", ["aoi.bbox.0=.nan"], "recipe field 'aoi.bbox.0': Input should be a finite number"),
     "infinite bbox": ("set", ["aoi.bbox.2=.inf"], "recipe field 'aoi.bbox.2': Input should be a finite number"),
+    "NaN in the aoi geometry": ("set", ['aoi={"geometry": {"type": "Polygon", "coordinates": [[[-3.5, 50.7], [-3.4, .nan], [-3.4, 50.8], [-3.5, 50.7]]]}}'],
+                                "recipe field 'aoi.geometry': coordinates must be finite numbers (got nan)"),
+    "infinity in an aoi feature": ("set", ['aoi={"geometry": {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", '
+                                           '"coordinates": [[[-3.5, 50.7], [-3.4, .inf], [-3.4, 50.8], [-3.5, 50.7]]]}}}'],
+                                   "recipe field 'aoi.geometry': coordinates must be finite numbers (got inf)"),
     "NaN percentile": ("set", ["dataset.percentiles=[.nan, 98]"], "recipe field 'dataset.percentiles.0': Input should be a finite number"),
     "percentile above 100": ("set", ["dataset.percentiles=[2, 150]"], "recipe field 'dataset.percentiles': percentiles must be 0 <= low <= high <= 100, got [2.0, 150.0]"),
     "negative percentile": ("set", ["dataset.percentiles=[-1, 98]"], "percentiles must be 0 <= low <= high <= 100, got [-1.0, 98.0]"),

@@ -122,6 +122,22 @@ class AOIConfig(_Model):
     path: FilePath | None = Field(None, description="A vector file (GeoJSON, GeoPackage) whose union is the AOI.")
     crs: str = Field("EPSG:4326", description="CRS of bbox / geometry (GeoJSON is EPSG:4326 unless said otherwise).")
 
+    @field_validator("geometry")
+    @classmethod
+    def _finite(cls, v):
+        def walk(x: Any) -> None:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"coordinates must be finite numbers (got {x})")
+            if isinstance(x, (list, tuple)):
+                for y in x:
+                    walk(y)
+            elif isinstance(x, dict):  # the geometry parts of GeoJSON (properties may hold anything)
+                for k in ("coordinates", "geometry", "geometries", "features", "bbox"):
+                    walk(x.get(k))
+
+        walk(v)
+        return v
+
     @model_validator(mode="after")
     def _one_of(self) -> "AOIConfig":
         given = [k for k in ("bbox", "geometry", "path") if getattr(self, k) is not None]

@@ -93,6 +93,8 @@ class OutputStore:
 
     def __init__(self, location: str | os.PathLike):
         loc = str(location)
+        if not loc.strip():  # Path("") is the working directory: never write a dataset there by accident
+            raise OutputError("output location is empty; give a folder (-o my-dataset) or a URL (-o s3://bucket/prefix)")
         if loc.startswith("file://"):
             loc = loc[len("file://"):]
         self.location = loc.rstrip("/") if _is_url(loc) else loc
