@@ -452,3 +452,17 @@ def test_resume_and_overwrite_of_a_real_dataset_still_work(catalog_root, cdl_ras
     over = _cli(["plan", str(recipe), "-o", str(out), "--set", "units.size=64", "--overwrite"], tmp_path)
     assert over.returncode == 0, over.stderr
     assert json.loads((out / "plan" / "plan.json").read_text())["recipe"]["units"]["size"] == 64
+
+
+def test_interrupt_while_the_cluster_starts(catalog_root, cdl_raster, tmp_path):
+    """A SIGTERM (Ctrl-C) that arrives while the LocalCluster's workers start is taken once they
+    are up: the cluster is closed cleanly, one "interrupted" line, exit 130, no traceback
+    (before, distributed printed an atexit AssertionError and "Nanny failed to start")."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(crop_recipe(str(catalog_root / "items.json"), cdl_raster)))
+    env = {k: v for k, v in os.environ.items() if k != UNSET}
+    env["EOCHIPS_FAILPOINT"] = "engine:cluster-starting"
+    proc = subprocess.run([sys.executable, "-m", "eochips.cli", "run", str(recipe), "-o", str(tmp_path / "out"), "--no-progress"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == ["interrupted: finished units are kept; rerun the same command to resume"], proc.stderr

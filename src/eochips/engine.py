@@ -26,10 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -272,10 +273,47 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
                 yield client
             return
         n = workers or os.cpu_count() or 1
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None,
-                          scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-                          silence_logs=50) as cluster, Client(cluster) as client:  # a failed task is re-raised here, once
+        with ExitStack() as stack:
+            with _deferred_interrupts():  # a Ctrl-C while workers start is taken once they are up, then all is closed
+                try:
+                    failpoints.hit("engine:cluster-starting", exc=InterruptedError())
+                except InterruptedError:  # tests: a SIGTERM 0.2 s into the workers' start
+                    import threading
+
+                    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None,
+                    scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"}, silence_logs=50))
+                client = stack.enter_context(Client(cluster))  # a failed task is re-raised here, once
             yield client
+
+
+@contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM while the block runs and raise ``KeyboardInterrupt`` after it: a
+    cluster interrupted half-started cannot be closed cleanly (distributed then prints
+    tracebacks at exit), a started one can. A second signal interrupts at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def hold(signum, frame) -> None:
+        got.append(signum)
+        if len(got) > 1:  # a second Ctrl-C: do not wait any longer
+            raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if got:
+        raise KeyboardInterrupt
 
 
 def make_batches(tasks: list[UnitTask], workers: int, max_units: int = 128) -> list[list[UnitTask]]:
