@@ -3,7 +3,8 @@ resolution, and one error line per problem.
 
 The flow of :func:`load_recipe`::
 
-    YAML text --safe_load--> mapping --overrides (--set a.b.0.c=v)--> --${VAR} expansion-->
+    YAML text --safe load, checked (no duplicate key, bounded aliases and nesting)--> mapping
+    --overrides (--set a.b.0.c=v)--> --${VAR} expansion (an unset VAR without default: error)-->
     version 1? --validate as v1, upgrade (says so once)--> mapping of version 2
     --resolve path fields--> Recipe.model_validate --> Recipe
 
@@ -72,7 +73,8 @@ def recipe_text(name_or_path: str | os.PathLike) -> tuple[str, Path | None]:
     Raises
     ------
     RecipeError
-        When the name is neither an existing file nor a built-in recipe.
+        When the name is neither an existing file nor a built-in recipe; a folder; a file that
+        cannot be read or is not UTF-8 (naming the byte offset).
     """
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
@@ -110,7 +112,8 @@ def set_dotted(data: dict, key: str, value: Any) -> dict:
     Raises
     ------
     RecipeError
-        A part crosses a value that is neither a mapping nor a list, or indexes past a list's end.
+        A part crosses a value that is neither a mapping nor a list, indexes past a list's end,
+        or indexes a list field the (version-2) recipe does not set.
     """
     if not isinstance(data, dict):
         raise RecipeError("recipe: expected a mapping at the top level")
@@ -398,7 +401,8 @@ def parse_recipe(data: Any, base_dir: Path | None = None, from_cwd: tuple[str, .
     Raises
     ------
     RecipeError
-        Naming the first invalid field and what would be valid.
+        Naming the first invalid field and what would be valid; a ``${VAR}`` without a default
+        whose variable is not set, naming the field and the variable.
     """
     global _warned
     if not isinstance(data, dict):
@@ -594,7 +598,9 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: dict[str, Any] | Non
     Raises
     ------
     RecipeError
-        Malformed YAML, an unknown key, a wrong type or a bad value.
+        A file that cannot be read or is not UTF-8; malformed YAML, a duplicate key, an alias
+        bomb (:func:`read_yaml`); an unknown key, a wrong type, a bad value or an unset
+        ``${VAR}``; a ``--set`` key that cannot be set.
     """
     text, base = recipe_text(name_or_path)
     data = read_yaml(text, str(name_or_path))
