@@ -129,6 +129,7 @@ CLI_CASES = {
     "foreign folder with --overwrite": ("out", "@foreign --overwrite", "is not an eochips dataset (it holds 'checksums.sha256'"),
     "foreign nested file": ("out", "@nested", "is not an eochips dataset (it holds 'chips/mine.tif')"),
     "plan.json that is not a plan": ("out", "@badplan", "plan/plan.json is not an eochips plan"),
+    "plan into a foreign folder": ("cmd", ["plan", "{recipe}", "-o", "{tmp}/cwd"], "is not empty and is not an eochips dataset (it holds 'mine.txt')"),
     "workers -1": ("args", ["--workers", "-1"], "--workers -1: give at least 1 worker process"),
     "workers 0": ("args", ["--workers", "0"], "--workers 0: give at least 1 worker process"),
     "build workers 0": ("cmd", ["build", "{out}", "--workers", "0"], "--workers 0: give at least 1 worker process"),
@@ -307,6 +308,7 @@ def test_entry_point(case, catalog_root, http_catalog, cdl_raster, tmp_path):
     kind, payload, message = CASES[case]
     cwd = tmp_path / "cwd"
     cwd.mkdir()
+    (cwd / "mine.txt").write_text("the user's own file")
     data = crop_recipe(str(catalog_root / "items.json"), cdl_raster)
     out, extra = str(tmp_path / "out"), []
     port = free_port()

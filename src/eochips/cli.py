@@ -205,7 +205,11 @@ def finalize(output: str = typer.Argument(..., help="Dataset folder or URL.")) -
     """Write the index, split, statistics, plots, tables and manifest."""
     from .dataset import finalize as fin
 
-    summary = _guard(lambda: (_check_output_args(output, None), fin(output))[1])
+    def go():
+        _check_output_args(output, None)
+        return fin(output)
+
+    summary = _guard(go)
     _print_summary(summary, output)
     raise typer.Exit(_exit_code(summary))
 
