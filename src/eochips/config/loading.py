@@ -36,14 +36,25 @@ class RecipeUpgradeWarning(FutureWarning):
 
 
 def _expand(obj: Any) -> Any:
-    """``${VAR}`` and ``${VAR:-default}`` in strings (as in the shell: the default when VAR is unset or empty)."""
+    """``${VAR}`` and ``${VAR:-default}`` in strings (as in the shell: the default when VAR is unset or empty).
+    A variable whose name says it is a credential (``..._TOKEN``, ``..._KEY``, ...) is recorded so
+    that :func:`eochips.search.redact` keeps its value out of every output."""
     if isinstance(obj, str):
-        return _ENV.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), obj)
+        return _ENV.sub(_expand_var, obj)
     if isinstance(obj, list):
         return [_expand(v) for v in obj]
     if isinstance(obj, dict):
         return {k: _expand(v) for k, v in obj.items()}
     return obj
+
+
+def _expand_var(m: re.Match) -> str:
+    from ..search.auth import is_secret_var, remember_secret_var
+
+    value = os.environ.get(m.group(1))
+    if value and is_secret_var(m.group(1)):
+        remember_secret_var(m.group(1))
+    return value or (m.group(2) or "")
 
 
 def builtin_recipes() -> list[str]:
