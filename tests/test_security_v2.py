@@ -288,3 +288,241 @@ class _FakeStacApi:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# --------------------------------------------------------------------------------------
+# 2. no credential is written or printed
+
+def _secret(tag: str) -> str:
+    return f"{tag}{uuid.uuid4().hex[:12]}"
+
+
+VAR_SECRETS = {  # expanded into the recipe from the environment: ${NAME}
+    "EOCHIPS_T_PASSWORD": _secret("pw"),     # userinfo password of the catalog URL
+    "EOCHIPS_T_PATH_TOKEN": _secret("pt"),   # a path segment of the catalog URL (and of relative hrefs)
+    "EOCHIPS_T_QUERY_TOKEN": _secret("qt"),  # ?token= of the catalog URL
+}
+HREF_SECRETS = {  # in the items' asset hrefs; per asset key: (query, secret values)
+    "B02": ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={0}&X-Amz-Signature={1}", (_secret("amzcred"), _secret("amzsig"))),
+    "B03": ("X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Credential={0}&X-Goog-Signature={1}", (_secret("goocred"), _secret("goosig"))),
+    "B04": ("sv=2021-06-08&se={0}&sp=r&sig={1}", (_secret("2099-se"), _secret("sassig"))),
+    "B08": ("token={0}&access_token={1}", (_secret("hreftok"), _secret("acctok"))),
+    "Fmask": ("api_key={0}&code={1}&key={2}", (_secret("apikey"), _secret("code"), _secret("key"))),
+}
+ASSET_PASSWORD = _secret("assetpw")  # literal userinfo of the B02 hrefs
+SECRETS = {
+    "catalog userinfo password (${VAR})": VAR_SECRETS["EOCHIPS_T_PASSWORD"],
+    "catalog path token (${VAR})": VAR_SECRETS["EOCHIPS_T_PATH_TOKEN"],
+    "catalog ?token= (${VAR})": VAR_SECRETS["EOCHIPS_T_QUERY_TOKEN"],
+    "asset href userinfo password": ASSET_PASSWORD,
+    "X-Amz-Credential": HREF_SECRETS["B02"][1][0], "X-Amz-Signature": HREF_SECRETS["B02"][1][1],
+    "X-Goog-Credential": HREF_SECRETS["B03"][1][0], "X-Goog-Signature": HREF_SECRETS["B03"][1][1],
+    "SAS se": HREF_SECRETS["B04"][1][0], "SAS sig": HREF_SECRETS["B04"][1][1],
+    "href ?token=": HREF_SECRETS["B08"][1][0], "href ?access_token=": HREF_SECRETS["B08"][1][1],
+    "href ?api_key=": HREF_SECRETS["Fmask"][1][0], "href ?code=": HREF_SECRETS["Fmask"][1][1],
+    "href ?key=": HREF_SECRETS["Fmask"][1][2],
+    "Earthdata token": TOKEN,
+}
+CATALOG = "http://eo:${EOCHIPS_T_PASSWORD}@127.0.0.1:{port}/${EOCHIPS_T_PATH_TOKEN}/items.json?token=${EOCHIPS_T_QUERY_TOKEN}"
+
+
+def _secret_catalog(root: Path, items: list[dict], hls: Path, port: int) -> None:
+    """The served tree: the COGs at the root, ``<path token>/items.json`` whose Fmask hrefs are
+    relative (so they inherit the catalog URL's userinfo and path token) and the other assets'
+    hrefs absolute with signed-URL parameters."""
+    token_dir = root / VAR_SECRETS["EOCHIPS_T_PATH_TOKEN"]
+    token_dir.mkdir(parents=True)
+    for f in hls.glob("*.tif"):
+        (root / f.name).symlink_to(f)
+        (token_dir / f.name).symlink_to(f)
+    feats = json.loads(json.dumps(items))
+    for it in feats:
+        for key, a in it["assets"].items():
+            query, values = HREF_SECRETS[key]
+            q = query.format(*values)
+            if key == "Fmask":
+                a["href"] = f"{a['href']}?{q}"
+            elif key == "B02":
+                a["href"] = f"http://bob:{ASSET_PASSWORD}@127.0.0.1:{port}/{a['href']}?{q}"
+            else:
+                a["href"] = f"http://127.0.0.1:{port}/{a['href']}?{q}"
+    (token_dir / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+
+
+@pytest.fixture(scope="module")
+def secret_runs(hls_dir, cdl_raster, tmp_path_factory):
+    """Datasets built with every kind of secret in play: ``ok`` by ``plan``, ``build`` (hrefs
+    restored by searching the ${VAR}-expanded catalog again), ``finalize``, then ``run`` again
+    (a resume: the stored recipe compares equal); ``failed`` with every B03 missing after the
+    plan (failure reasons hold hrefs: state, index, summary, stderr). Yields the datasets' root,
+    the captured processes and the server."""
+    d, items = hls_dir
+    base = tmp_path_factory.mktemp("secrets")
+    served = base / "served"
+    work = base / "work"
+    work.mkdir()
+    env = dict(VAR_SECRETS, EARTHDATA_TOKEN=TOKEN)
+    with RangeServer(served if served.mkdir() is None else served) as srv:
+        _secret_catalog(served, items, d, srv.port)
+        catalog = CATALOG.replace("{port}", str(srv.port))
+        recipe = write_recipe(base / "r.yaml", crop_recipe(catalog, cdl_raster, **{
+            "sources.hls.search.auth": "earthdata", "sources.hls.search.auth_hosts": ["127.0.0.1"],
+            "reading.max_retries": 0, "description": "built with ${EOCHIPS_T_QUERY_TOKEN} in its description"}))
+        ok, failed = work / "ok", work / "failed"
+        procs = {"plan": run_cli("plan", str(recipe), "-o", str(ok), env=env),
+                 "build": run_cli("build", str(ok), "--no-progress", env=env),
+                 "finalize": run_cli("finalize", str(ok), env=env),
+                 "run again": run_cli("run", str(recipe), "-o", str(ok), "--no-progress", env=env),
+                 "plan failed": run_cli("plan", str(recipe), "-o", str(failed), env=env)}
+        srv.faults.missing = {p.name for p in d.glob("*.B03.tif")}
+        procs["build failed"] = run_cli("build", str(failed), "--no-progress", env=env)
+        procs["finalize failed"] = run_cli("finalize", str(failed), env=env)
+        yield work, procs, srv
+
+
+def test_secret_runs_really_used_the_credentials(secret_runs):
+    work, procs, srv = secret_runs
+    for name in ("plan", "build", "finalize", "run again", "plan failed"):
+        assert procs[name].returncode == 0, (name, procs[name].stderr[-2000:])
+    assert procs["build failed"].returncode == 1 and procs["finalize failed"].returncode == 1
+    assert f"Bearer {TOKEN}" in srv.authorization
+    ok = json.loads((work / "ok" / "summary.json").read_text())
+    assert ok["kept"] > 0 and ok["failed"] == 0
+    failed = json.loads((work / "failed" / "summary.json").read_text())
+    assert failed["failed"] > 0 and "404" in next(iter(failed["failed_reasons"].values()))
+    assert "failed chip_" in procs["finalize failed"].stderr and "X-Goog-Signature=REDACTED" in procs["finalize failed"].stderr
+
+
+def test_the_decoded_search_finds_what_is_there(secret_runs):
+    """Control: the decoding finds the redaction marks inside compressed Parquet values, SQLite
+    rows and JSON, where a byte grep of a compressed Parquet does not."""
+    work, _, _ = secret_runs
+    texts = decoded_texts(work)
+    scenes = str(work / "ok" / "plan" / "scenes.parquet")
+    assert "sig=REDACTED" in texts[scenes] and "${EOCHIPS_T_PATH_TOKEN}" in texts[scenes]
+    assert "X-Goog-Signature=REDACTED" in texts[str(work / "failed" / "state.sqlite")]
+    assert "X-Goog-Signature=REDACTED" in texts[str(work / "failed" / "index.parquet")]
+    plan = json.loads((work / "ok" / "plan" / "plan.json").read_text())
+    assert plan["recipe"]["sources"]["hls"]["search"]["catalog"] == CATALOG.replace("{port}", plan["recipe"]["sources"]["hls"]
+                                                                                    ["search"]["catalog"].split(":")[3].split("/")[0])
+    assert b"sig=REDACTED" not in (work / "ok" / "plan" / "scenes.parquet").read_bytes()  # compressed: invisible to grep
+
+
+@pytest.mark.parametrize("kind", list(SECRETS), ids=list(SECRETS))
+def test_secret_never_written_or_printed(kind, secret_runs):
+    work, procs, _ = secret_runs
+    secret = SECRETS[kind]
+    assert _hits(decoded_texts(work), secret) == []
+    assert [name for name, p in procs.items() if secret in p.stdout + p.stderr] == []
+
+
+def test_a_literal_catalog_credential_is_not_stored_and_build_says_how(hls_dir, cdl_raster, tmp_path):
+    """A catalog URL with a literal password: ``run`` works (the plan is in memory), the password
+    is written nowhere, and a later ``build DIR`` (which must search the catalog again for the
+    redacted hrefs) stops with exit 2 saying how to give the credential."""
+    d, items = hls_dir
+    password = _secret("literal")
+    served = tmp_path / "served"
+    with RangeServer(served if served.mkdir() is None else served) as srv:
+        _secret_catalog(served, items, d, srv.port)
+        catalog = f"http://eo:{password}@127.0.0.1:{srv.port}/{VAR_SECRETS['EOCHIPS_T_PATH_TOKEN']}/items.json"
+        recipe = write_recipe(tmp_path / "r.yaml", crop_recipe(catalog, cdl_raster))
+        out = tmp_path / "out"
+        procs = [run_cli("run", str(recipe), "-o", str(out), "--no-progress"), run_cli("build", str(out), "--no-progress")]
+    assert procs[0].returncode == 0, procs[0].stderr[-2000:]
+    assert procs[1].returncode == 2 and "Traceback" not in procs[1].stderr
+    assert "held credentials, which are not stored in the plan" in procs[1].stderr
+    assert "http://REDACTED@127.0.0.1" in procs[1].stderr
+    assert _hits(decoded_texts(out), password) == [] and all(password not in p.stdout + p.stderr for p in procs)
+
+
+# --------------------------------------------------------------------------------------
+# 3. nothing escapes the output folder
+
+CMASK = "output.layout.1"  # gap_recipe's seed-000-cmask layout
+PATHS = {  # name: (recipe kind, overrides, first words of the message)
+    "tracker with '../'": ("gap", {f"{CMASK}.tracker": "../../x.csv"}, "recipe field 'output.layout.1.tracker'"),
+    "tracker '..'": ("gap", {f"{CMASK}.tracker": ".."}, "recipe field 'output.layout.1.tracker': template '..' would leave the dataset folder"),
+    "v1 cloud_masks.tracker with '../'": ("v1-gap", {"cloud_masks.tracker": "../../x.csv"}, "recipe field 'cloud_masks.tracker'"),
+    "per-band path '..'": ("crop", {"output.layout": [{"kind": "per-band", "path": "../outside"}]},
+                           "recipe field 'output.layout.0.path': template '../outside' would leave the dataset folder"),
+    "per-band absolute name": ("crop", {"output.layout": [{"kind": "per-band", "name": "/tmp/{unit}_{band}.tif"}]},
+                               "recipe field 'output.layout.0.name': template '/tmp/{unit}_{band}.tif' would leave the dataset folder: it is absolute"),
+    "stack name with a backslash": ("crop", {"output.layout": [{"kind": "stack", "name": "..\\{unit}.tif"}]},
+                                    "recipe field 'output.layout.0.name'"),
+    "stack name with a drive": ("crop", {"output.layout": [{"kind": "stack", "name": "C:{unit}.tif"}]},
+                                "would leave the dataset folder: it starts with a drive"),
+    "stack labels with a NUL": ("crop", {"output.layout": [{"kind": "stack", "labels": "{unit}\x00.tif"}]},
+                                "recipe field 'output.layout.0.labels'"),
+    "stack path through '..'": ("crop", {"output.layout": [{"kind": "stack", "path": "chips/../../x"}]},
+                                "recipe field 'output.layout.0.path'"),
+    "units.id with a backslash": ("crop", {"units.id": "..\\chip_{row}_{col}"}, "recipe field 'units.id'"),
+    "units.id with a drive": ("crop", {"units.id": "C:{row}_{col}"}, "recipe field 'units.id'"),
+}
+
+
+@pytest.mark.parametrize("case", list(PATHS), ids=list(PATHS))
+def test_recipe_paths_stay_inside(case, local_catalog, cdl_raster, tmp_path):
+    from conftest import REPO
+
+    kind, overrides, message = PATHS[case]
+    make = {"crop": crop_recipe, "gap": gap_recipe, "v1-gap": None}[kind]
+    if make is None:
+        import yaml
+
+        from eochips.config import set_dotted
+
+        data = crop_recipe_v1(str(local_catalog), cdl_raster)
+        gap = yaml.safe_load((REPO / "tests" / "fixtures" / "v1" / "hls-gap-filling.yaml").read_text())
+        data["cloud_masks"] = gap["cloud_masks"]
+        for k, v in overrides.items():
+            data = set_dotted(data, k, v)
+    else:
+        data = make(str(local_catalog), cdl_raster, **overrides)
+    recipe = write_recipe(tmp_path / "r.yaml", data)
+    out = tmp_path / "work" / "out"
+    proc = run_cli("run", str(recipe), "-o", str(out), "--no-progress")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    first = proc.stderr.strip().splitlines()[-1]
+    assert first.startswith("error: ") and message in first, first
+    assert not (tmp_path / "work").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_a_symlink_out_of_the_dataset_is_refused(local_catalog, cdl_raster, tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "chips").symlink_to(elsewhere)
+    recipe = write_recipe(tmp_path / "r.yaml", crop_recipe(str(local_catalog), cdl_raster))
+    proc = run_cli("run", str(recipe), "-o", str(out), "--no-progress")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: output folder {str(out)!r} holds 'chips', a symbolic link to" in proc.stderr
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in out.iterdir()) == ["chips"]
+
+
+def test_hostile_item_ids_become_plain_names_on_a_scene_grid(hls_dir, cdl_raster, tmp_path):
+    """On a scene grid the unit ids start with the scene id: an id ``../../HLS...`` is sanitised
+    (every character but A-Z a-z 0-9 . _ - becomes ``_``, leading dots too), the run succeeds and
+    every file lies inside the dataset folder under a plain name."""
+    d, items = hls_dir
+    feats = json.loads(json.dumps(items))
+    for it in feats:
+        it["id"] = "../../" + it["id"]
+        for a in it["assets"].values():
+            a["href"] = str(d / a["href"])
+    cat = tmp_path / "items.json"
+    cat.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    recipe = write_recipe(tmp_path / "r.yaml", crop_recipe(str(cat), cdl_raster, **{
+        "grid": {"kind": "scene", "source": "hls"}, "labels.raster": str(cdl_raster)}))
+    out = tmp_path / "work" / "out"
+    proc = run_cli("run", str(recipe), "-o", str(out), "--no-progress")
+    assert proc.returncode in (0, 3), proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["out"]
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(out / "index.parquet").column("unit_id").to_pylist()
+    assert ids and all(i.startswith("___.._HLS.S30.T30UVB.") and "/" not in i for i in ids), ids[:3]
+    for p in out.rglob("*"):
+        assert p.resolve().is_relative_to(out.resolve()) and not p.name.startswith("..")
