@@ -377,6 +377,7 @@ def secret_runs(hls_dir, cdl_raster, tmp_path_factory):
         srv.faults.missing = {p.name for p in d.glob("*.B03.tif")}
         procs["build failed"] = run_cli("build", str(failed), "--no-progress", env=env)
         procs["finalize failed"] = run_cli("finalize", str(failed), env=env)
+        procs["build without the variables"] = run_cli("build", str(ok), "--no-progress", env={"EARTHDATA_TOKEN": TOKEN})
         yield work, procs, srv
 
 
@@ -391,6 +392,11 @@ def test_secret_runs_really_used_the_credentials(secret_runs):
     failed = json.loads((work / "failed" / "summary.json").read_text())
     assert failed["failed"] > 0 and "404" in next(iter(failed["failed_reasons"].values()))
     assert "failed chip_" in procs["finalize failed"].stderr and "X-Goog-Signature=REDACTED" in procs["finalize failed"].stderr
+    # the stored recipe holds ${VAR} in place of each secret: without the variables, build says so
+    bare = procs["build without the variables"]
+    assert bare.returncode == 2 and "Traceback" not in bare.stderr
+    assert bare.stderr.startswith(f"error: the plan in {str(work / 'ok')!r} needs the environment variable(s) "
+                                  "$EOCHIPS_T_PASSWORD, $EOCHIPS_T_PATH_TOKEN, $EOCHIPS_T_QUERY_TOKEN"), bare.stderr
 
 
 def test_the_decoded_search_finds_what_is_there(secret_runs):

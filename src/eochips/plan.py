@@ -48,6 +48,7 @@ from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for
 from .labels import CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, default_colormap, make_reclass, rasterize_vector
 from .profiles import BandSpec, Profile, QASpec, get_profile
 from .reading import close_assets, probe, read_env, read_onto
+from .search.auth import check_secret_vars
 from .search import Scene, fetch_by_ids, is_redacted, redact, redact_obj, scene_from_item, search, sign_href
 from .selection import Candidate, Pick, SceneGroup, SelectionContext, SelectionFailed, get_strategy
 from .writers import OutputStore
@@ -782,11 +783,13 @@ def load_plan(store: OutputStore) -> Plan:
 
     if not store.exists(f"{PLAN_DIR}/plan.json"):
         raise OutputError(f"no plan in {store.location!r}; run 'eochips plan RECIPE --output {store.location}' first")
-    doc = json.loads(store.read_bytes(f"{PLAN_DIR}/plan.json"))
+    text = store.read_bytes(f"{PLAN_DIR}/plan.json").decode()
+    doc = json.loads(text)
     if doc.get("version") != RECIPE_VERSION:
         raise OutputError(f"the plan in {store.location!r} was written by another eochips version; plan again "
                           f"(eochips run RECIPE -o {store.location} --overwrite)")
     run = json.loads(store.read_bytes(f"{PLAN_DIR}/{RUN_FILE}")) if store.exists(f"{PLAN_DIR}/{RUN_FILE}") else {}
+    check_secret_vars(json.dumps([doc["recipe"], run]), f"the plan in {store.location!r}")
     recipe = parse_recipe({**doc["recipe"], **run})  # "nan" fills (JSON has no NaN) validate back to float NaN
     grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"])
              for g in doc["grids"]]

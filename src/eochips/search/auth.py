@@ -224,6 +224,23 @@ def redact_obj(obj: Any) -> Any:
     return obj
 
 
+def check_secret_vars(text: str, where: str) -> None:
+    """Check that every ``${VAR}`` :func:`redact` left in a stored text (a plan's recipe) can be
+    expanded again: the variable is set in this environment.
+
+    Raises
+    ------
+    RecipeError
+        Naming the unset variables.
+    """
+    from ..errors import RecipeError
+
+    missing = sorted({p[2:-1] for p in _PLACEHOLDER.findall(text) if not os.environ.get(p[2:-1])})
+    if missing:
+        raise RecipeError(f"{where} needs the environment variable(s) {', '.join('$' + m for m in missing)}: credentials of "
+                          f"its recipe, which are not stored; set them and run the command again")
+
+
 def is_redacted(text: str) -> bool:
     """True when :func:`redact` changed something in ``text`` (a stored href or URL that must be
     fetched again, or expanded, before use)."""
