@@ -379,7 +379,7 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
         for up in plan.units:
             if up.status == "dropped":
                 prev = state.get(up.id)
-                if prev is None or prev["status"] != "dropped" or prev["reason"] != up.reason:
+                if prev is None or prev["status"] != "dropped" or prev["reason"] != redact(up.reason):
                     for rel in (prev or {}).get("files", {}):
                         store.remove(rel)
                     state.record(UnitResult(up.id, "dropped", up.code, up.reason, metrics={"label_info": up.label_info}))

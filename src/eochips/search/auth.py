@@ -3,7 +3,14 @@
 Credentials never travel inside a plan or a task: a task names its source's auth scheme
 (``none``, ``earthdata``, ``planetary-computer``) and the worker that reads an asset builds the
 GDAL options (:func:`gdal_auth_env`) and signs the href (:func:`sign_href`) itself, at read
-time. Every message and every stored href goes through :func:`redact`.
+time. Every message and every stored text goes through :func:`redact`.
+
+Where a bearer token may go is decided per read (:func:`env_for_href`): only ``https://`` to
+the scheme's hosts (:data:`DEFAULT_AUTH_HOSTS`, or the recipe's ``search.auth_hosts``), plain
+``http://`` only to a loopback host the recipe lists. Loopback is not allowed by default: a
+token must not reach whatever listens on the machine (a proxy, a debug server) because an item
+href names it; tests list ``127.0.0.1`` explicitly. Catalog requests (static JSON over HTTP,
+STAC APIs through pystac-client) never carry it.
 """
 
 from __future__ import annotations
