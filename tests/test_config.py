@@ -266,7 +266,7 @@ ERRORS = {
     "unknown key, split": ({"dataset.split.seeds": 1},
         "recipe field 'dataset.split.seeds': unknown key; valid keys: kind, seed, train_fraction"),
     "unknown key, search": ({"sources.hls.search.catalogue": "x.json"},
-        "recipe field 'sources.hls.search.catalogue': unknown key; valid keys: auth, catalog, cloud_cover, collections, "
+        "recipe field 'sources.hls.search.catalogue': unknown key; valid keys: auth, auth_hosts, catalog, cloud_cover, collections, "
         "datetime, filter, id_pattern, max_items, max_retries, page_size, sortby"),
     "unknown key, band spec": ({"sources.hls.bands": [{"name": "blue", "resampl": "nearest"}]},
         "recipe field 'sources.hls.bands.0.resampl': unknown key; valid keys: asset, dtype, index, name, nodata, offset, "

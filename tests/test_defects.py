@@ -166,7 +166,8 @@ def test_d5_tasks_carry_no_credentials_but_workers_build_them(local_catalog, cdl
                 a["href"] = f"{srv.url}/{a['href']}"
         cat = tmp_path / "items.json"
         cat.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
-        recipe = write_recipe(tmp_path / "auth.yaml", crop_recipe(str(cat), cdl_raster, **{"sources.hls.search.auth": "earthdata"}))
+        recipe = write_recipe(tmp_path / "auth.yaml", crop_recipe(str(cat), cdl_raster, **{"sources.hls.search.auth": "earthdata",
+                                                                                      "sources.hls.search.auth_hosts": ["127.0.0.1"]}))
         plan = make_plan(load_recipe(recipe))
         tasks = make_tasks(plan, OutputStore(tmp_path / "out"))
         assert len(tasks) == 41

@@ -43,12 +43,14 @@ def signed_catalog(hls_dir, tmp_path):
 
 def test_token_and_sas_never_written_or_logged(signed_catalog, cdl_raster, tmp_path):
     cat, srv = signed_catalog
-    recipe = write_recipe(tmp_path / "r.yaml", crop_recipe(str(cat), cdl_raster, **{"sources.hls.search.auth": "earthdata"}))
+    # the loopback test server must be listed: credentials go only to the hosts of search.auth_hosts
+    edl = {"sources.hls.search.auth": "earthdata", "sources.hls.search.auth_hosts": ["127.0.0.1"]}
+    recipe = write_recipe(tmp_path / "r.yaml", crop_recipe(str(cat), cdl_raster, **edl))
     out = tmp_path / "work" / "out"
     env = {"EARTHDATA_TOKEN": TOKEN}
     # the stages one by one, on the two-source gap-filling recipe: build must get the signed hrefs
     # of both sources back by fetching their scenes again (engine v1 searched the main source only)
-    gap = write_recipe(tmp_path / "gap.yaml", gap_recipe(str(cat), cdl_raster, **{"sources.hls.search.auth": "earthdata"}))
+    gap = write_recipe(tmp_path / "gap.yaml", gap_recipe(str(cat), cdl_raster, **edl))
     runs = [run_cli("run", str(recipe), "-o", str(out), "--no-progress", env=env),
             run_cli("plan", str(gap), "-o", str(tmp_path / "work" / "staged"), env=env),
             run_cli("build", str(tmp_path / "work" / "staged"), "--no-progress", env=env),

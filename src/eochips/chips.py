@@ -121,6 +121,7 @@ class LayerRead:
     composite: CompositeConfig = CompositeConfig()
     auth: str = "none"
     mask_reads: tuple[MaskRead, ...] = ()
+    auth_hosts: tuple[str, ...] | None = None  # where the credentials of auth may go (None: its defaults)
 
     def hrefs(self) -> tuple:
         return tuple(tuple(sc.hrefs for sc in st.scenes) for st in self.steps)
@@ -311,7 +312,7 @@ class _BatchRead:
         self.hrefs = [sign_href(first.layers[j.layer].steps[j.step].scenes[j.scene].href(j.asset), j.auth) for j in self.jobs]
         for h in self.hrefs:
             caches.setdefault(h, TileCache())
-        self.envs = {lay.auth: read_env(first.reading, lay.auth) for lay in first.layers}
+        self.envs = [read_env(first.reading, lay.auth, lay.auth_hosts) for lay in first.layers]
         pool = _pool("io", first.reading.threads)
         self.futures = [pool.submit(self._read, j) for j in range(len(self.jobs))]
 
@@ -322,7 +323,7 @@ class _BatchRead:
         tries: list = []
         try:
             got = read_sources(href, grids, band=job.index, resampling=job.resampling, src_nodata=job.nodata,
-                               env=self.envs[job.auth], max_retries=self.tasks[0].reading.max_retries,
+                               env=self.envs[job.layer], max_retries=self.tasks[0].reading.max_retries,
                                cache=self.caches[href], retries=tries)[0]
         except ReadError as exc:
             for i in live:

@@ -33,11 +33,18 @@ EMPTY_DATASET = 3
 INTERRUPTED = 130
 
 
+def redact(text: str) -> str:
+    """Every printed message goes through :func:`eochips.search.redact` (no credential on screen)."""
+    from .search.auth import redact as _redact
+
+    return _redact(text)
+
+
 def _guard(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except EochipsError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)  # a value may hold [..]
+        err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, markup=True, soft_wrap=True)  # a value may hold [..]
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted: finished units are kept; rerun the same command to resume", highlight=False, markup=False)
@@ -94,7 +101,7 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
     t.add_row("dataset", out if "://" in out else str(Path(out).resolve()))
     out_console.print(t)
     for cid, reason in sorted(summary.get("failed_reasons", {}).items())[:10]:
-        err.print(f"failed {cid}: {reason}", highlight=False, markup=False)
+        err.print(f"failed {cid}: {redact(reason)}", highlight=False, markup=False)
 
 
 def _exit_code(summary: dict[str, Any]) -> int:
@@ -195,7 +202,7 @@ def build(
         return build_units(output, workers=workers, scheduler=scheduler, progress=progress)
 
     s = _guard(go).as_dict()
-    out_console.print(json.dumps(s, indent=2))
+    out_console.print(redact(json.dumps(s, indent=2)), highlight=False, markup=False)
     if s["failed"]:
         raise typer.Exit(1)
 
@@ -268,7 +275,7 @@ def _notes(message, category, filename, lineno, file=None, line=None) -> None:
     from .config import RecipeUpgradeWarning
 
     if issubclass(category, RecipeUpgradeWarning):
-        err.print(f"note: {message}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"note: {redact(str(message))}", highlight=False, markup=False, soft_wrap=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 
 from . import failpoints
 from .chips import UnitResult, UnitTask, batch_key, cpu_share, process_batch
+from .search import redact, redact_obj
 from .writers import OutputStore
 
 STATE_FILE = "state.sqlite"
@@ -94,7 +95,7 @@ class State:
             "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(unit_id) DO UPDATE SET status=excluded.status, code=excluded.code, "
             "reason=excluded.reason, attempts=attempts+excluded.attempts, retries=retries+excluded.retries, "
             "files=excluded.files, metrics=excluded.metrics, fingerprint=excluded.fingerprint, updated=excluded.updated",
-            (res.unit_id, res.status, res.code, res.reason, attempt, res.retries,
+            (res.unit_id, res.status, res.code, redact(res.reason), attempt, res.retries,
              json.dumps(res.files, sort_keys=True), json.dumps(res.metrics, sort_keys=True, default=_json_default),
              res.fingerprint, time.time()),
         )
@@ -130,7 +131,7 @@ def marker_path(unit_id: str) -> str:
 
 def write_marker(out: str, res: UnitResult) -> None:
     """The completion marker of one unit (after its files): its result, as JSON."""
-    doc = {"unit_id": res.unit_id, "status": res.status, "code": res.code, "reason": res.reason, "files": res.files,
+    doc = {"unit_id": res.unit_id, "status": res.status, "code": res.code, "reason": redact(res.reason), "files": res.files,
            "metrics": res.metrics, "retries": res.retries, "fingerprint": res.fingerprint}
     OutputStore(out).write_text(marker_path(res.unit_id), json.dumps(doc, sort_keys=True, default=_json_default))
 
@@ -386,6 +387,7 @@ def check_output(store: OutputStore, recipe, overwrite: bool = False) -> None:
     from .config import canonical
     from .errors import OutputError, RecipeError
 
+    store.check_links()
     rel = "plan/plan.json"
     if not store.exists(rel):
         foreign = [f for f in store.list_files() if not f.startswith(EOCHIPS_FILES)]
@@ -404,7 +406,7 @@ def check_output(store: OutputStore, recipe, overwrite: bool = False) -> None:
         raise OutputError(f"output {store.location!r}: {rel} is not an eochips plan; give an empty or new folder") from None
     from .config.models import RECIPE_VERSION
 
-    new = json.loads(json.dumps(canonical(recipe), default=str))
+    new = redact_obj(json.loads(json.dumps(canonical(recipe), default=str)))  # as write_plan stored it
     diffs = recipe_differences(doc.get("recipe") or {}, new) if doc.get("version") == RECIPE_VERSION else ["(a plan of another eochips version)"]
     if diffs and not overwrite:
         shown = "; ".join(diffs[:6]) + (f"; +{len(diffs) - 6} more" if len(diffs) > 6 else "")
@@ -481,6 +483,7 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
     from .plan import load_plan, make_tasks, refresh_hrefs
 
     store = OutputStore(out)
+    store.check_links()
     t0 = time.perf_counter()
     plan = plan or refresh_hrefs(load_plan(store))
     store.remove_temporaries()
@@ -496,7 +499,7 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
         for up in plan.units:
             if up.status == "dropped":
                 prev = state.get(up.id)
-                if prev is None or prev["status"] != "dropped" or prev["reason"] != up.reason:
+                if prev is None or prev["status"] != "dropped" or prev["reason"] != redact(up.reason):
                     for rel in (prev or {}).get("files", {}):
                         store.remove(rel)
                     state.record(UnitResult(up.id, "dropped", up.code, up.reason, metrics={"label_info": up.label_info}))

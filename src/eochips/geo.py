@@ -271,9 +271,11 @@ def scene_gbox(properties: Mapping, asset_fields: Mapping, href: str | None = No
     import rasterio
 
     try:
-        with rasterio.Env(**dict(env or {})), rasterio.open(href) as ds:
+        from .search import env_for_href, redact
+
+        with rasterio.Env(**env_for_href(href, env or {})), rasterio.open(href) as ds:
             if ds.crs is None:
-                raise ProfileError(f"asset {href!r} has no CRS")
+                raise ProfileError(f"asset {redact(href)!r} has no CRS")
             return GeoBox((ds.height, ds.width), ds.transform, ds.crs.to_wkt())
     except rasterio.errors.RasterioIOError as exc:
         from .search import redact

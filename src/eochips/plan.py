@@ -48,9 +48,11 @@ from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for
 from .labels import CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, default_colormap, make_reclass, rasterize_vector
 from .profiles import BandSpec, Profile, QASpec, get_profile
 from .reading import close_assets, probe, read_env, read_onto
-from .search import Scene, fetch_by_ids, redact, scene_from_item, search, sign_href
+from .search.auth import check_secret_vars
+from .search import Scene, fetch_by_ids, is_redacted, redact, redact_obj, scene_from_item, search, sign_href
 from .selection import Candidate, Pick, SceneGroup, SelectionContext, SelectionFailed, get_strategy
 from .writers import OutputStore
+from .writers.store import safe_name
 
 PLAN_DIR = "plan"
 RUN_FILE = "run.json"
@@ -336,7 +338,8 @@ def _sample(recipe: Recipe, units: list[UnitPlan]) -> None:
 # grids and units
 
 def _unit_id(template: str, grid: Grid, row: int, col: int) -> str:
-    return template.format(row=row, col=col, grid=grid.name, tile=grid.tile or "")
+    # a scene grid's name is an item id, a tile comes from item properties: both sanitised (safe_name)
+    return template.format(row=row, col=col, grid=safe_name(grid.name), tile=safe_name(grid.tile or ""))
 
 
 def _make_units(recipe: Recipe, grids: list[Grid], aoi, aoi_crs) -> list[UnitPlan]:
@@ -376,7 +379,7 @@ def _scene_grids(recipe: Recipe, sp: SourcePlan, scenes: list[Scene], aoi, aoi_c
         scene = grp[0].scene
         band = min(sp.bands, key=lambda b: (b.resolution or math.inf)) if sp.bands else sp.qa.as_band()
         gbox = scene_gbox(scene.properties, scene.asset_fields.get(band.asset, {}), scene.assets.get(band.asset),
-                          env=read_env(recipe.reading, recipe.sources[g.source].search.auth))
+                          env=read_env(recipe.reading, recipe.sources[g.source].search.auth, recipe.sources[g.source].search.auth_hosts))
         if g.resolution is not None:
             gbox = at_resolution(gbox, g.resolution, "grid.resolution")
         grids.append(Grid(len(grids), scene.id, gbox, sp.profile.tile_of(scene.id, scene.properties)))
@@ -558,7 +561,7 @@ def probe_assets(plan: Plan) -> None:
         reads = [(b.asset, b.index, b) for b in sp.bands] + ([(sp.qa.asset, 1, sp.qa.as_band())] if sp.qa else [])
         reads += [(k, 1, None) for k in sp.extra_assets]
         keys = sorted({k for k, _, _ in reads})
-        env = read_env(r.reading, auth)
+        env = read_env(r.reading, auth, r.sources[name].search.auth_hosts)
         hrefs = {k: sign_href(scene.assets[k], auth) for k in keys}
 
         def one(key):
@@ -691,9 +694,10 @@ def estimate_bytes(plan: Plan) -> int:
 def write_plan(plan: Plan, store: OutputStore) -> None:
     """Write ``plan/units.parquet``, ``plan/scenes.parquet`` and, last, ``plan/plan.json``.
 
-    Each file is written atomically; a plan counts only once ``plan.json`` exists. Asset
-    hrefs are stored with query-string credentials (SAS tokens, signed-URL parameters)
-    redacted; :func:`refresh_hrefs` restores them by fetching the scenes again.
+    Each file is written atomically; a plan counts only once ``plan.json`` exists. Every text is
+    stored through :func:`eochips.search.redact`: asset hrefs and catalog URLs without their
+    credentials (:func:`refresh_hrefs` restores hrefs by fetching the scenes again), a secret
+    ``${VAR}`` of the recipe as ``${VAR}`` (expanded again when the plan is loaded).
     """
     import io
 
@@ -710,7 +714,7 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
         "row": np.array([u.unit.row for u in units], dtype=np.int32),
         "col": np.array([u.unit.col for u in units], dtype=np.int32),
         "tile": pd_str([u.tile for u in units]), "status": pd_str([u.status for u in units]),
-        "reason_code": pd_str([u.code for u in units]), "reason": pd_str([u.reason for u in units]),
+        "reason_code": pd_str([u.code for u in units]), "reason": pd_str([redact(u.reason) for u in units]),
         "label_info": pd_str([json.dumps(u.label_info, sort_keys=True) for u in units]),
         "picks": picks,
         "transform": [list(tuple(u.unit.gbox.affine)[:6]) for u in units],
@@ -719,7 +723,7 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
     for name, scenes in plan.scenes.items():
         for s in sorted(scenes.values(), key=lambda s: (s.datetime, s.id)):
             rows.append({"source": name, "id": s.id, "collection": s.collection, "datetime": s.datetime,
-                         "cloud_cover": s.cloud_cover, "item": json.dumps(s.to_item(redact), sort_keys=True),
+                         "cloud_cover": s.cloud_cover, "item": json.dumps(redact_obj(s.to_item()), sort_keys=True),
                          "geometry": s.geometry})
     sc = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326") if rows else gpd.GeoDataFrame(
         {"source": [], "id": [], "item": []}, geometry=[], crs="EPSG:4326")
@@ -732,7 +736,7 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
             written.append(f"{PLAN_DIR}/{fname}")
         recipe = canonical(plan.recipe)
         # the settings that cannot change an output byte go to run.json, which the manifest leaves out
-        run = {k: recipe.pop(k) for k in NON_OUTPUT_FIELDS}
+        run = redact_obj({k: recipe.pop(k) for k in NON_OUTPUT_FIELDS})
         store.write_text(f"{PLAN_DIR}/{RUN_FILE}", json.dumps(run, indent=2, sort_keys=True, default=str))
         written.append(f"{PLAN_DIR}/{RUN_FILE}")
         doc = {"version": RECIPE_VERSION, "recipe": recipe,
@@ -741,6 +745,7 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
                "sources": {n: {"bands": [_band_json(b) for b in sp.bands], "qa": sp.qa.__dict__ if sp.qa else None}
                            for n, sp in plan.sources.items()},
                "summary": plan.summary()}
+        doc = redact_obj(doc)  # the recipe's catalog URLs, ${VAR} credentials (written back as ${VAR})
         store.write_text(f"{PLAN_DIR}/plan.json", json.dumps(doc, indent=2, sort_keys=True, default=str))
     except Exception:
         for rel in written:
@@ -778,11 +783,13 @@ def load_plan(store: OutputStore) -> Plan:
 
     if not store.exists(f"{PLAN_DIR}/plan.json"):
         raise OutputError(f"no plan in {store.location!r}; run 'eochips plan RECIPE --output {store.location}' first")
-    doc = json.loads(store.read_bytes(f"{PLAN_DIR}/plan.json"))
+    text = store.read_bytes(f"{PLAN_DIR}/plan.json").decode()
+    doc = json.loads(text)
     if doc.get("version") != RECIPE_VERSION:
         raise OutputError(f"the plan in {store.location!r} was written by another eochips version; plan again "
                           f"(eochips run RECIPE -o {store.location} --overwrite)")
     run = json.loads(store.read_bytes(f"{PLAN_DIR}/{RUN_FILE}")) if store.exists(f"{PLAN_DIR}/{RUN_FILE}") else {}
+    check_secret_vars(json.dumps([doc["recipe"], run]), f"the plan in {store.location!r}")
     recipe = parse_recipe({**doc["recipe"], **run})  # "nan" fills (JSON has no NaN) validate back to float NaN
     grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"])
              for g in doc["grids"]]
@@ -833,7 +840,7 @@ def refresh_hrefs(plan: Plan) -> Plan:
     CatalogError
         A scene of the plan is no longer in its source's catalog.
     """
-    stale = {n for n, scenes in plan.scenes.items() if any("REDACTED" in h for s in scenes.values() for h in s.assets.values())}
+    stale = {n for n, scenes in plan.scenes.items() if any(is_redacted(h) for s in scenes.values() for h in s.assets.values())}
     if not stale:
         return plan
     aoi, aoi_crs = load_aoi(plan.recipe.aoi)
@@ -841,6 +848,10 @@ def refresh_hrefs(plan: Plan) -> Plan:
     scenes = dict(plan.scenes)
     for name in sorted(stale):
         cfg = plan.recipe.sources[name].search
+        if is_redacted(cfg.catalog):
+            raise CatalogError(f"source {name!r}: the catalog URL {cfg.catalog!r} held credentials, which are not stored in the "
+                               f"plan; put them in an environment variable of the recipe (e.g. ${{STAC_TOKEN}}) or run "
+                               f"'eochips run RECIPE -o DIR' again")
         fresh = fetch_by_ids(cfg, plan.scenes[name], aoi_ll)
         missing = sorted(set(plan.scenes[name]) - set(fresh))
         if missing:
@@ -877,7 +888,8 @@ def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[Uni
             mreads = tuple(MaskRead(mi, tuple(m.bands), m.working_resolution) for mi, m in model_masks
                            if r.source_of(m.source) == name)
             cfg = r.sources[name]
-            layers.append(LayerRead(name, sp.bands, sp.qa, tuple(steps), cfg.composite, cfg.search.auth, mreads))
+            layers.append(LayerRead(name, sp.bands, sp.qa, tuple(steps), cfg.composite, cfg.search.auth, mreads,
+                                    tuple(cfg.search.auth_hosts) if cfg.search.auth_hosts else None))
         g = up.unit.gbox
         task = UnitTask(
             unit_id=up.id, key=up.key, crs=g.crs.to_wkt(), transform=tuple(g.affine)[:6], shape=tuple(g.shape),

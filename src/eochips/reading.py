@@ -48,7 +48,8 @@ from rasterio.windows import Window
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from .errors import ReadError, TransientReadError
-from .search import gdal_auth_env, redact
+from .search import auth_hosts, env_for_href, gdal_auth_env, redact
+from .search.auth import AUTH_HOSTS_OPTION
 
 DEFAULT_GDAL_ENV: dict[str, str | int | bool] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
@@ -82,11 +83,16 @@ def gdal_env(cachemax_mb: int = 128, extra: Mapping[str, str] | None = None) -> 
     return env
 
 
-def read_env(reading, auth: str = "none") -> dict:
+def read_env(reading, auth: str = "none", hosts=None) -> dict:
     """The GDAL options of every read of a source: cache size and HTTP timeout of the recipe's
     ``reading`` section, and the credentials of ``auth`` (built here, on the worker; never put
-    in a task, a plan or a message)."""
-    return gdal_env(reading.gdal_cachemax_mb, gdal_auth_env(auth)) | {"GDAL_HTTP_TIMEOUT": reading.http_timeout}
+    in a task, a plan or a message) with the hosts they may go to (``hosts``, the recipe's
+    ``search.auth_hosts``, else the scheme's defaults): each read keeps them only for an href
+    of those hosts (:func:`eochips.search.env_for_href`)."""
+    env = gdal_env(reading.gdal_cachemax_mb, gdal_auth_env(auth)) | {"GDAL_HTTP_TIMEOUT": reading.http_timeout}
+    if auth != "none":
+        env[AUTH_HOSTS_OPTION] = ",".join(auth_hosts(auth, hosts))
+    return env
 
 
 class _Handles:
@@ -391,8 +397,9 @@ _uncached: set[str] = set()  # hrefs that had a transient failure in this proces
 def _env_for(href: str, env: Mapping) -> dict:
     """GDAL options of one read. After a transient failure GDAL's process-wide /vsicurl/ region
     cache can keep serving the broken transfer (a truncated body was never re-requested in
-    tests), so such an href is read with ``CPL_VSIL_CURL_NON_CACHED`` from then on."""
-    out = dict(env)
+    tests), so such an href is read with ``CPL_VSIL_CURL_NON_CACHED`` from then on. Credentials
+    stay only when ``href`` may carry them (:func:`eochips.search.env_for_href`)."""
+    out = env_for_href(href, env)
     if href in _uncached and href.startswith(("http://", "https://")):
         out["CPL_VSIL_CURL_NON_CACHED"] = f"/vsicurl/{href}"
     return out

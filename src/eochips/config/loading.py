@@ -38,7 +38,9 @@ class RecipeUpgradeWarning(FutureWarning):
 
 def _expand(obj: Any, key: str = "") -> Any:
     """``${VAR}`` and ``${VAR:-default}`` in strings (as in the shell: the default when VAR is
-    unset or empty). ``${VAR}`` without a default and VAR unset is an error naming the key.
+    unset or empty). ``${VAR}`` without a default and VAR unset is an error naming the key. A
+    variable whose name says it is a credential (``..._TOKEN``, ``..._KEY``, ...) is recorded so
+    that :func:`eochips.search.redact` keeps its value out of every output.
 
     Raises
     ------
@@ -51,7 +53,7 @@ def _expand(obj: Any, key: str = "") -> Any:
             if default is None and name not in os.environ:
                 raise RecipeError(f"recipe field {key or '(top level)'!r}: environment variable {name} is not set "
                                   f"(set it, or give a default: ${{{name}:-value}})")
-            return os.environ.get(name) or (default or "")
+            return _expand_var(m)
 
         return _ENV.sub(sub, obj)
     if isinstance(obj, list):
@@ -59,6 +61,15 @@ def _expand(obj: Any, key: str = "") -> Any:
     if isinstance(obj, dict):
         return {k: _expand(v, f"{key}.{k}" if key else str(k)) for k, v in obj.items()}
     return obj
+
+
+def _expand_var(m: re.Match) -> str:
+    from ..search.auth import is_secret_var, remember_secret_var
+
+    value = os.environ.get(m.group(1))
+    if value and is_secret_var(m.group(1)):
+        remember_secret_var(m.group(1))
+    return value or (m.group(2) or "")
 
 
 def builtin_recipes() -> list[str]:

@@ -99,6 +99,9 @@ def _instant(part: str, is_end: bool):
 def _unit_id(v: str | None) -> str | None:
     if v is not None:
         check_template(v, {"row", "col", "grid", "tile"}, need_any=({"row", "col"},))
+        from ..writers.store import check_path_template
+
+        check_path_template(v, {"row", "col", "grid", "tile"}, "id")  # an id names files: no '..', '\\', ':', NUL
     return v
 
 
@@ -190,6 +193,24 @@ class SearchConfig(_Model):
         "none", description="earthdata: bearer token from $EARTHDATA_TOKEN or ~/.netrc; planetary-computer: sign hrefs at read time."
     )
     max_retries: int = Field(5, ge=0, le=20, description="Retries of each API request (5xx, 429, resets, timeouts).")
+    auth_hosts: list[str] | None = Field(None, min_length=1, description=(
+        "Hosts the credentials of `auth` may be sent to (a name also allows its subdomains), over https only (http only to "
+        "a loopback host listed here); default for earthdata: earthdata.nasa.gov, earthdatacloud.nasa.gov, "
+        "e4ftl01.cr.usgs.gov, lpdaac.usgs.gov."))
+
+    @field_validator("auth_hosts")
+    @classmethod
+    def _hosts(cls, v):
+        for h in v or []:
+            if not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|::1", h):
+                raise ValueError(f"{h!r} is not a host name (e.g. earthdata.nasa.gov or 127.0.0.1; no scheme, port or path)")
+        return v
+
+    @model_validator(mode="after")
+    def _hosts_need_auth(self) -> "SearchConfig":
+        if self.auth_hosts is not None and self.auth != "earthdata":
+            raise ValueError(f"auth_hosts: used only with auth: earthdata (auth is {self.auth!r})")
+        return self
 
     @field_validator("datetime")
     @classmethod
@@ -686,6 +707,19 @@ class LabelsConfig(_Model):
 # --------------------------------------------------------------------------------------
 # output layouts
 
+LAYOUT_FIELDS = {"unit", "grid", "tile", "band", "source", "step", "date"}
+"""The fields of the per-band and stack layouts' file-name templates."""
+
+
+def _inside(v: str | None, fields: set[str], field: str) -> str | None:
+    """A file-name template (or name) of a layout that stays inside the dataset folder."""
+    if v is None or (field == "path" and v.strip("/") == ""):
+        return v
+    from ..writers.store import check_path_template
+
+    return check_path_template(v, fields, field)
+
+
 class Seed001Layout(_Model):
     """Seed 001's files: ``{unit}_merged.tif`` (every band of every time step of ``source``,
     time-major), ``{unit}.mask.tif`` (class map) and ``{unit}_Fmask.tif`` (raw QA per step)."""
@@ -704,6 +738,11 @@ class Seed000CmaskLayout(_Model):
     bits: list[FmaskBit] = ["cloud"]
     tracker: str = Field("fmask_tracker.csv", pattern=r"^[A-Za-z0-9_.-]+$")
 
+    @field_validator("tracker")
+    @classmethod
+    def _tracker_inside(cls, v):
+        return _inside(v, set(), "tracker")
+
 
 class PerBandLayout(_Model):
     """One file per band (and time step): ``path``/``name`` templates with fields unit, band,
@@ -714,6 +753,11 @@ class PerBandLayout(_Model):
     name: str = "{unit}_{band}.tif"
     path: str = "chips"
     labels: str | None = "{unit}_labels.tif"
+
+    @field_validator("name", "path", "labels")
+    @classmethod
+    def _inside(cls, v, info):
+        return _inside(v, LAYOUT_FIELDS, info.field_name)
 
 
 class StackLayout(_Model):
@@ -726,6 +770,11 @@ class StackLayout(_Model):
     name: str = "{unit}.tif"
     path: str = "chips"
     labels: str | None = "{unit}_labels.tif"
+
+    @field_validator("name", "path", "labels")
+    @classmethod
+    def _inside(cls, v, info):
+        return _inside(v, LAYOUT_FIELDS, info.field_name)
 
 
 Layout = Annotated[Union[Seed001Layout, Seed000CmaskLayout, PerBandLayout, StackLayout], Field(discriminator="kind")]

@@ -194,7 +194,7 @@ class CloudMaskConfig(_Model):
     n_scenes: int = Field(6, gt=0)
     seed: int = 42
     bits: list[Literal["cirrus", "cloud", "adjacent", "shadow", "snow_ice"]] = ["cloud"]
-    tracker: str = "fmask_tracker.csv"
+    tracker: str = Field("fmask_tracker.csv", pattern=r"^[A-Za-z0-9_.-]+$")  # a file name in the dataset folder
 
     @model_validator(mode="after")
     def _enough(self) -> "CloudMaskConfig":

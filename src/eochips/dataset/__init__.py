@@ -41,6 +41,7 @@ from ..config.models import FINALIZERS as FINALIZER_NAMES
 from ..engine import MARKERS, STATE_FILE, open_state
 from ..plan import Plan, class_names, load_plan, make_tasks
 from ..registry import Registry
+from ..search import redact, redact_obj
 from ..writers import OutputStore
 
 MANIFEST = "checksums.sha256"
@@ -121,7 +122,7 @@ def _index_rows(ctx: Context) -> list[dict[str, Any]]:
         rows.append({
             "unit_id": up.id, "grid": up.unit.grid, "row": up.unit.row, "col": up.unit.col, "tile": up.tile,
             "crs": f"EPSG:{crs}" if crs else g.crs.to_wkt(), "transform": list(tuple(up.unit.gbox.affine)[:6]),
-            "status": rec["status"], "reason_code": rec.get("code") or up.code or "", "reason": rec["reason"] or "",
+            "status": rec["status"], "reason_code": rec.get("code") or up.code or "", "reason": redact(rec["reason"] or ""),
             "split": split_of.get(up.id),
             "scene_ids": m.get("scene_ids") or [p.scene.id for _, _, p in picks],
             "datetimes": m.get("datetimes") or [p.scene.datetime.isoformat() for _, _, p in picks],
@@ -227,7 +228,7 @@ def summarize(ctx: Context) -> dict[str, Any]:
         if rec["status"] == "dropped":
             dropped[rec["code"]] = dropped.get(rec["code"], 0) + 1
         elif rec["status"] == "failed":
-            failed[cid] = rec["reason"]
+            failed[cid] = redact(rec["reason"])
     unknown: dict[str, int] = {}
     for row in ctx.rows:
         for code, n in json.loads(row["unknown_codes"]).items():
@@ -243,7 +244,7 @@ def summarize(ctx: Context) -> dict[str, Any]:
 
 @register("summary")
 def _summary(ctx: Context) -> None:
-    ctx.store.write_text("summary.json", json.dumps(ctx.summary, indent=2, sort_keys=True))
+    ctx.store.write_text("summary.json", json.dumps(redact_obj(ctx.summary), indent=2, sort_keys=True))
 
 
 @register("manifest")

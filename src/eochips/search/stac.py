@@ -334,7 +334,7 @@ def _search_api(cfg: SearchConfig, aoi: BaseGeometry, match: ItemMatcher, fields
 
 def _short(exc: BaseException, n: int = 300) -> str:
     s = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return redact(s[:n])
+    return redact(s)[:n]  # redacted first: a cut must not leave half a secret
 
 
 # --------------------------------------------------------------------------------------

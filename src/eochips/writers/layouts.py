@@ -33,7 +33,7 @@ from ..config import is_nan
 from ..errors import RecipeError
 from ..registry import Registry
 from .cog import write_cog
-from .store import OutputStore, check_relative
+from .store import OutputStore, check_relative, safe_name
 
 CHIPS_DIR = "chips"
 Layout = Callable[[Any, Any, OutputStore, dict], tuple[dict[str, str], dict[str, Any]]]
@@ -155,12 +155,13 @@ def seed_000_cmask(cfg, data, store: OutputStore, common: dict) -> tuple[dict[st
 
 def _fields(data, **kw) -> dict[str, Any]:
     task = data.task
-    return {"unit": task.unit_id, "grid": task.grid_name, "tile": task.tile or "", **kw}
+    # grid (a scene id) and tile come from the catalog's items: sanitised to a plain name part
+    return {"unit": task.unit_id, "grid": safe_name(task.grid_name), "tile": safe_name(task.tile or ""), **kw}
 
 
 def _path(cfg, fields: dict[str, Any], name: str) -> str:
     folder = cfg.path.format(**fields).strip("/")
-    return check_relative(f"{folder}/{name.format(**fields)}" if folder else name.format(**fields))
+    return check_relative(f"{folder}/{name.format(**fields)}" if folder else name.format(**fields), f"output.layout {cfg.kind} path")
 
 
 @register("per-band")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -128,9 +129,10 @@ class OutputStore:
         Raises
         ------
         OutputError
-            ``rel`` would leave the output folder (``..``, an absolute path).
+            ``rel`` would leave the output folder (``..``, an absolute path, a symbolic link in
+            the folder pointing elsewhere; :func:`check_inside`).
         """
-        return self.root / check_relative(rel)
+        return check_inside(self.root, rel)
 
     def ensure(self) -> None:
         """Create the location if needed and check it can be written.
@@ -185,6 +187,28 @@ class OutputStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             return tmp_name(final)
         return self.staging / f"{uuid.uuid4().hex}{TMP_MARK}{Path(rel).name}"
+
+    def check_links(self) -> None:
+        """Refuse a dataset folder holding a symbolic link that resolves outside it (a write
+        through it would land elsewhere); remote stores have no links.
+
+        Raises
+        ------
+        OutputError
+            Naming the link and where it points.
+        """
+        if not self.is_local or not self.root.is_dir():
+            return
+        real_root = self.root.resolve()
+        for folder, dirs, files in os.walk(self.root):
+            for name in dirs + files:
+                p = Path(folder) / name
+                if p.is_symlink():
+                    real = p.resolve()
+                    if real != real_root and real_root not in real.parents:
+                        rel = p.relative_to(self.root).as_posix()
+                        raise OutputError(f"output folder {str(self.root)!r} holds {rel!r}, a symbolic link to {str(real)!r} "
+                                          f"outside it; remove the link or choose another --output")
 
     # -- writing ---------------------------------------------------------------------
     def publish(self, staged: Path, rel: str) -> None:
@@ -284,18 +308,89 @@ class OutputStore:
         return n
 
 
-def check_relative(rel: str) -> str:
-    """``rel`` if it is a relative path that stays inside the output folder.
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def check_relative(rel: str, where: str = "output path") -> str:
+    """``rel`` if it is a relative ``/``-separated path that stays inside the output folder.
+
+    Refused: an empty path or part, an absolute path (``/x``, ``\\x``), a drive (``C:``) or URL
+    scheme (``a:``), a ``..`` or ``.`` part, a backslash, a NUL or other control character.
+    ``where`` names the recipe field the path came from, for the message.
 
     Raises
     ------
     OutputError
-        An absolute path, a ``..`` part or an empty name (from a recipe template or an item id).
+        Naming ``where`` and the path.
     """
-    parts = rel.replace("\\", "/").split("/")
-    if not rel or rel.startswith("/") or any(p in ("", "..") for p in parts) or ":" in parts[0]:
-        raise OutputError(f"output path {rel!r} would leave the dataset folder; names must be relative, without '..'")
+    problem = None
+    if not isinstance(rel, str) or not rel:
+        problem = "is empty"
+    elif any(ord(c) < 32 for c in rel):
+        problem = "holds a control character (NUL, newline)"
+    elif "\\" in rel:
+        problem = "holds a backslash"
+    elif rel.startswith("/"):
+        problem = "is absolute"
+    elif _DRIVE.match(rel) or ":" in rel.split("/")[0]:
+        problem = "starts with a drive or URL scheme"
+    elif any(p in ("", ".", "..") for p in rel.split("/")):
+        problem = "has an empty, '.' or '..' part"
+    if problem:
+        raise OutputError(f"{where} {rel!r} would leave the dataset folder: it {problem}; "
+                          "names must be relative, '/'-separated, without '..'")
     return rel
+
+
+def check_inside(root: Path, rel: str, where: str = "output path") -> Path:
+    """``root / rel`` after :func:`check_relative`, checked to resolve (symlinks followed) inside
+    ``root``: a symlink in the dataset folder that points elsewhere is refused.
+
+    Raises
+    ------
+    OutputError
+        ``rel`` is not a safe relative path, or resolves outside ``root``.
+    """
+    path = root / check_relative(rel, where)
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise OutputError(f"{where} {rel!r} resolves outside the dataset folder {str(root)!r} (through a symbolic link to "
+                          f"{str(real)!r}); remove the link or choose another --output")
+    return path
+
+
+def safe_name(text: str) -> str:
+    """A file-name part from data (a scene id, a tile id): every character but ``A-Z a-z 0-9 . _ -``
+    becomes ``_``, and leading dots become ``_``, so the result has no separator, cannot be
+    ``.``/``..`` or hidden, and is unchanged for ordinary ids (``HLS.S30.T30UVB.2021159T112121.v2.0``)."""
+    s = _UNSAFE.sub("_", str(text))
+    stripped = s.lstrip(".")
+    return "_" * (len(s) - len(stripped)) + stripped
+
+
+def check_path_template(template: str, fields: set[str], where: str) -> str:
+    """Check that a recipe's file-name template (``str.format`` fields) gives a safe relative
+    path whatever the (sanitised) field values: formatted with sample values, it must pass
+    :func:`check_relative`.
+
+    Raises
+    ------
+    ValueError
+        The template would leave the dataset folder (a pydantic validator turns it into a
+        RecipeError naming the field).
+    """
+    sample = {f: "x" for f in fields}
+    try:
+        rel = template.format(**sample).strip("/") if where.endswith("path") else template.format(**sample)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return template  # the field check of the template reports it
+    try:
+        check_relative(rel, "path")
+    except OutputError as exc:
+        raise ValueError(str(exc).replace(f"path {rel!r}", f"template {template!r}", 1)) from None
+    return template
 
 
 def _alive(pid: int) -> bool:
