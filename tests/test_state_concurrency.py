@@ -510,12 +510,14 @@ def test_object_storage_lease(case, s3_env, solo, tmp_path):
     doc, code = LEASES[case]
     prefix = f"lease-{list(LEASES).index(case)}"
     url = _upload(client, solo, prefix)
-    client.put_object(Bucket="eochips-state", Key=f"{prefix}/{LOCK}",
-                      Body=json.dumps({**doc, "since": "2026-01-01T00:00:00Z", "command": "build", "token": "x"}).encode())
+    lease = json.dumps({**doc, "since": "2026-01-01T00:00:00Z", "command": "build", "token": "x"}).encode()
+    client.put_object(Bucket="eochips-state", Key=f"{prefix}/{LOCK}", Body=lease)
+    client.delete_object(Bucket="eochips-state", Key=f"{prefix}/checksums.sha256")
     proc = run_cli("finalize", url, env=env | {"EOCHIPS_STATE_DIR": str(tmp_path / "state")})
     if code == 2:
-        _one_line_error(proc, f"is being written by pid 4242 on other-host since 2026-01-01T00:00:00Z", case)
-        assert "checksums.sha256" not in str(client.list_objects_v2(Bucket="eochips-state", Prefix=f"{prefix}/check"))
+        _one_line_error(proc, "is being written by pid 4242 on other-host since 2026-01-01T00:00:00Z", case)
+        assert client.get_object(Bucket="eochips-state", Key=f"{prefix}/{LOCK}")["Body"].read() == lease
+        assert client.list_objects_v2(Bucket="eochips-state", Prefix=f"{prefix}/checksums")["KeyCount"] == 0
     else:
         assert proc.returncode == 0, proc.stderr[-2000:]
         body = client.get_object(Bucket="eochips-state", Key=f"{prefix}/checksums.sha256")["Body"].read().decode()
