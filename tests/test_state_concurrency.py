@@ -153,6 +153,13 @@ STALE = {
 }
 
 
+@pytest.mark.parametrize("kind", ["build", "finalize"])
+def test_build_or_finalize_of_a_missing_folder_creates_nothing(kind, recipe, tmp_path):
+    out = tmp_path / "nothing-here"
+    _one_line_error(run_cli(*_cmd(kind, recipe, out)), "no plan in", kind)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("case", list(STALE))
 def test_stale_lock_is_taken_over(case, recipe, solo, tmp_path):
     if STALE[case] == "dead-pid":
@@ -272,6 +279,7 @@ REPAIRED = {
     "zero-byte state (build: every unit from its marker)": ("build", "state-zero", ()),
     "units.parquet truncated (run rewrites the plan)": ("run", "units-truncated", ()),
     "state not a database (run --overwrite starts again)": ("run", "state-garbage", ("--overwrite",)),
+    "plan.json not JSON (run --overwrite starts again)": ("run", "plan-json-garbage", ("--overwrite",)),
 }
 
 

@@ -360,7 +360,13 @@ def check_output(store: OutputStore, recipe, overwrite: bool = False) -> None:
         if overwrite:
             clear_dataset(store)
         return
-    doc = read_plan_json(store)
+    try:
+        doc = read_plan_json(store)
+    except OutputError:
+        if not overwrite:
+            raise
+        clear_dataset(store)  # a damaged plan of some dataset: --overwrite replaces it
+        return
     from .config.models import RECIPE_VERSION
 
     new = json.loads(json.dumps(canonical(recipe), default=str))
@@ -476,7 +482,7 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
     from .lock import dataset_lock
 
     store = OutputStore(out)
-    with dataset_lock(store, "build"):
+    with dataset_lock(store, "build", create=False):
         return _build(store, plan, workers, scheduler, progress)
 
 

@@ -56,8 +56,11 @@ def _busy(store, doc: dict[str, Any] | None) -> OutputError:
 
 
 @contextmanager
-def dataset_lock(store, command: str = "") -> Iterator[None]:
+def dataset_lock(store, command: str = "", create: bool = True) -> Iterator[None]:
     """Hold the exclusive write lock of ``store``'s dataset for the block (see the module docstring).
+
+    ``create=False`` (``build``, ``finalize``): a local folder that does not exist is not created
+    for the lock; the block runs unlocked and finds no plan there.
 
     Raises
     ------
@@ -79,7 +82,10 @@ def dataset_lock(store, command: str = "") -> Iterator[None]:
             with _guard:
                 _held[key] -= 1
         return
-    release = _lock_local(store, command) if store.is_local else _lock_remote(store, command)
+    if store.is_local and not create and not store.root.is_dir():
+        release = _nothing
+    else:
+        release = _lock_local(store, command) if store.is_local else _lock_remote(store, command)
     with _guard:
         _held[key] = 1
     try:
@@ -88,6 +94,10 @@ def dataset_lock(store, command: str = "") -> Iterator[None]:
         with _guard:
             _held.pop(key, None)
         release()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _read_doc(text: str) -> dict[str, Any] | None:

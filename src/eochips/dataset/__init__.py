@@ -271,7 +271,7 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
     from ..lock import dataset_lock
 
     store = OutputStore(out)
-    with dataset_lock(store, "finalize"):
+    with dataset_lock(store, "finalize", create=False):
         return _finalize(store)
 
 
