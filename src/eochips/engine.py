@@ -68,7 +68,8 @@ class State:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        with self._errors():
+        self.db = None
+        with self._errors(close=True):
             self.db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(
@@ -81,19 +82,23 @@ class State:
     _COLS = "status, code, reason, attempts, retries, files, metrics, fingerprint"
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self, close: bool = False) -> Iterator[None]:
         try:
             yield
         except sqlite3.IntegrityError:
             raise
         except sqlite3.DatabaseError as exc:
-            raise state_error(self.path, exc) from None
-        except ValueError as exc:  # a JSON column that does not parse
+            if close:
+                self.close()
             raise state_error(self.path, exc) from None
 
     def _row(self, r) -> dict[str, Any]:
+        try:
+            files, metrics = json.loads(r[5] or "{}"), json.loads(r[6] or "{}")
+        except ValueError as exc:  # a JSON column that does not parse
+            raise state_error(self.path, exc) from None
         return {"status": r[0], "code": r[1] or "", "reason": r[2] or "", "attempts": r[3], "retries": r[4],
-                "files": json.loads(r[5] or "{}"), "metrics": json.loads(r[6] or "{}"), "fingerprint": r[7] or ""}
+                "files": files, "metrics": metrics, "fingerprint": r[7] or ""}
 
     def get(self, unit_id: str) -> dict[str, Any] | None:
         with self._errors():
