@@ -244,15 +244,26 @@ class FaultyProxy(_LoopbackServer):
                 for k, v in r.headers.items():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
+                head = method == "HEAD"  # no body; the upstream's length stands
+                self.send_header("Content-Length", r.headers.get("Content-Length", "0") if head else str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not head:
+                    self.wfile.write(body)
 
             def do_GET(self):  # noqa: N802
                 self._forward("GET")
 
             def do_POST(self):  # noqa: N802
                 self._forward("POST")
+
+            def do_PUT(self):  # noqa: N802 - object storage (an S3 server upstream)
+                self._forward("PUT")
+
+            def do_HEAD(self):  # noqa: N802
+                self._forward("HEAD")
+
+            def do_DELETE(self):  # noqa: N802
+                self._forward("DELETE")
 
         self._serve(Handler)
 

@@ -128,7 +128,7 @@ CLI_CASES = {
     "foreign folder": ("out", "@foreign", "is not empty and is not an eochips dataset (it holds 'checksums.sha256' and 3 more file(s))"),
     "foreign folder with --overwrite": ("out", "@foreign --overwrite", "is not an eochips dataset (it holds 'checksums.sha256'"),
     "foreign nested file": ("out", "@nested", "is not an eochips dataset (it holds 'chips/mine.tif')"),
-    "plan.json that is not a plan": ("out", "@badplan", "plan/plan.json is not an eochips plan"),
+    "plan.json that is not a plan": ("out", "@badplan", "plan file plan/plan.json in"),
     "plan into a foreign folder": ("cmd", ["plan", "{recipe}", "-o", "{tmp}/cwd"], "is not empty and is not an eochips dataset (it holds 'mine.txt')"),
     "workers -1": ("args", ["--workers", "-1"], "--workers -1: give at least 1 worker process"),
     "workers 0": ("args", ["--workers", "0"], "--workers 0: give at least 1 worker process"),

@@ -41,23 +41,25 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
     """
     from .dataset import finalize
     from .engine import build, check_output
+    from .lock import dataset_lock
     from .plan import make_plan, write_plan
     from .writers import OutputStore
 
     store = OutputStore(out)
     plan = make_plan(recipe)
     created = store.is_local and not store.root.exists()
-    store.ensure()
     try:
-        check_output(store, recipe, overwrite)
-        write_plan(plan, store)
+        with dataset_lock(store, "run"):  # one writer per dataset: a second run stops here (exit 2)
+            store.ensure()
+            check_output(store, recipe, overwrite)
+            write_plan(plan, store)
+            build_summary = build(store.location, plan=plan, workers=workers, scheduler=scheduler, progress=progress)
+            summary = finalize(store.location)
     except EochipsError:
         if created and not any(p.is_file() for p in store.root.rglob("*")):
             import shutil
 
             shutil.rmtree(store.root, ignore_errors=True)
         raise
-    build_summary = build(store.location, plan=plan, workers=workers, scheduler=scheduler, progress=progress)
-    summary = finalize(store.location)
     summary["build"] = build_summary.as_dict()
     return summary

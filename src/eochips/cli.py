@@ -100,6 +100,10 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
         t.add_row("build seconds", str(summary["build"]["seconds"]))
     t.add_row("dataset", out if "://" in out else str(Path(out).resolve()))
     out_console.print(t)
+    if summary.get("rebuilt"):
+        shown = ", ".join(summary["rebuilt"][:5]) + (" ..." if len(summary["rebuilt"]) > 5 else "")
+        err.print(f"note: rebuilt {len(summary['rebuilt'])} unit(s) whose files had changed on disk since they were built: {shown}",
+                  highlight=False, markup=False, soft_wrap=True)
     for cid, reason in sorted(summary.get("failed_reasons", {}).items())[:10]:
         err.print(f"failed {cid}: {redact(reason)}", highlight=False, markup=False)
 
@@ -162,10 +166,13 @@ def plan(
         r = _load(recipe, sets)
         p = make_plan(r)
         if not dry_run:
+            from .lock import dataset_lock
+
             store = OutputStore(output)
-            store.ensure()
-            check_output(store, r, overwrite)
-            write_plan(p, store)
+            with dataset_lock(store, "plan"):
+                store.ensure()
+                check_output(store, r, overwrite)
+                write_plan(p, store)
         return p
 
     p = _guard(go)

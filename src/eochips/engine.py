@@ -38,6 +38,7 @@ from typing import Any, Iterator
 from . import failpoints
 from .chips import UnitResult, UnitTask, batch_key, cpu_share, process_batch
 from .search import redact, redact_obj
+from .errors import OutputError
 from .writers import OutputStore
 
 STATE_FILE = "state.sqlite"
@@ -61,60 +62,109 @@ class State:
     ``reason``, ``attempts``, ``retries`` (transient read failures retried, summed over
     attempts), ``files`` (JSON ``{path: sha256}``), ``metrics`` (JSON), ``fingerprint`` (of the
     task that made the row), ``updated`` (unix seconds).
+
+    Every SQLite failure is an :class:`~eochips.errors.OutputError` naming the file and what to
+    do: a corrupt or truncated file, a file another process keeps locked (after
+    :data:`LOCK_TIMEOUT` seconds, not a silent minute), a full disk.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path, timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS units (unit_id TEXT PRIMARY KEY, status TEXT NOT NULL, code TEXT, reason TEXT, "
-            "attempts INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0, files TEXT, metrics TEXT, "
-            "fingerprint TEXT, updated REAL)"
-        )
-        self.db.commit()
+        self.db = None
+        with self._errors(close=True):
+            self.db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS units (unit_id TEXT PRIMARY KEY, status TEXT NOT NULL, code TEXT, reason TEXT, "
+                "attempts INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0, files TEXT, metrics TEXT, "
+                "fingerprint TEXT, updated REAL)"
+            )
+            self.db.commit()
 
     _COLS = "status, code, reason, attempts, retries, files, metrics, fingerprint"
 
+    @contextmanager
+    def _errors(self, close: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            if close:
+                self.close()
+            raise state_error(self.path, exc) from None
+
     def _row(self, r) -> dict[str, Any]:
+        try:
+            files, metrics = json.loads(r[5] or "{}"), json.loads(r[6] or "{}")
+        except ValueError as exc:  # a JSON column that does not parse
+            raise state_error(self.path, exc) from None
         return {"status": r[0], "code": r[1] or "", "reason": r[2] or "", "attempts": r[3], "retries": r[4],
-                "files": json.loads(r[5] or "{}"), "metrics": json.loads(r[6] or "{}"), "fingerprint": r[7] or ""}
+                "files": files, "metrics": metrics, "fingerprint": r[7] or ""}
 
     def get(self, unit_id: str) -> dict[str, Any] | None:
-        row = self.db.execute(f"SELECT {self._COLS} FROM units WHERE unit_id=?", (unit_id,)).fetchone()
-        return None if row is None else self._row(row)
+        with self._errors():
+            row = self.db.execute(f"SELECT {self._COLS} FROM units WHERE unit_id=?", (unit_id,)).fetchone()
+            return None if row is None else self._row(row)
 
     def all(self) -> dict[str, dict[str, Any]]:
-        rows = self.db.execute(f"SELECT unit_id, {self._COLS} FROM units").fetchall()
-        return {r[0]: self._row(r[1:]) for r in rows}
+        with self._errors():
+            rows = self.db.execute(f"SELECT unit_id, {self._COLS} FROM units").fetchall()
+            return {r[0]: self._row(r[1:]) for r in rows}
 
     def record(self, res: UnitResult, attempt: int = 1) -> None:
         """Record one result (``attempt`` 0: taken from a marker into an existing row, not a new attempt)."""
-        self.db.execute(
-            "INSERT INTO units (unit_id, status, code, reason, attempts, retries, files, metrics, fingerprint, updated) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(unit_id) DO UPDATE SET status=excluded.status, code=excluded.code, "
-            "reason=excluded.reason, attempts=attempts+excluded.attempts, retries=retries+excluded.retries, "
-            "files=excluded.files, metrics=excluded.metrics, fingerprint=excluded.fingerprint, updated=excluded.updated",
-            (res.unit_id, res.status, res.code, redact(res.reason), attempt, res.retries,
-             json.dumps(res.files, sort_keys=True), json.dumps(res.metrics, sort_keys=True, default=_json_default),
-             res.fingerprint, time.time()),
-        )
-        self.db.commit()
+        with self._errors():
+            self.db.execute(
+                "INSERT INTO units (unit_id, status, code, reason, attempts, retries, files, metrics, fingerprint, updated) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(unit_id) DO UPDATE SET status=excluded.status, code=excluded.code, "
+                "reason=excluded.reason, attempts=attempts+excluded.attempts, retries=retries+excluded.retries, "
+                "files=excluded.files, metrics=excluded.metrics, fingerprint=excluded.fingerprint, updated=excluded.updated",
+                (res.unit_id, res.status, res.code, redact(res.reason), attempt, res.retries,
+                 json.dumps(res.files, sort_keys=True), json.dumps(res.metrics, sort_keys=True, default=_json_default),
+                 res.fingerprint, time.time()),
+            )
+            self.db.commit()
 
     def delete(self, unit_id: str) -> None:
-        self.db.execute("DELETE FROM units WHERE unit_id=?", (unit_id,))
-        self.db.commit()
+        with self._errors():
+            self.db.execute("DELETE FROM units WHERE unit_id=?", (unit_id,))
+            self.db.commit()
 
     def snapshot(self) -> Path:
         """A consistent copy of the database in a temporary file (for uploading)."""
         fd, tmp = tempfile.mkstemp(suffix=".sqlite")
         os.close(fd)
-        with sqlite3.connect(tmp) as dst:
+        with self._errors(), sqlite3.connect(tmp) as dst:
             self.db.backup(dst)
         return Path(tmp)
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.db.close()
+        except (sqlite3.Error, AttributeError):
+            pass
+
+
+LOCK_TIMEOUT = 2.0
+"""Seconds a SQLite state locked by another process is waited for before the run stops."""
+
+DISK_FULL = "no space left on device"
+
+
+def state_error(path: Path, exc: Exception) -> OutputError:
+    """The one-line error of a state file SQLite cannot use (see :class:`State`)."""
+    msg = str(exc)
+    low = msg.lower()
+    if "disk is full" in low or "no space" in low:
+        return OutputError(f"{DISK_FULL} while writing the state {str(path)!r}; free space or choose another --output "
+                           f"(finished units are kept: rerun the same command to resume)")
+    if "locked" in low or "busy" in low:
+        return OutputError(f"the state {str(path)!r} is locked by another process (still locked after {LOCK_TIMEOUT:g} s); "
+                           f"stop the process that holds it (another eochips, a sqlite3 shell) and rerun")
+    return OutputError(f"the state {str(path)!r} is corrupt or truncated ({msg}); delete it (and any {path.name}-wal, "
+                       f"{path.name}-shm beside it) to rebuild it from the completion markers in {MARKERS}/, or rerun "
+                       f"with --overwrite to start the dataset again")
 
 
 def _json_default(v):
@@ -139,25 +189,59 @@ def write_marker(out: str, res: UnitResult) -> None:
 def open_state(store: OutputStore, fingerprints: dict[str, str] | None = None) -> State:
     """The state of ``store``, with every completion marker it lacks taken in (a unit finished
     by a worker whose result never reached the driver, or a state left on another machine).
-    With ``fingerprints`` (unit id -> task fingerprint) only markers of those tasks count."""
+    With ``fingerprints`` (unit id -> task fingerprint) only markers of those tasks count.
+
+    Raises
+    ------
+    OutputError
+        The state file is corrupt, truncated or locked (:func:`state_error`), or a completion
+        marker is not a marker (corrupt JSON): the message names the file and what to do.
+    """
     state = State(state_path(store))
-    have = state.all()
-    for rel in store.list_files():
-        if not rel.startswith(MARKERS + "/") or not rel.endswith(".json"):
-            continue
-        try:
-            doc = json.loads(store.read_bytes(rel))
-        except (ValueError, OSError):
-            continue
-        uid = doc.get("unit_id")
-        if fingerprints is not None and fingerprints.get(uid) != doc.get("fingerprint"):
-            continue
-        row = have.get(uid)
-        if row is None or row["fingerprint"] != doc.get("fingerprint") or row["status"] != doc.get("status"):
-            state.record(UnitResult(uid, doc["status"], doc.get("code", ""), doc.get("reason", ""), doc.get("files", {}),
-                                    doc.get("metrics", {}), doc.get("retries", 0), doc.get("fingerprint", "")),
-                         attempt=0 if row is not None else 1)
+    try:
+        have = state.all()
+        for rel in store.list_files():
+            if not rel.startswith(MARKERS + "/") or not rel.endswith(".json"):
+                continue
+            doc = read_marker(store, rel)
+            uid = doc["unit_id"]
+            if fingerprints is not None and fingerprints.get(uid) != doc.get("fingerprint"):
+                continue
+            row = have.get(uid)
+            if row is None or row["fingerprint"] != doc.get("fingerprint") or row["status"] != doc.get("status"):
+                state.record(UnitResult(uid, doc["status"], doc.get("code", ""), doc.get("reason", ""), doc.get("files", {}),
+                                        doc.get("metrics", {}), doc.get("retries", 0), doc.get("fingerprint", "")),
+                             attempt=0 if row is not None else 1)
+    except BaseException:
+        state.close()
+        raise
     return state
+
+
+def read_marker(store: OutputStore, rel: str) -> dict[str, Any]:
+    """The completion marker ``rel``, checked.
+
+    Raises
+    ------
+    OutputError
+        It is not valid JSON, or not a marker of the unit its name says.
+    """
+    try:
+        doc = json.loads(store.read_bytes(rel))
+    except (ValueError, OSError) as exc:
+        why = f"not valid JSON: {exc}" if isinstance(exc, ValueError) else f"unreadable: {exc}"
+        doc, problem = None, why
+    else:
+        problem = ""
+    if doc is not None:
+        if not isinstance(doc, dict) or rel != marker_path(str(doc.get("unit_id"))):
+            problem = "not the marker of the unit its name says"
+        elif doc.get("status") not in ("kept", "dropped", "failed") or not isinstance(doc.get("files", {}), dict):
+            problem = f"status {doc.get('status')!r} / files are not a unit result"
+    if problem:
+        raise OutputError(f"completion marker {rel} in {store.location!r} is corrupt ({problem[:160]}); delete it and "
+                          f"rerun 'eochips build {store.location}' (that unit is built again)")
+    return doc
 
 
 def files_ok(store: OutputStore, files: dict[str, str]) -> bool:
@@ -399,11 +483,12 @@ def check_output(store: OutputStore, recipe, overwrite: bool = False) -> None:
             clear_dataset(store)
         return
     try:
-        doc = json.loads(store.read_bytes(rel))
-        if not isinstance(doc, dict):
-            raise ValueError("not a mapping")
-    except (ValueError, UnicodeDecodeError):
-        raise OutputError(f"output {store.location!r}: {rel} is not an eochips plan; give an empty or new folder") from None
+        doc = read_plan_json(store)
+    except OutputError:
+        if not overwrite:
+            raise
+        clear_dataset(store)  # a damaged plan of some dataset: --overwrite replaces it
+        return
     from .config.models import RECIPE_VERSION
 
     new = redact_obj(json.loads(json.dumps(canonical(recipe), default=str)))  # as write_plan stored it
@@ -416,6 +501,27 @@ def check_output(store: OutputStore, recipe, overwrite: bool = False) -> None:
         clear_dataset(store)
 
 
+def read_plan_json(store: OutputStore) -> dict[str, Any]:
+    """``plan/plan.json`` of ``store`` as a dict.
+
+    Raises
+    ------
+    OutputError
+        It cannot be read, is not valid JSON (corrupt, truncated, empty) or not a plan.
+    """
+    rel = "plan/plan.json"
+    try:
+        doc = json.loads(store.read_bytes(rel))
+    except (ValueError, OSError) as exc:
+        doc, why = None, (f"not valid JSON: {exc}" if isinstance(exc, ValueError) else f"unreadable: {exc}")
+    else:
+        why = "" if isinstance(doc, dict) and isinstance(doc.get("recipe"), dict) else "not a plan of eochips"
+    if why:
+        raise OutputError(f"plan file {rel} in {store.location!r} is corrupt ({why[:160]}); plan again with "
+                          f"'eochips plan RECIPE -o {store.location} --overwrite', or rerun 'eochips run' with --overwrite")
+    return doc
+
+
 def clear_dataset(store: OutputStore) -> int:
     """Remove what eochips wrote in a dataset folder: the files of the manifest, of the state and
     of the markers, the plan, the state; other files are left alone. Returns how many."""
@@ -424,19 +530,32 @@ def clear_dataset(store: OutputStore) -> int:
         files |= {ln.split("  ", 1)[1] for ln in store.read_bytes("checksums.sha256").decode().splitlines() if "  " in ln}
     path = state_path(store)
     if path.exists():
-        st = State(path)
-        for rec in st.all().values():
-            files |= set(rec["files"])
-        st.close()
-    files |= {rel for rel in store.list_files() if rel.startswith(("plan/", MARKERS + "/"))}
+        try:  # a corrupt state lists nothing: the markers and the manifest still do
+            st = State(path)
+            try:
+                for rec in st.all().values():
+                    files |= set(rec["files"])
+            finally:
+                st.close()
+        except OutputError:
+            pass
+    ours = [rel for rel in store.list_files() if rel.startswith(("plan/", MARKERS + "/"))]
+    for rel in ours:
+        if rel.startswith(MARKERS + "/"):
+            try:
+                files |= set(read_marker(store, rel).get("files", {}))
+            except OutputError:
+                pass
+    files |= set(ours)
     files |= {"checksums.sha256", STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm"}
     n = 0
     for rel in sorted(files):
         if store.exists(rel):
             store.remove(rel)
             n += 1
-    if not store.is_local and path.exists():
-        path.unlink()
+    if not store.is_local:
+        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            p.unlink(missing_ok=True)
     return n
 
 
@@ -476,14 +595,23 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
     Raises
     ------
     OutputError
-        No plan in ``out``; a file cannot be written.
+        No plan in ``out``; a plan or state file is corrupt; another process is writing the
+        dataset (:mod:`eochips.lock`); the disk is full (the build stops at the first unit that
+        cannot be written, its temporaries are removed, a rerun resumes).
     KeyboardInterrupt
         On Ctrl-C / SIGTERM, after the cluster is closed; finished units are kept.
     """
-    from .plan import load_plan, make_tasks, refresh_hrefs
+    from .lock import dataset_lock
 
     store = OutputStore(out)
     store.check_links()
+    with dataset_lock(store, "build", create=False):
+        return _build(store, plan, workers, scheduler, progress)
+
+
+def _build(store: OutputStore, plan, workers: int | None, scheduler: str | None, progress: bool) -> BuildSummary:
+    from .plan import load_plan, make_tasks, refresh_hrefs
+
     t0 = time.perf_counter()
     plan = plan or refresh_hrefs(load_plan(store))
     store.remove_temporaries()
@@ -494,6 +622,7 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
     prints = {t.unit_id: t.fingerprint for t in tasks}
     state = open_state(store, prints)
     summary = BuildSummary()
+    ok = False
     try:
         prune(store, state, set(prints), {u.id for u in plan.units})
         for up in plan.units:
@@ -522,11 +651,22 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
                 summary.dropped[rec["code"]] = summary.dropped.get(rec["code"], 0) + 1
             else:
                 summary.failed[uid] = rec["reason"]
+        ok = True
     finally:
-        if not store.is_local:
-            snap = state.snapshot()
-            store.publish(snap, STATE_FILE)
-        state.close()
+        try:
+            if not store.is_local:
+                try:
+                    store.publish(state.snapshot(), STATE_FILE)
+                except (OSError, OutputError):
+                    if ok:
+                        raise
+        finally:
+            state.close()
+            if not ok:  # a full disk, Ctrl-C: the workers are stopped; what they left half-written goes
+                try:
+                    store.remove_temporaries()
+                except OSError:
+                    pass
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -572,8 +712,13 @@ def _run(todo: list[UnitTask], state: State, recipe, workers: int, scheduler: st
                 except KilledWorker as exc:  # the worker process died (e.g. out of memory): its units failed
                     results = [UnitResult(t.unit_id, "failed", "io", f"worker died: {exc}", fingerprint=t.fingerprint)
                                for t in by_key[fut.key]]
+                full = None
                 for res in results:
                     state.record(res)
                     failpoints.hit("build:after-record")
                     bar.advance(job)
+                    if res.status == "failed" and res.reason.startswith(DISK_FULL) and full is None:
+                        full = res.reason
                 fut.release()
+                if full is not None:  # every next unit would fail the same way: stop, rerun resumes
+                    raise OutputError(full if "rerun" in full else f"{full} (finished units are kept: rerun the same command to resume)")

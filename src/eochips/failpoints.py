@@ -11,6 +11,9 @@ full disk). Points in eochips:
 - ``writer:before-publish`` (a complete temporary file exists, not yet renamed)
 - ``writer:write`` (raises ENOSPC while writing a file)
 - ``finalize:after-index``, ``finalize:before-manifest``
+
+With ``EOCHIPS_FAILPOINT_WAIT=PATH`` the point pauses instead, until ``PATH`` exists (it
+creates ``PATH.waiting`` when it gets there; a test holds a run there, e.g. to start a second run into the same folder).
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ def hit(name: str, exc: BaseException | None = None) -> None:
         _counts[name] = _counts.get(name, 0) + 1
         n = _counts[name]
     if n != int(nth or 1):
+        return
+    wait = os.environ.get("EOCHIPS_FAILPOINT_WAIT")
+    if wait:
+        import time
+
+        open(f"{wait}.waiting", "w").close()  # tells the test the point is reached
+        while not os.path.exists(wait):
+            time.sleep(0.05)
         return
     if exc is not None:
         raise exc

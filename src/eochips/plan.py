@@ -41,7 +41,7 @@ from . import failpoints
 from .chips import LayerRead, MaskRead, SceneRead, StepRead, UnitTask, task_fingerprint
 from .config import Recipe, canonical, is_nan, parse_recipe
 from .config.models import NON_OUTPUT_FIELDS, QA_MASKS, RECIPE_VERSION
-from .errors import CatalogError, LabelError, OutputError, ProfileError, ReadError, RecipeError
+from .errors import CatalogError, EochipsError, LabelError, OutputError, ProfileError, ReadError, RecipeError
 from .filters import Reason, label_fraction_check, plan_time_filters
 from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for_aoi, grid_from_raster, load_aoi,
                   reproject_geometry, scene_gbox, tile_units, unit_size_px)
@@ -769,13 +769,43 @@ def _band_from_json(d: dict) -> BandSpec:
     return BandSpec(**{k: (float("nan") if v == "nan" else v) for k, v in d.items()})
 
 
+def _corrupt_plan(store: OutputStore, rel: str, why: str) -> OutputError:
+    return OutputError(f"plan file {rel} in {store.location!r} is {why[:200]}; plan again with "
+                       f"'eochips plan RECIPE -o {store.location} --overwrite' (or rerun 'eochips run' with --overwrite)")
+
+
+def _plan_file(store: OutputStore, fname: str, parse):
+    """``parse(bytes)`` of ``plan/fname``; any failure to read or parse it is one line naming it."""
+    rel = f"{PLAN_DIR}/{fname}"
+    try:
+        data = store.read_bytes(rel)
+    except FileNotFoundError:
+        raise _corrupt_plan(store, rel, "missing") from None
+    except OSError as exc:
+        raise OutputError(f"plan file {rel} of {store.location!r} cannot be read: {exc}") from None
+    if not data:
+        raise _corrupt_plan(store, rel, "empty (0 bytes)")
+    try:
+        return parse(data)
+    except Exception as exc:  # noqa: BLE001 - JSON, Arrow, a missing column: a damaged file, not a bug
+        raise _corrupt_plan(store, rel, f"corrupt or truncated ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _json_doc(data: bytes) -> dict:
+    doc = json.loads(data)
+    if not isinstance(doc, dict):
+        raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
 def load_plan(store: OutputStore) -> Plan:
     """Read a plan written by :func:`write_plan`.
 
     Raises
     ------
     OutputError
-        No plan in ``store`` (run ``eochips plan`` first), or one written by another version.
+        No plan in ``store`` (run ``eochips plan`` first), one written by another version, or
+        a plan file that is missing, empty, corrupt or truncated (the message names it).
     """
     import io
 
@@ -783,39 +813,57 @@ def load_plan(store: OutputStore) -> Plan:
 
     if not store.exists(f"{PLAN_DIR}/plan.json"):
         raise OutputError(f"no plan in {store.location!r}; run 'eochips plan RECIPE --output {store.location}' first")
-    text = store.read_bytes(f"{PLAN_DIR}/plan.json").decode()
-    doc = json.loads(text)
+    doc = _plan_file(store, "plan.json", _json_doc)
     if doc.get("version") != RECIPE_VERSION:
         raise OutputError(f"the plan in {store.location!r} was written by another eochips version; plan again "
                           f"(eochips run RECIPE -o {store.location} --overwrite)")
-    run = json.loads(store.read_bytes(f"{PLAN_DIR}/{RUN_FILE}")) if store.exists(f"{PLAN_DIR}/{RUN_FILE}") else {}
-    check_secret_vars(json.dumps([doc["recipe"], run]), f"the plan in {store.location!r}")
-    recipe = parse_recipe({**doc["recipe"], **run})  # "nan" fills (JSON has no NaN) validate back to float NaN
-    grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"])
-             for g in doc["grids"]]
+    run = _plan_file(store, RUN_FILE, _json_doc) if store.exists(f"{PLAN_DIR}/{RUN_FILE}") else {}
+
+    try:
+        check_secret_vars(json.dumps([doc["recipe"], run]), f"the plan in {store.location!r}")
+        recipe = parse_recipe({**doc["recipe"], **run})  # "nan" fills (JSON has no NaN) validate back to float NaN
+        grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"])
+                 for g in doc["grids"]]
+    except EochipsError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise _corrupt_plan(store, f"{PLAN_DIR}/plan.json", f"not a plan ({type(exc).__name__}: {exc})") from None
     sources = resolve_sources(recipe)
-    for n, sd in doc["sources"].items():
-        sources[n].bands = tuple(_band_from_json(b) for b in sd["bands"])
-    sc = gpd.read_parquet(io.BytesIO(store.read_bytes(f"{PLAN_DIR}/scenes.parquet")))
-    scenes: dict[str, dict[str, Scene]] = {n: {} for n in recipe.sources}
-    for src, item in zip(sc["source"], sc["item"]):
-        s = scene_from_item(json.loads(item))
-        scenes[src][s.id] = s
-    df = gpd.read_parquet(io.BytesIO(store.read_bytes(f"{PLAN_DIR}/units.parquet")))
-    size = {g.index: None for g in grids}
-    units = []
-    for r in df.itertuples():
-        g = grids[int(r.grid)]
-        n = _unit_shape(recipe, g, size)
-        unit = Unit(int(r.grid), int(r.row), int(r.col), GeoBox((n, n), _affine(list(r.transform)), g.gbox.crs))
-        groups: dict[str, list] = {}
-        for p in (list(r.picks) if r.picks is not None else []):
-            groups.setdefault(p["source"], [])
-            while len(groups[p["source"]]) <= p["step"]:
-                groups[p["source"]].append(())
-            groups[p["source"]][p["step"]] = groups[p["source"]][p["step"]] + (Pick(scenes[p["source"]][p["scene_id"]], p["role"]),)
-        units.append(UnitPlan(unit, r.unit_id, None if r.tile is None or r.tile is np.nan else str(r.tile), groups,
-                              str(r.status), str(r.reason_code or ""), str(r.reason or ""), json.loads(r.label_info)))
+    try:
+        for n, sd in doc["sources"].items():
+            sources[n].bands = tuple(_band_from_json(b) for b in sd["bands"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise _corrupt_plan(store, f"{PLAN_DIR}/plan.json", f"not a plan (sources: {type(exc).__name__}: {exc})") from None
+
+    def parse_scenes(data: bytes) -> dict[str, dict[str, Scene]]:
+        sc = gpd.read_parquet(io.BytesIO(data))
+        out: dict[str, dict[str, Scene]] = {n: {} for n in recipe.sources}
+        for src, item in zip(sc["source"], sc["item"]):
+            s = scene_from_item(json.loads(item))
+            out[src][s.id] = s
+        return out
+
+    scenes = _plan_file(store, "scenes.parquet", parse_scenes)
+
+    def parse_units(data: bytes) -> list[UnitPlan]:
+        df = gpd.read_parquet(io.BytesIO(data))
+        size = {g.index: None for g in grids}
+        units = []
+        for r in df.itertuples():
+            g = grids[int(r.grid)]
+            n = _unit_shape(recipe, g, size)
+            unit = Unit(int(r.grid), int(r.row), int(r.col), GeoBox((n, n), _affine(list(r.transform)), g.gbox.crs))
+            groups: dict[str, list] = {}
+            for p in (list(r.picks) if r.picks is not None else []):
+                groups.setdefault(p["source"], [])
+                while len(groups[p["source"]]) <= p["step"]:
+                    groups[p["source"]].append(())
+                groups[p["source"]][p["step"]] = groups[p["source"]][p["step"]] + (Pick(scenes[p["source"]][p["scene_id"]], p["role"]),)
+            units.append(UnitPlan(unit, r.unit_id, None if r.tile is None or r.tile is np.nan else str(r.tile), groups,
+                                  str(r.status), str(r.reason_code or ""), str(r.reason or ""), json.loads(r.label_info)))
+        return units
+
+    units = _plan_file(store, "units.parquet", parse_units)
     return Plan(recipe, grids, units, scenes, sources)
 
 

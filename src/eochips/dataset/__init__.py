@@ -39,6 +39,7 @@ import numpy as np
 from .. import failpoints
 from ..config.models import FINALIZERS as FINALIZER_NAMES
 from ..engine import MARKERS, STATE_FILE, open_state
+from ..errors import OutputError
 from ..plan import Plan, class_names, load_plan, make_tasks
 from ..registry import Registry
 from ..search import redact, redact_obj
@@ -59,6 +60,7 @@ class Context:
     val: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)  # verified sha256 of the kept units' files
 
     @property
     def split_of(self) -> dict[str, str]:
@@ -250,21 +252,31 @@ def _summary(ctx: Context) -> None:
 @register("manifest")
 def _manifest(ctx: Context) -> None:
     failpoints.hit("finalize:before-manifest")
-    write_manifest(ctx.store)
+    write_manifest(ctx.store, ctx.hashes)
 
 
 def finalize(out: str | os.PathLike) -> dict[str, Any]:
     """Finalise the dataset in ``out`` (a folder or URL; see the module docstring); return the summary.
 
+    Before anything is written, every kept unit's files are checked against the sha256 the
+    state recorded when they were built (:func:`verify_files`): a unit whose file was edited or
+    deleted since is built again (its changed files removed first), so the index and the manifest
+    never bless bytes the build did not write. ``summary["rebuilt"]`` lists those units.
+
     Raises
     ------
     OutputError
-        No plan, or a file cannot be written.
+        No plan; a plan or state file is corrupt; another process writes the dataset; a file
+        cannot be written; a unit's files still differ from the state after its rebuild.
     """
+    from ..lock import dataset_lock
+
     store = OutputStore(out)
-    store.remove_temporaries()
-    plan = load_plan(store)
-    r = plan.recipe
+    with dataset_lock(store, "finalize", create=False):
+        return _finalize(store)
+
+
+def _records(store: OutputStore, plan: Plan) -> dict[str, dict[str, Any]]:
     state = open_state(store, {t.unit_id: t.fingerprint for t in make_tasks(plan, store)})
     try:
         records = state.all()
@@ -276,14 +288,53 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
         if u.status == "dropped" and u.id not in records:
             records[u.id] = {"status": "dropped", "code": u.code, "reason": u.reason, "files": {},
                              "metrics": {"label_info": u.label_info}, "retries": 0, "attempts": 0}
+    return records
+
+
+def verify_files(store: OutputStore, records: dict[str, dict[str, Any]]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Hash every file of the kept units; return ``({path: sha256}, {unit: [changed or missing paths]})``."""
+    hashes: dict[str, str] = {}
+    bad: dict[str, list[str]] = {}
+    for uid, rec in sorted(records.items()):
+        if rec["status"] != "kept":
+            continue
+        for rel, want in sorted(rec["files"].items()):
+            got = store.sha256(rel)
+            if got == want:
+                hashes[rel] = got
+            else:
+                bad.setdefault(uid, []).append(rel)
+    return hashes, bad
+
+
+def _finalize(store: OutputStore) -> dict[str, Any]:
+    from ..engine import build
+
+    store.remove_temporaries()
+    plan = load_plan(store)
+    r = plan.recipe
+    records = _records(store, plan)
+    hashes, bad = verify_files(store, records)
+    if bad:  # edited or deleted since the build: build those units again (the build redoes exactly them)
+        for files in bad.values():
+            for rel in files:
+                store.remove(rel)
+        build(store.location, progress=False)
+        records = _records(store, plan)
+        hashes, still = verify_files(store, records)
+        if still:
+            shown = ", ".join(f for fs in still.values() for f in fs)
+            raise OutputError(f"file(s) {shown[:300]} of {store.location!r} differ from the state after they were built "
+                              f"again; something else writes into the dataset: stop it and rerun 'eochips finalize'")
     kept = sorted(cid for cid, rec in records.items() if rec["status"] == "kept")
     train, val = SPLITS[r.dataset.split.kind](kept, r.dataset.split)
     ctx = Context(store, plan, records, kept, train, val)
+    ctx.hashes = hashes
     ctx.rows = _index_rows(ctx)
     ctx.summary = summarize(ctx)
     for name in r.dataset.finalizers:
         FINALIZERS[name](ctx)
-    return ctx.summary
+    return {**ctx.summary, "rebuilt": sorted(bad)}
 
 
 def _plot_classes(hists: list[dict], names: dict[int, str], n_classes: int, title: str) -> bytes:
@@ -313,12 +364,15 @@ def _plot_classes(hists: list[dict], names: dict[int, str], n_classes: int, titl
     return buf.getvalue()
 
 
-def write_manifest(store: OutputStore) -> None:
-    """Write ``checksums.sha256`` over every file of the store but itself and the state."""
+def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> None:
+    """Write ``checksums.sha256`` over every file of the store but itself, the state and the
+    write lock; ``known`` holds sha256 already computed (the verified files of the kept units)."""
+    from ..lock import LOCK_FILE
     from ..plan import PLAN_DIR, RUN_FILE
 
-    skip = {MANIFEST, STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm", f"{PLAN_DIR}/{RUN_FILE}"}
-    lines = [f"{store.sha256(rel)}  {rel}\n" for rel in store.list_files()
+    known = known or {}
+    skip = {MANIFEST, STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm", f"{PLAN_DIR}/{RUN_FILE}", LOCK_FILE}
+    lines = [f"{known.get(rel) or store.sha256(rel)}  {rel}\n" for rel in store.list_files()
              if rel not in skip and not rel.startswith(MARKERS.split("/")[0] + "/")]
     store.write_text(MANIFEST, "".join(lines))
 

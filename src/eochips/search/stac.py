@@ -171,10 +171,7 @@ def search(cfg: SearchConfig, aoi: BaseGeometry) -> list[Scene]:
         if unknown:
             raise CatalogError(f"search.collections: {unknown} not in {redact(cfg.catalog)!r}; it holds: {', '.join(held)}")
         items = [it for it in every if match(it)]
-    uniq: dict[str, dict] = {}
-    for it in items:
-        uniq.setdefault(str(it["id"]), it)
-    ordered = sort_items(list(uniq.values()), fields)
+    ordered = sort_items(unique_items(items, cfg.catalog), fields)
     if cfg.max_items:
         ordered = ordered[: cfg.max_items]
     if not ordered:
@@ -184,6 +181,47 @@ def search(cfg: SearchConfig, aoi: BaseGeometry) -> list[Scene]:
             f"{tuple(round(v, 4) for v in aoi.bounds)}; widen the datetime range or the filter"
         )
     return [scene_from_item(it) for it in ordered]
+
+
+def _where(item: Mapping[str, Any]) -> str:
+    """Where an item comes from, for messages: its self link, else its first asset href."""
+    for link in item.get("links") or []:
+        if isinstance(link, Mapping) and link.get("rel") == "self" and link.get("href"):
+            return redact(str(link["href"]))
+    for a in (item.get("assets") or {}).values():
+        if isinstance(a, Mapping) and a.get("href"):
+            return redact(str(a["href"]))
+    return "(no href)"
+
+
+def unique_items(items: list[dict], catalog: str) -> list[dict]:
+    """``items`` with repeats of the same item (an API page overlap, a catalog listing an item
+    twice: equal JSON) kept once, in their order.
+
+    A plan keys the scenes of a source by item id, so two *different* items with one id (in one
+    collection, or in two collections of one source) would silently build every unit from one
+    while the index named the other: that is an error.
+
+    Raises
+    ------
+    CatalogError
+        Two different items share an id (the message names the id and both items' hrefs).
+    """
+    seen: dict[str, tuple[dict, str]] = {}
+    out = []
+    for it in items:
+        iid = str(it.get("id"))
+        body = json.dumps(it, sort_keys=True, default=str)
+        if iid not in seen:
+            seen[iid] = (it, body)
+            out.append(it)
+        elif seen[iid][1] != body:
+            first = seen[iid][0]
+            raise CatalogError(f"{redact(catalog)!r} holds two different items with id {iid!r} (collection "
+                               f"{first.get('collection')!r}: {_where(first)}; collection {it.get('collection')!r}: "
+                               f"{_where(it)}); item ids must be unique within a source: remove one, or give each "
+                               f"collection its own source")
+    return out
 
 
 def is_api(catalog: str) -> bool:

@@ -6,15 +6,43 @@ no timestamps).
 
 from __future__ import annotations
 
+import errno
 import math
+import shutil
 from typing import Mapping, Sequence
 
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 
 from ..errors import OutputError
 from .store import OutputStore, _disk_full_hint, sha256_file
+
+
+ROOM_MARGIN = 64 << 10
+
+
+def _check_room(staged, nbytes: int, rel: str) -> None:
+    """Stop before GDAL writes into a disk without room for this file (uncompressed size) and one
+    more like it being written beside it: GDAL reports a full disk with libtiff lines on stderr
+    and an untyped error, the store with one clean :class:`OutputError`."""
+    need = 2 * (nbytes + ROOM_MARGIN)
+    try:
+        free = shutil.disk_usage(staged.parent).free
+    except OSError:
+        return
+    if free < need:
+        raise _disk_full_hint(OSError(errno.ENOSPC, "No space left on device"), rel)
+
+
+def _no_room(staged, message: str) -> bool:
+    if "No space left" in message or "disk space" in message:
+        return True
+    try:
+        return shutil.disk_usage(staged.parent).free < ROOM_MARGIN
+    except OSError:
+        return False
 
 
 def write_cog(
@@ -72,6 +100,7 @@ def write_cog(
             opts["LEVEL"] = level
         opts["PREDICTOR"] = "2" if np.issubdtype(arr.dtype, np.integer) else "3"
     staged = store.staging_file(rel)
+    _check_room(staged, arr.nbytes, rel)
     try:
         with rasterio.open(
             staged, "w", driver="COG", width=width, height=height, count=count, dtype=arr.dtype.name,
@@ -90,8 +119,10 @@ def write_cog(
             if tags:
                 ds.update_tags(**tags)
         digest = sha256_file(staged)
-    except rasterio.errors.RasterioIOError as exc:
+    except (rasterio.errors.RasterioIOError, CPLE_BaseError) as exc:  # GDAL's write errors (CPLE_*) included
         staged.unlink(missing_ok=True)
+        if _no_room(staged, str(exc)):
+            raise _disk_full_hint(OSError(errno.ENOSPC, "No space left on device"), rel) from None
         raise OutputError(f"cannot write {rel}: {exc}") from None
     except OSError as exc:
         staged.unlink(missing_ok=True)

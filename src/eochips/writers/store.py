@@ -21,7 +21,9 @@ import re
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .. import failpoints
 from ..errors import OutputError
@@ -218,7 +220,10 @@ class OutputStore:
             if self.is_local:
                 os.replace(staged, self.local_path(rel))
             else:
-                self.fs.put_file(str(staged), self._remote(rel))
+                with self._remote_errors("writing", rel):
+                    self.fs.put_file(str(staged), self._remote(rel))
+        except OutputError:
+            raise
         except OSError as exc:
             raise _disk_full_hint(exc, rel) from None
         finally:
@@ -243,13 +248,31 @@ class OutputStore:
         self.write_bytes(rel, text.encode("utf-8"))
 
     # -- reading ---------------------------------------------------------------------
+    @contextmanager
+    def _remote_errors(self, what: str, rel: str = "") -> Iterator[None]:
+        """Object-store failures left after the client's own retries (botocore retries 5xx,
+        throttling and dropped connections with backoff; s3fs retries timeouts and truncated
+        reads) as one line; a missing object stays :class:`FileNotFoundError`."""
+        try:
+            yield
+        except (FileNotFoundError, OutputError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - botocore, aiohttp, s3fs: one line, no traceback
+            msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise OutputError(f"object storage {self.location!r} kept failing while {what} {rel or 'the prefix'}: "
+                              f"{type(exc).__name__}: {msg}; rerun the same command to resume") from None
+
     def exists(self, rel: str) -> bool:
-        return self.local_path(rel).is_file() if self.is_local else self.fs.isfile(self._remote(rel))
+        if self.is_local:
+            return self.local_path(rel).is_file()
+        with self._remote_errors("checking", rel):
+            return self.fs.isfile(self._remote(rel))
 
     def read_bytes(self, rel: str) -> bytes:
         if self.is_local:
             return self.local_path(rel).read_bytes()
-        return self.fs.cat_file(self._remote(rel))
+        with self._remote_errors("reading", rel):
+            return self.fs.cat_file(self._remote(rel))
 
     def sha256(self, rel: str) -> str | None:
         """sha256 of ``rel``, or None when it does not exist."""
@@ -257,7 +280,8 @@ class OutputStore:
             p = self.local_path(rel)
             return sha256_file(p) if p.is_file() else None
         try:
-            return hashlib.sha256(self.fs.cat_file(self._remote(rel))).hexdigest()
+            with self._remote_errors("reading", rel):
+                return hashlib.sha256(self.fs.cat_file(self._remote(rel))).hexdigest()
         except FileNotFoundError:
             return None
 
@@ -269,7 +293,8 @@ class OutputStore:
             out = [p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()]
         else:
             try:
-                found = self.fs.find(self.root_path)
+                with self._remote_errors("listing"):
+                    found = self.fs.find(self.root_path)
             except FileNotFoundError:
                 found = []
             out = [f[len(self.root_path) + 1:] for f in found]
@@ -278,8 +303,10 @@ class OutputStore:
     def remove(self, rel: str) -> None:
         if self.is_local:
             self.local_path(rel).unlink(missing_ok=True)
-        elif self.fs.isfile(self._remote(rel)):
-            self.fs.rm_file(self._remote(rel))
+        else:
+            with self._remote_errors("removing", rel):
+                if self.fs.isfile(self._remote(rel)):
+                    self.fs.rm_file(self._remote(rel))
 
     def remove_temporaries(self) -> int:
         """Delete leftover temporaries of interrupted runs; return the count.
