@@ -40,12 +40,14 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
         Ctrl-C / SIGTERM during the build, after the workers are stopped (rerun to resume).
     """
     from .dataset import finalize
-    from .engine import build, check_output
+    from .engine import build, check_output, check_scheduler
     from .lock import dataset_lock
     from .plan import make_plan, write_plan
     from .writers import OutputStore
 
     store = OutputStore(out)
+    if scheduler or recipe.engine.scheduler:
+        check_scheduler(scheduler or recipe.engine.scheduler)  # before anything is searched or written
     plan = make_plan(recipe)
     created = store.is_local and not store.root.exists()
     try:

@@ -133,14 +133,11 @@ def run(
 ) -> None:
     """Plan + build + finalize RECIPE into OUTPUT (a rerun resumes)."""
     from . import run as run_all
-    from .engine import check_scheduler
 
     def go():
         _check_output_args(output, workers)
-        r = _load(recipe, sets)
-        if scheduler or r.engine.scheduler:
-            check_scheduler(scheduler or r.engine.scheduler)  # before the plan is written
-        return run_all(r, output, workers=workers, scheduler=scheduler, progress=progress, overwrite=overwrite)
+        return run_all(_load(recipe, sets), output, workers=workers, scheduler=scheduler, progress=progress,
+                       overwrite=overwrite)
 
     summary = _guard(go)
     _print_summary(summary, output)

@@ -448,9 +448,9 @@ def recipe_differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-EOCHIPS_FILES = ("plan/", "state/", STATE_FILE)
+EOCHIPS_FILES = ("plan/", "state/", STATE_FILE, ".eochips.lock")
 """What eochips writes first in a dataset folder (a folder holding only these is one of its own,
-e.g. a plan interrupted before ``plan/plan.json``)."""
+e.g. a plan interrupted before ``plan/plan.json``; the lock is the writer's own, see :mod:`eochips.lock`)."""
 
 
 def check_output(store: OutputStore, recipe, overwrite: bool = False) -> None:
