@@ -260,9 +260,13 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
     OutputError
         No plan, or a file cannot be written.
     """
+    from ..engine import state_path
+    from .checks import check_built, dataset_problems
+
     store = OutputStore(out)
-    store.remove_temporaries()
     plan = load_plan(store)
+    check_built(store, state_path(store).exists())
+    store.remove_temporaries()
     r = plan.recipe
     state = open_state(store, {t.unit_id: t.fingerprint for t in make_tasks(plan, store)})
     try:
@@ -280,6 +284,7 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
     ctx = Context(store, plan, records, kept, train, val)
     ctx.rows = _index_rows(ctx)
     ctx.summary = summarize(ctx)
+    ctx.summary["problems"] = dataset_problems(ctx.summary, r)
     for name in r.dataset.finalizers:
         FINALIZERS[name](ctx)
     return ctx.summary
