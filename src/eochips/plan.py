@@ -849,21 +849,6 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
     import geopandas as gpd
 
     failpoints.hit("plan:before-write")
-    units = plan.units
-    picks = [[{"source": s, "step": t, "scene_id": p.scene.id, "role": p.role}
-              for s, groups in u.groups.items() for t, grp in enumerate(groups) for p in grp] for u in units]
-    geoms = [reproject_geometry(u.unit.polygon, plan.grids[u.unit.grid].gbox.crs.to_wkt(), "EPSG:4326") for u in units]
-    frame = gpd.GeoDataFrame({
-        "unit_id": pd_str([u.id for u in units]),
-        "grid": np.array([u.unit.grid for u in units], dtype=np.int32),
-        "row": np.array([u.unit.row for u in units], dtype=np.int32),
-        "col": np.array([u.unit.col for u in units], dtype=np.int32),
-        "tile": pd_str([u.tile for u in units]), "status": pd_str([u.status for u in units]),
-        "reason_code": pd_str([u.code for u in units]), "reason": pd_str([u.reason for u in units]),
-        "label_info": pd_str([json.dumps(u.label_info, sort_keys=True) for u in units]),
-        "picks": picks,
-        "transform": [list(tuple(u.unit.gbox.affine)[:6]) for u in units],
-    }, geometry=geoms, crs="EPSG:4326")
     rows = []
     for name, scenes in plan.scenes.items():
         for s in sorted(scenes.values(), key=lambda s: (s.datetime, s.id)):
@@ -874,11 +859,12 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
         {"source": [], "id": [], "item": []}, geometry=[], crs="EPSG:4326")
     written = []
     try:
-        for fname, df in (("units.parquet", frame), ("scenes.parquet", sc)):
-            buf = io.BytesIO()
-            df.to_parquet(buf, index=False)
-            store.write_bytes(f"{PLAN_DIR}/{fname}", buf.getvalue())
-            written.append(f"{PLAN_DIR}/{fname}")
+        write_units(plan, store)
+        written.append(f"{PLAN_DIR}/units.parquet")
+        buf = io.BytesIO()
+        sc.to_parquet(buf, index=False)
+        store.write_bytes(f"{PLAN_DIR}/scenes.parquet", buf.getvalue())
+        written.append(f"{PLAN_DIR}/scenes.parquet")
         recipe = canonical(plan.recipe)
         # the settings that cannot change an output byte go to run.json, which the manifest leaves out
         run = {k: recipe.pop(k) for k in NON_OUTPUT_FIELDS}
@@ -896,6 +882,92 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
             store.remove(rel)
         raise
     failpoints.hit("plan:after-write")
+
+
+def _units_frame(plan: Plan, units: list[UnitPlan]):
+    """The rows of ``units`` as a GeoDataFrame (the columns of ``plan/units.parquet``)."""
+    import geopandas as gpd
+
+    picks = [[{"source": s, "step": t, "scene_id": p.scene.id, "role": p.role}
+              for s, groups in u.groups.items() for t, grp in enumerate(groups) for p in grp] for u in units]
+    geoms = np.empty(len(units), dtype=object)
+    by_grid: dict[int, list[int]] = defaultdict(list)
+    for i, u in enumerate(units):
+        by_grid[u.unit.grid].append(i)
+    for gi, idx in by_grid.items():  # one reprojection per grid
+        polys = np.array([units[i].unit.polygon for i in idx], dtype=object)
+        geoms[idx] = reproject_geometry(polys, plan.grids[gi].gbox.crs.to_wkt(), "EPSG:4326")
+    return gpd.GeoDataFrame({
+        "unit_id": pd_str([u.id for u in units]),
+        "grid": np.array([u.unit.grid for u in units], dtype=np.int32),
+        "row": np.array([u.unit.row for u in units], dtype=np.int32),
+        "col": np.array([u.unit.col for u in units], dtype=np.int32),
+        "tile": pd_str([u.tile for u in units]), "status": pd_str([u.status for u in units]),
+        "reason_code": pd_str([u.code for u in units]), "reason": pd_str([u.reason for u in units]),
+        "label_info": pd_str([json.dumps(u.label_info, sort_keys=True) for u in units]),
+        "picks": picks,
+        "transform": [list(tuple(u.unit.gbox.affine)[:6]) for u in units],
+    }, geometry=list(geoms), crs="EPSG:4326")
+
+
+def _units_schema():
+    """The Arrow schema of ``plan/units.parquet`` (fixed, so every record batch has it)."""
+    import pyarrow as pa
+
+    s = pa.string()
+    pick = pa.struct([("source", s), ("step", pa.int64()), ("scene_id", s), ("role", s)])
+    return pa.schema([("unit_id", s), ("grid", pa.int32()), ("row", pa.int32()), ("col", pa.int32()), ("tile", s),
+                      ("status", s), ("reason_code", s), ("reason", s), ("label_info", s), ("picks", pa.list_(pick)),
+                      ("transform", pa.list_(pa.float64())), ("geometry", pa.binary())])
+
+
+def _geo_metadata() -> bytes:
+    """GeoParquet 1.0 ``geo`` metadata of ``plan/units.parquet`` (WKB polygons in EPSG:4326)."""
+    from pyproj import CRS
+
+    return json.dumps({"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": {
+        "encoding": "WKB", "geometry_types": ["Polygon"], "crs": CRS.from_epsg(4326).to_json_dict()}}}).encode()
+
+
+def write_units(plan: Plan, store: OutputStore, rel: str = f"{PLAN_DIR}/units.parquet", batch: int = UNIT_BATCH) -> None:
+    """Write ``rel`` (GeoParquet, one row per unit) in record batches of ``batch`` units, to a
+    temporary file then renamed: the memory it needs beyond the plan itself is one batch's,
+    whatever the unit count. Every batch is cast to the schema of the first (an all-null
+    column of a later batch keeps its type).
+
+    Raises
+    ------
+    OutputError
+        The file cannot be written (the disk is full).
+    """
+    import errno
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .writers.store import _disk_full_hint
+
+    units = plan.units
+    staged = store.staging_file(rel)
+    try:
+        with open(staged, "wb") as f:
+            failpoints.hit("writer:write", exc=OSError(errno.ENOSPC, "No space left on device"))
+            writer = schema = None
+            for start in range(0, max(len(units), 1), batch):
+                frame = _units_frame(plan, units[start:start + batch]).to_wkb()
+                table = pa.Table.from_pandas(frame, schema=_units_schema(), preserve_index=False)
+                if writer is None:
+                    schema = table.schema.with_metadata({**(table.schema.metadata or {}), b"geo": _geo_metadata()})
+                    writer = pq.ParquetWriter(f, schema)
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+            writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        staged.unlink(missing_ok=True)
+        raise _disk_full_hint(exc, rel) from None
+    store.publish(staged, rel)
 
 
 def pd_str(values: list) -> list:
