@@ -801,10 +801,10 @@ def _touched_blocks(boxes: list, src: GeoBox, block: tuple[int, int], margin: in
     ts = np.linspace(0, 1, 9)
     src_crs = CRS.from_wkt(src.crs.to_wkt())
     inv = ~Affine(*tuple(src.affine)[:6])
-    by_crs: dict[str, list] = defaultdict(list)
-    for gb in boxes:
-        by_crs[gb.crs.to_wkt()].append(gb)
-    for wkt, group in by_crs.items():
+    by_crs: dict[Any, list] = defaultdict(list)
+    for gb in boxes:  # units of one grid share its CRS object: no WKT per unit
+        by_crs[gb.crs].append(gb)
+    for grid_crs, group in by_crs.items():
         aff = np.array([tuple(gb.affine)[:6] for gb in group], dtype=float)
         hw = np.array([tuple(gb.shape) for gb in group], dtype=float)
         h, w = hw[:, :1], hw[:, 1:]
@@ -812,7 +812,7 @@ def _touched_blocks(boxes: list, src: GeoBox, block: tuple[int, int], margin: in
         ey = np.concatenate([np.zeros((len(group), 9)), ts * h, np.repeat(h, 9, 1), ts[::-1] * h], axis=1)
         xs = aff[:, 0:1] * ex + aff[:, 1:2] * ey + aff[:, 2:3]
         ys = aff[:, 3:4] * ex + aff[:, 4:5] * ey + aff[:, 5:6]
-        crs = CRS.from_wkt(wkt)
+        crs = CRS.from_wkt(grid_crs.to_wkt())
         if crs != src_crs:
             tx, ty = Transformer.from_crs(crs, src_crs, always_xy=True).transform(xs.ravel(), ys.ravel())
             xs, ys = np.asarray(tx).reshape(xs.shape), np.asarray(ty).reshape(ys.shape)
