@@ -163,6 +163,16 @@ def repair(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, bad
 
 
+def _class_key(v) -> str | None:
+    """The ``labels.classes`` key of an attribute value: its text (a whole float as an integer,
+    as a nullable integer column reads); None for a null."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
 class _VectorIndex:
     """The polygons of a vector file that touch one grid, in the grid's CRS, with an STRtree.
 
@@ -211,14 +221,16 @@ class _VectorIndex:
             self.repaired: tuple[int, ...] = ()
             self.tree = shapely.STRtree(self.geoms)
             return
-        for fid, v in zip(df.index, df[class_field]):
-            if v is None or str(v) not in classes:
-                raise LabelError(f"labels.vector {path!r}: feature FID {fid} has {class_field} = {v!r}, which is not in "
+        keys = [_class_key(v) for v in df[class_field]]
+        for fid, v, k in zip(df.index, df[class_field], keys):
+            if k is None or k not in classes:
+                shown = "null (no value)" if k is None else repr(v)
+                raise LabelError(f"labels.vector {path!r}: feature FID {fid} has {class_field} = {shown}, which is not in "
                                  f"labels.classes ({', '.join(sorted(classes))}); add it (class 0 leaves its polygons unlabelled)")
         geoms, bad = repair(np.asarray(df.geometry.values, dtype=object))
         self.repaired = tuple(int(f) for f in df.index[bad])
         geoms = np.asarray(gpd.GeoSeries(geoms, crs=df.crs).to_crs(crs_wkt).values, dtype=object)
-        values = [classes[str(v)] for v in df[class_field]]
+        values = [classes[k] for k in keys]
         keep = [i for i, g in enumerate(geoms) if g is not None and not g.is_empty]
         self.geoms = np.asarray([geoms[i] for i in keep], dtype=object)
         self.values = np.asarray([values[i] for i in keep], dtype=np.int64)
