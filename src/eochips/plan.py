@@ -56,6 +56,8 @@ from .writers import OutputStore
 PLAN_DIR = "plan"
 UNIT_BATCH = 50_000
 """Rows per record batch of ``plan/units.parquet`` (:func:`write_plan` streams them)."""
+SELECT_BATCH = 10_000
+"""Units whose equal-area footprints and scene coverage are computed together in selection."""
 
 
 class PlanScaleWarning(UserWarning):
@@ -527,9 +529,15 @@ def _select(recipe: Recipe, name: str, sp: SourcePlan, scenes: list[Scene], unit
     live = [u for u in units if u.status == "planned"]
     if not live:
         return
+    by_tile, tile_of = _assign_tiles(scenes, sp.profile, live, grids) if cfg.per == "tile" else ({}, {})
+    for start in range(0, len(live), SELECT_BATCH):  # footprints and coverage a batch at a time: flat memory
+        _select_batch(strategy, cfg, name, sp, scenes, live[start:start + SELECT_BATCH], grids, by_tile, tile_of)
+
+
+def _select_batch(strategy, cfg, name: str, sp: SourcePlan, scenes: list[Scene], live: list[UnitPlan], grids: list[Grid],
+                  by_tile: dict[str, list[int]], tile_of: dict[str, str]) -> None:
     polys = _unit_polygons_ea(live, grids)
     cov, foot = _coverage(scenes, sp.profile, polys)
-    by_tile, tile_of = _assign_tiles(scenes, sp.profile, live, grids) if cfg.per == "tile" else ({}, {})
     for i, up in enumerate(live):
         tile = tile_of.get(up.id)
         idx = by_tile.get(tile, range(len(scenes))) if by_tile else range(len(scenes))
