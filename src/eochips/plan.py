@@ -11,6 +11,11 @@ For a ``label-raster`` or ``crs`` grid the grid comes first; for a ``scene`` gri
 source is searched and selected over the whole AOI first and each chosen scene gives a grid
 (its CRS and pixel edges), so a plan may span several CRSs.
 
+Scale: a plan of more than ``units.warn_above`` units (100 000) prints one ``warning:`` line
+(:class:`PlanScaleWarning`); ``units.max_units`` refuses larger plans before their units are
+made. Selection and the ``units.parquet`` writer work on batches of units, so their memory is
+flat in the unit count; the plan's own unit objects remain (about 2-3 kB each).
+
 Label pre-scan: the leading ``label-fraction`` filters (those before any imagery filter) and
 strict-mode reclass checks are applied from the label source alone, so units that the seed's
 chip-sampling step would have excluded never cost an imagery read, and a strict-mode failure
@@ -21,7 +26,7 @@ the surviving units.
 ``description``, ``reading`` and ``engine``, which go to ``run.json``: they cannot change an
 output byte, so a rerun with other workers keeps the manifest; the grids; the summary),
 ``units.parquet`` (typed columns, EPSG:4326 geometry plus each unit's CRS
-and transform) and ``scenes.parquet`` (the scenes per source, hrefs with credentials redacted).
+and transform; streamed in record batches of :data:`UNIT_BATCH` units) and ``scenes.parquet`` (the scenes per source, hrefs with credentials redacted).
 """
 
 from __future__ import annotations
