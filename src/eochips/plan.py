@@ -25,8 +25,9 @@ the surviving units.
 ``write_plan`` stores the plan in ``{output}/plan/``: ``plan.json`` (the resolved recipe but its
 ``description``, ``reading`` and ``engine``, which go to ``run.json``: they cannot change an
 output byte, so a rerun with other workers keeps the manifest; the grids; the summary),
-``units.parquet`` (typed columns, EPSG:4326 geometry plus each unit's CRS
-and transform; streamed in record batches of :data:`UNIT_BATCH` units) and ``scenes.parquet`` (the scenes per source, hrefs with credentials redacted).
+``units.parquet`` (typed columns, EPSG:4326 geometry plus each unit's CRS and transform;
+streamed in record batches of :data:`UNIT_BATCH` units) and ``scenes.parquet`` (the scenes per
+source, hrefs with credentials redacted).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from .selection import Candidate, Pick, SceneGroup, SelectionContext, SelectionF
 from .writers import OutputStore
 
 PLAN_DIR = "plan"
-UNIT_BATCH = 50_000
+UNIT_BATCH = 10_000
 """Rows per record batch of ``plan/units.parquet`` (:func:`write_plan` streams them)."""
 SELECT_BATCH = 10_000
 """Units whose equal-area footprints and scene coverage are computed together in selection."""
@@ -817,7 +818,8 @@ def _touched_blocks(boxes: list, src: GeoBox, block: tuple[int, int], margin: in
     by_crs: dict[Any, list] = defaultdict(list)
     for gb in boxes:  # units of one grid share its CRS object: no WKT per unit
         by_crs[gb.crs].append(gb)
-    for grid_crs, group in by_crs.items():
+    chunks = [(c, g[i:i + SELECT_BATCH]) for c, g in by_crs.items() for i in range(0, len(g), SELECT_BATCH)]
+    for grid_crs, group in chunks:  # SELECT_BATCH units at a time: flat memory
         aff = np.array([tuple(gb.affine)[:6] for gb in group], dtype=float)
         hw = np.array([tuple(gb.shape) for gb in group], dtype=float)
         h, w = hw[:, :1], hw[:, 1:]
