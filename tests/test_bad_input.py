@@ -34,7 +34,7 @@ CASES = {
     "top level not a mapping": ("text", "- name\n- aoi\n", "recipe: expected a mapping at the top level, got list"),
     "unsafe yaml tag": ("text", "name: !!python/object/apply:os.system ['true']\n", "is not valid YAML"),
     "unknown version": (*_set(version=3), "recipe field 'version': 3 is not a recipe version this eochips reads (1 or 2)"),
-    "unknown key": (*_set(**{"units.sise": 32}), "recipe field 'units.sise': unknown key; valid keys: id, kind, min_aoi_fraction"),
+    "unknown key": (*_set(**{"units.sise": 32}), "recipe field 'units.sise': unknown key; valid keys: id, kind, max_units, min_aoi_fraction"),
     "unknown key in a source": (*_set(**{"sources.hls.band": ["blue"]}), "recipe field 'sources.hls.band': unknown key; valid keys: bands, composite"),
     "wrong type": (*_set(**{"units.size": "big"}), "recipe field 'units.size': Input should be a valid integer"),
     "chip size zero": (*_set(**{"units.size": 0}), "recipe field 'units.size': Input should be greater than 0"),

@@ -241,9 +241,9 @@ KINDS = {
 ERRORS = {
     # unknown key inside a tagged variant: that variant's keys
     "unknown key, chip units": ({"units.sise": 32},
-        "recipe field 'units.sise': unknown key; valid keys: id, kind, min_aoi_fraction, resolution_groups, size, size_m"),
+        "recipe field 'units.sise': unknown key; valid keys: id, kind, max_units, min_aoi_fraction, resolution_groups, size, size_m, warn_above"),
     "unknown key, tile units": ({"units": {"kind": "tile", "size": 32, "overlap": 4}},
-        "recipe field 'units.overlap': unknown key; valid keys: id, kind, min_aoi_fraction, resolution_groups, size, size_m"),
+        "recipe field 'units.overlap': unknown key; valid keys: id, kind, max_units, min_aoi_fraction, resolution_groups, size, size_m, warn_above"),
     "key of another selection kind": ({"sources.hls.selection.n_scenes": 3},
         "recipe field 'sources.hls.selection.n_scenes': unknown key; valid keys: coverage_thresholds, kind, min_scenes, per"),
     "unknown key, least-cloudy": ({"sources.hls.selection": {"kind": "least-cloudy", "min_scenes": 3}},

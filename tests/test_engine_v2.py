@@ -198,6 +198,7 @@ def test_resolution_groups_keep_each_bands_pixel_size(tmp_path):
         "units": {"kind": "chip", "size_m": 1200, "resolution_groups": True, "min_aoi_fraction": 0.9},
         "output": {"layout": {"kind": "per-band", "name": "{unit}_{band}.tif"}},
         "engine": {"workers": 1},
+        "dataset": {"finalizers": ["index", "summary", "manifest"]},  # one unit: no split (it would have 0 training units)
     }
     out, idx = _run(tmp_path, data)
     assert list(idx.index) == [f"{stem}_00_00"] and idx.iloc[0].status == "kept"

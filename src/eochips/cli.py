@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 some units failed (a rerun retries them); 2 bad input (the message
 names the field or file and what would be valid; no traceback, nothing written); 3 finished
-but no unit was kept (an empty dataset: the message says why units were dropped); 130
+but no unit was kept (an empty dataset: the message says why units were dropped), or the dataset
+is suspect (nearly every unit dropped for a setup reason, 0 training units: eochips.dataset.checks); 130
 interrupted (Ctrl-C or SIGTERM; finished units are kept, rerun to resume). A bug ends with its
 traceback (exit 1).
 """
@@ -111,11 +112,13 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
 def _exit_code(summary: dict[str, Any]) -> int:
     if summary["failed"]:
         return 1
+    for problem in summary.get("problems", []):  # eochips.dataset.checks: a suspect dataset
+        err.print(f"error: {problem}", highlight=False, markup=False, soft_wrap=True)
     if summary["kept"] == 0:
         why = ", ".join(f"{k} {n}" for k, n in sorted(summary["dropped"].items())) or "no unit was planned"
         err.print(f"warning: no unit was kept ({why}); the dataset is empty", highlight=False, markup=False, soft_wrap=True)
         return EMPTY_DATASET
-    return 0
+    return EMPTY_DATASET if summary.get("problems") else 0
 
 
 SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set units.size=32 or masks.sources.0.kind=scl (repeatable).")
@@ -277,9 +280,13 @@ def sample_data(
 
 def _notes(message, category, filename, lineno, file=None, line=None) -> None:
     from .config import RecipeUpgradeWarning
+    from .labels import LabelNote
+    from .plan import PlanScaleWarning
 
-    if issubclass(category, RecipeUpgradeWarning):
+    if issubclass(category, (RecipeUpgradeWarning, LabelNote)):
         err.print(f"note: {redact(str(message))}", highlight=False, markup=False, soft_wrap=True)
+    elif issubclass(category, PlanScaleWarning):
+        err.print(f"warning: {redact(str(message))}", highlight=False, markup=False, soft_wrap=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 

@@ -24,7 +24,7 @@ from typing import Mapping
 import numpy as np
 import shapely
 from affine import Affine
-from odc.geo.geobox import GeoBox, GeoboxTiles
+from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
@@ -335,7 +335,6 @@ def tile_units(grid: Grid, size: int, aoi_grid: BaseGeometry, min_fraction: floa
     ``min_fraction`` of theirs (1.0: fully inside, to 1e-9 of their area); the grid's remainder
     rows and columns are not cut. Returned in ``(row, col)`` order."""
     g = grid.gbox
-    tiles = GeoboxTiles(g, (size, size))
     n_rows, n_cols = g.shape[0] // size, g.shape[1] // size
     inv = ~g.affine
     minx, miny, maxx, maxy = aoi_grid.bounds
@@ -344,13 +343,23 @@ def tile_units(grid: Grid, size: int, aoi_grid: BaseGeometry, min_fraction: floa
     c1 = min(n_cols - 1, int(math.floor(max(c[0] for c in cs) / size)))
     r0 = max(0, int(math.floor(min(c[1] for c in cs) / size)))
     r1 = min(n_rows - 1, int(math.floor(max(c[1] for c in cs) / size)))
-    units = [Unit(grid.index, r, c, tiles[r, c]) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
-    if not units:
+    if r1 < r0 or c1 < c0:
         return []
-    polys = np.array([u.polygon for u in units], dtype=object)
+    rr, cc = np.meshgrid(np.arange(r0, r1 + 1), np.arange(c0, c1 + 1), indexing="ij")
+    rr, cc = rr.ravel(), cc.ravel()
+    # the unit footprints at once: the axis-aligned box of each unit's four grid corners
+    px = np.stack([cc, cc + 1, cc + 1, cc], 1) * size
+    py = np.stack([rr, rr, rr + 1, rr + 1], 1) * size
+    a = g.affine
+    xs, ys = a.a * px + a.b * py + a.c, a.d * px + a.e * py + a.f
+    polys = shapely.box(xs.min(1), ys.min(1), xs.max(1), ys.max(1))
     shapely.prepare(aoi_grid)
     frac = shapely.area(shapely.intersection(polys, aoi_grid)) / shapely.area(polys)
-    return [u for u, f in zip(units, frac) if f >= min_fraction - 1e-9]
+    keep = np.flatnonzero(frac >= min_fraction - 1e-9)
+    # GeoboxTiles' tile (r, c) is the grid's affine shifted by (c * size, r * size) px: built
+    # directly, which is ~40x faster per unit and gives the same GeoBox
+    return [Unit(grid.index, int(rr[i]), int(cc[i]), GeoBox((size, size), a * Affine.translation(int(cc[i]) * size, int(rr[i]) * size), g.crs))
+            for i in keep]
 
 
 def unit_size_px(gbox: GeoBox, size: int | None, size_m: float | None, where: str = "units") -> int:

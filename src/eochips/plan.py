@@ -11,6 +11,11 @@ For a ``label-raster`` or ``crs`` grid the grid comes first; for a ``scene`` gri
 source is searched and selected over the whole AOI first and each chosen scene gives a grid
 (its CRS and pixel edges), so a plan may span several CRSs.
 
+Scale: a plan of more than ``units.warn_above`` units (100 000) prints one ``warning:`` line
+(:class:`PlanScaleWarning`); ``units.max_units`` refuses larger plans before their units are
+made. Selection and the ``units.parquet`` writer work on batches of units, so their memory is
+flat in the unit count; the plan's own unit objects remain (about 2-3 kB each).
+
 Label pre-scan: the leading ``label-fraction`` filters (those before any imagery filter) and
 strict-mode reclass checks are applied from the label source alone, so units that the seed's
 chip-sampling step would have excluded never cost an imagery read, and a strict-mode failure
@@ -20,8 +25,9 @@ the surviving units.
 ``write_plan`` stores the plan in ``{output}/plan/``: ``plan.json`` (the resolved recipe but its
 ``description``, ``reading`` and ``engine``, which go to ``run.json``: they cannot change an
 output byte, so a rerun with other workers keeps the manifest; the grids; the summary),
-``units.parquet`` (typed columns, EPSG:4326 geometry plus each unit's CRS
-and transform) and ``scenes.parquet`` (the scenes per source, hrefs with credentials redacted).
+``units.parquet`` (typed columns, EPSG:4326 geometry plus each unit's CRS and transform;
+streamed in record batches of :data:`UNIT_BATCH` units) and ``scenes.parquet`` (the scenes per
+source, hrefs with credentials redacted).
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ from .errors import CatalogError, EochipsError, LabelError, OutputError, Profile
 from .filters import Reason, label_fraction_check, plan_time_filters
 from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for_aoi, grid_from_raster, load_aoi,
                   reproject_geometry, scene_gbox, tile_units, unit_size_px)
-from .labels import CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, default_colormap, make_reclass, rasterize_vector
+from .labels import (CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, check_class_ids, default_colormap, make_reclass,
+                     rasterize_vector, vector_index)
 from .profiles import BandSpec, Profile, QASpec, get_profile
 from .reading import close_assets, probe, read_env, read_onto
 from .search.auth import check_secret_vars
@@ -55,6 +62,15 @@ from .writers import OutputStore
 from .writers.store import safe_name
 
 PLAN_DIR = "plan"
+UNIT_BATCH = 10_000
+"""Rows per record batch of ``plan/units.parquet`` (:func:`write_plan` streams them)."""
+SELECT_BATCH = 10_000
+"""Units whose equal-area footprints and scene coverage are computed together in selection."""
+
+
+class PlanScaleWarning(UserWarning):
+    """The plan holds more units than ``units.warn_above`` (the CLI prints one ``warning:`` line)."""
+
 RUN_FILE = "run.json"
 """``plan/run.json``: the recipe's ``description``, ``reading`` and ``engine`` (not in the manifest)."""
 
@@ -239,6 +255,8 @@ def label_spec(recipe: Recipe) -> LabelSpec | None:
         cmap = default_colormap(int(n))
     if raster is None and lab.vector is None:
         raise LabelError("labels: give labels.raster, labels.vector, or a label-raster grid")
+    if lab.vector is not None:
+        check_class_ids(lab.classes or {}, "labels.classes")
     return LabelSpec(raster=raster, reclass=reclass, vector=lab.vector, class_field=lab.class_field,
                      classes=tuple(sorted((lab.classes or {}).items())), colormap=tuple(sorted(cmap.items())),
                      nodata_class=lab.nodata_class)
@@ -264,7 +282,10 @@ def _grid_bounds(grid: Grid) -> tuple[float, float, float, float]:
 
 def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: list[Grid]) -> None:
     """Label pre-scan (module docstring): class counts per unit, strict-mode codes, the leading
-    label filters."""
+    label filters. Then the checks of the label source as a whole: vector labels with no
+    feature over any grid (a wrong or mismatched CRS) and labels that give no unit any class
+    are errors (:class:`LabelError` naming the file); repaired polygons are reported in one
+    ``note:`` line (:class:`~eochips.labels.LabelNote`)."""
     lab = recipe.labels
     env = read_env(recipe.reading)
     rules = recipe.filters[:plan_time_filters(recipe.filters)]
@@ -298,6 +319,13 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
             if reason is not None:
                 up.drop(reason)
                 break
+    if spec.vector:
+        _check_vector_cover(spec, grids, {up.unit.grid for up in units})
+    labelled = sum(n for up in units for c, n in up.label_info["class_pixels"].items() if c not in (0, lab.nodata_class))
+    if units and labelled == 0:
+        src = f"labels.vector {spec.vector!r}" if spec.vector else f"label raster {spec.raster!r}"
+        raise LabelError(f"{src} gives no unit any class: every label pixel of the {len(units)} unit(s) is 0 (no data); "
+                         f"check the file's extent and CRS, labels.classes / labels.reclass and labels.nodata_class")
     if strict_bad:
         codes = sorted({c for v in strict_bad.values() for c in v})
         first = sorted(strict_bad)[:5]
@@ -305,6 +333,29 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
             f"labels: code(s) {codes} are not in the reclass table {lab.reclass!r} (in {len(strict_bad)} unit(s), e.g. "
             f"{', '.join(first)}); add them to labels.reclass or set labels.strict: false"
         )
+
+
+def _check_vector_cover(spec: LabelSpec, grids: list[Grid], used: set[int]) -> None:
+    """Vector labels must reach the grids; repaired polygons get one note (see :func:`_scan_labels`)."""
+    import warnings
+
+    from .labels import LabelNote
+
+    idx = [vector_index(spec.vector, spec.class_field, spec.classes, grids[gi].gbox.crs.to_wkt(), _grid_bounds(grids[gi]))
+           for gi in sorted(used)]
+    if idx and not any(len(i.geoms) for i in idx):
+        g = grids[min(used)]
+        crs = g.gbox.crs.epsg
+        lb = ", ".join(f"{v:.6g}" for v in idx[0].layer_bounds)
+        gb = ", ".join(f"{v:.6g}" for v in _grid_bounds(g))
+        raise LabelError(f"labels.vector {spec.vector!r}: no feature lies over the grid (layer extent [{lb}] in "
+                         f"{idx[0].file_crs}, grid extent [{gb}] in {f'EPSG:{crs}' if crs else g.gbox.crs.to_wkt()}); "
+                         f"check the file's CRS and the AOI")
+    repaired = sorted({f for i in idx for f in i.repaired})
+    if repaired:
+        shown = ", ".join(map(str, repaired[:5])) + (", ..." if len(repaired) > 5 else "")
+        warnings.warn(f"labels.vector {spec.vector!r}: repaired {len(repaired)} invalid polygon(s) (FID {shown}) with "
+                      f"shapely.make_valid (structure: shells minus holes, overlaps merged)", LabelNote, stacklevel=2)
 
 
 def _sample(recipe: Recipe, units: list[UnitPlan]) -> None:
@@ -347,9 +398,13 @@ def _make_units(recipe: Recipe, grids: list[Grid], aoi, aoi_crs) -> list[UnitPla
     template = u.id or (("{grid}_{col:02d}_{row:02d}" if recipe.grid.kind == "scene" else "chip_{row:03d}_{col:03d}")
                         if u.kind == "chip" else "tile_{row:03d}_{col:03d}")
     out: list[UnitPlan] = []
-    for g in grids:
-        size = unit_size_px(g.gbox, u.size, u.size_m)
-        aoi_g = reproject_geometry(aoi, aoi_crs, g.gbox.crs.to_wkt())
+    sizes = [unit_size_px(g.gbox, u.size, u.size_m) for g in grids]
+    aois = [reproject_geometry(aoi, aoi_crs, g.gbox.crs.to_wkt()) for g in grids]
+    most = sum(_count_units(g, n, a) for g, n, a in zip(grids, sizes, aois))
+    if u.max_units is not None and most > u.max_units:
+        raise RecipeError(f"recipe field 'units.max_units': the AOI holds up to {most} units, more than max_units "
+                          f"({u.max_units}); shrink the AOI, enlarge units.size or raise units.max_units")
+    for g, size, aoi_g in zip(grids, sizes, aois):
         for unit in tile_units(g, size, aoi_g, u.min_aoi_fraction):
             out.append(UnitPlan(unit, _unit_id(template, g, unit.row, unit.col), g.tile))
     seen: dict[str, tuple] = {}
@@ -361,7 +416,28 @@ def _make_units(recipe: Recipe, grids: list[Grid], aoi, aoi_crs) -> list[UnitPla
     if not out:
         what = f"{u.size} px" if u.size else f"{u.size_m:g} m"
         raise LabelError(f"no {what} unit of the grid lies inside the AOI; enlarge the AOI or lower units.size")
+    if len(out) > u.warn_above:
+        import warnings
+
+        warnings.warn(f"the plan holds {len(out)} units (more than units.warn_above = {u.warn_above}): planning and "
+                      f"building take a while and the index is large; set units.max_units to refuse such plans",
+                      PlanScaleWarning, stacklevel=2)
     return sorted(out, key=lambda p: p.key)
+
+
+def _count_units(grid: Grid, size: int, aoi_grid) -> int:
+    """How many units of ``grid`` the AOI's bounding box spans (an upper bound of what
+    :func:`~eochips.geo.tile_units` makes), without making them."""
+    g = grid.gbox
+    n_rows, n_cols = g.shape[0] // size, g.shape[1] // size
+    inv = ~g.affine
+    minx, miny, maxx, maxy = aoi_grid.bounds
+    cs = [inv @ (x, y) for x in (minx, maxx) for y in (miny, maxy)]
+    c0 = max(0, int(math.floor(min(c[0] for c in cs) / size)))
+    c1 = min(n_cols - 1, int(math.floor(max(c[0] for c in cs) / size)))
+    r0 = max(0, int(math.floor(min(c[1] for c in cs) / size)))
+    r1 = min(n_rows - 1, int(math.floor(max(c[1] for c in cs) / size)))
+    return max(0, r1 - r0 + 1) * max(0, c1 - c0 + 1)
 
 
 def _scene_grids(recipe: Recipe, sp: SourcePlan, scenes: list[Scene], aoi, aoi_crs) -> tuple[list[Grid], list[Scene]]:
@@ -462,9 +538,15 @@ def _select(recipe: Recipe, name: str, sp: SourcePlan, scenes: list[Scene], unit
     live = [u for u in units if u.status == "planned"]
     if not live:
         return
+    by_tile, tile_of = _assign_tiles(scenes, sp.profile, live, grids) if cfg.per == "tile" else ({}, {})
+    for start in range(0, len(live), SELECT_BATCH):  # footprints and coverage a batch at a time: flat memory
+        _select_batch(strategy, cfg, name, sp, scenes, live[start:start + SELECT_BATCH], grids, by_tile, tile_of)
+
+
+def _select_batch(strategy, cfg, name: str, sp: SourcePlan, scenes: list[Scene], live: list[UnitPlan], grids: list[Grid],
+                  by_tile: dict[str, list[int]], tile_of: dict[str, str]) -> None:
     polys = _unit_polygons_ea(live, grids)
     cov, foot = _coverage(scenes, sp.profile, polys)
-    by_tile, tile_of = _assign_tiles(scenes, sp.profile, live, grids) if cfg.per == "tile" else ({}, {})
     for i, up in enumerate(live):
         tile = tile_of.get(up.id)
         idx = by_tile.get(tile, range(len(scenes))) if by_tile else range(len(scenes))
@@ -524,6 +606,9 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
         _select(recipe, name, sources[name], found[name], units, grids)
     scenes = {name: {s.id: s for s in found[name]} for name in recipe.sources}  # every scene found (provenance)
     plan = Plan(recipe, grids, units, scenes, sources)
+    from .dataset.checks import check_plan
+
+    check_plan(plan)
     if probe:
         probe_assets(plan)
     return plan
@@ -580,6 +665,7 @@ def probe_assets(plan: Plan) -> None:
                 raise _bad(ReadError(f"{where}: {got}")) from None
             if got["crs"] is None:
                 raise _bad(ReadError(f"{where} ({redact(scene.assets[key])}) has no CRS; give the raster a CRS (gdal_edit.py -a_srs)"))
+            _check_item_grid(where, scene, key, got)
             sp.probed[key] = got
         new_bands = []
         for key, index, band in reads:
@@ -615,6 +701,45 @@ def probe_assets(plan: Plan) -> None:
             sp.bands = tuple(new_bands)
 
 
+def _check_item_grid(where: str, scene: Scene, key: str, got: dict) -> None:
+    """The file's CRS (and transform, when the asset gives ``proj:transform``) must be the
+    item's (``proj:code`` / ``proj:epsg`` / ``proj:wkt2``): else reads land elsewhere and units
+    are silently dropped as nodata.
+
+    Raises
+    ------
+    ReadError
+        With ``exit_code = 2``, naming the item, the asset and both CRSs (or transforms).
+    """
+    from pyproj import CRS
+
+    from .geo import scene_crs
+
+    fields = scene.asset_fields.get(key, {})
+    declared = scene_crs(scene.properties, fields)
+    if declared:
+        try:
+            item_crs = CRS.from_user_input(declared)
+        except Exception:  # noqa: BLE001 - pyproj raises CRSError; an unreadable item CRS is named as it is
+            raise _bad(ReadError(f"{where}: the item's CRS {declared!r} is not a CRS")) from None
+        file_crs = CRS.from_wkt(got["crs"])
+        same = item_crs.equals(file_crs, ignore_axis_order=True) or (
+            item_crs.to_epsg() is not None and item_crs.to_epsg() == file_crs.to_epsg())
+        if not same:
+            def name(c):
+                if c.to_epsg():
+                    return f"EPSG:{c.to_epsg()}"
+                op = c.coordinate_operation.method_name if c.coordinate_operation else ""
+                return ", ".join(x for x in (c.name if c.name != "unknown" else "", op) if x) or "a custom CRS"
+            raise _bad(ReadError(f"{where}: the file's CRS ({name(file_crs)}) is not the item's ({name(item_crs)}, from its "
+                                 f"proj:* fields); fix the item metadata or the file"))
+    tr = fields.get("proj:transform")
+    if tr and not np.allclose(np.asarray(list(tr)[:6], dtype=float), np.asarray(got["transform"][:6], dtype=float),
+                              rtol=0, atol=1e-6 * max(1.0, abs(float(got["transform"][0])))):
+        raise _bad(ReadError(f"{where}: the file's transform {list(got['transform'][:6])} is not the item's proj:transform "
+                             f"{list(tr)[:6]}; fix the item metadata or the file"))
+
+
 def _index_unset(recipe: Recipe, source: str, band: BandSpec) -> bool:
     """True when neither the recipe nor the profile chose a band index for ``band``."""
     from .config import BandConfig
@@ -645,7 +770,7 @@ def estimate_bytes(plan: Plan) -> int:
     """
     from odc.geo.geobox import GeoBox
 
-    from .reading import MARGIN_PX, footprint_box
+    from .reading import MARGIN_PX
 
     total = 0
     for name, sp in plan.sources.items():
@@ -671,21 +796,60 @@ def estimate_bytes(plan: Plan) -> int:
                     grid = None
                 src = grid or GeoBox(info["shape"], info["transform"], info["crs"])
                 same = grid is None or (tuple(grid.affine)[:6] == tuple(info["transform"])[:6] and tuple(grid.shape) == tuple(info["shape"]))
-                tiles: set[tuple[int, int]] = set()
-                for gb in boxes:
-                    c0, r0, c1, r1 = footprint_box(gb.crs.to_wkt(), tuple(gb.affine)[:6], tuple(gb.shape), src.crs.to_wkt(),
-                                                   tuple(src.affine)[:6])
-                    c0, r0 = max(0, c0 - MARGIN_PX), max(0, r0 - MARGIN_PX)
-                    c1, r1 = min(src.shape[1], c1 + MARGIN_PX), min(src.shape[0], r1 + MARGIN_PX)
-                    if c1 <= c0 or r1 <= r0:
-                        continue
-                    tiles.update((tr, tc) for tr in range(r0 // bh, (r1 - 1) // bh + 1) for tc in range(c0 // bw, (c1 - 1) // bw + 1))
+                mask = _touched_blocks(boxes, src, (bh, bw), MARGIN_PX)
                 if same:
-                    total += int(sum(sizes[tr, tc] for tr, tc in tiles if tr < sizes.shape[0] and tc < sizes.shape[1]))
+                    h, w = min(mask.shape[0], sizes.shape[0]), min(mask.shape[1], sizes.shape[1])
+                    total += int(sizes[:h, :w][mask[:h, :w]].sum())
                 else:
-                    total += int(len(tiles) * mean)
+                    total += int(mask.sum() * mean)
                 total += 16384
     return total
+
+
+def _touched_blocks(boxes: list, src: GeoBox, block: tuple[int, int], margin: int) -> np.ndarray:
+    """``(block rows, block cols)`` bool: the blocks of ``src`` under the units' footprints
+    (edges densified, 9 points a side, grown by ``margin`` px), computed for all units at once
+    (one CRS transform per unit CRS; the rule of :func:`eochips.reading.footprint_box`)."""
+    from affine import Affine
+    from pyproj import CRS, Transformer
+
+    bh, bw = block
+    mask = np.zeros((-(-src.shape[0] // bh), -(-src.shape[1] // bw)), dtype=bool)
+    ts = np.linspace(0, 1, 9)
+    src_crs = CRS.from_wkt(src.crs.to_wkt())
+    inv = ~Affine(*tuple(src.affine)[:6])
+    by_crs: dict[Any, list] = defaultdict(list)
+    for gb in boxes:  # units of one grid share its CRS object: no WKT per unit
+        by_crs[gb.crs].append(gb)
+    chunks = [(c, g[i:i + SELECT_BATCH]) for c, g in by_crs.items() for i in range(0, len(g), SELECT_BATCH)]
+    for grid_crs, group in chunks:  # SELECT_BATCH units at a time: flat memory
+        aff = np.array([tuple(gb.affine)[:6] for gb in group], dtype=float)
+        hw = np.array([tuple(gb.shape) for gb in group], dtype=float)
+        h, w = hw[:, :1], hw[:, 1:]
+        ex = np.concatenate([ts * w, np.repeat(w, 9, 1), ts[::-1] * w, np.zeros((len(group), 9))], axis=1)
+        ey = np.concatenate([np.zeros((len(group), 9)), ts * h, np.repeat(h, 9, 1), ts[::-1] * h], axis=1)
+        xs = aff[:, 0:1] * ex + aff[:, 1:2] * ey + aff[:, 2:3]
+        ys = aff[:, 3:4] * ex + aff[:, 4:5] * ey + aff[:, 5:6]
+        crs = CRS.from_wkt(grid_crs.to_wkt())
+        if crs != src_crs:
+            tx, ty = Transformer.from_crs(crs, src_crs, always_xy=True).transform(xs.ravel(), ys.ravel())
+            xs, ys = np.asarray(tx).reshape(xs.shape), np.asarray(ty).reshape(ys.shape)
+        cols = inv.a * xs + inv.b * ys + inv.c
+        rows = inv.d * xs + inv.e * ys + inv.f
+        c0 = np.maximum(0, np.floor(cols.min(1)).astype(np.int64) - margin)
+        r0 = np.maximum(0, np.floor(rows.min(1)).astype(np.int64) - margin)
+        c1 = np.minimum(src.shape[1], np.ceil(cols.max(1)).astype(np.int64) + margin)
+        r1 = np.minimum(src.shape[0], np.ceil(rows.max(1)).astype(np.int64) + margin)
+        ok = (c1 > c0) & (r1 > r0)
+        tr0, tr1 = r0[ok] // bh, (r1[ok] - 1) // bh
+        tc0, tc1 = c0[ok] // bw, (c1[ok] - 1) // bw
+        if not tr0.size:
+            continue
+        for dr in range(int((tr1 - tr0).max()) + 1):
+            for dc in range(int((tc1 - tc0).max()) + 1):
+                sel = (tr0 + dr <= tr1) & (tc0 + dc <= tc1)
+                mask[tr0[sel] + dr, tc0[sel] + dc] = True
+    return mask
 
 
 # --------------------------------------------------------------------------------------
@@ -704,21 +868,6 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
     import geopandas as gpd
 
     failpoints.hit("plan:before-write")
-    units = plan.units
-    picks = [[{"source": s, "step": t, "scene_id": p.scene.id, "role": p.role}
-              for s, groups in u.groups.items() for t, grp in enumerate(groups) for p in grp] for u in units]
-    geoms = [reproject_geometry(u.unit.polygon, plan.grids[u.unit.grid].gbox.crs.to_wkt(), "EPSG:4326") for u in units]
-    frame = gpd.GeoDataFrame({
-        "unit_id": pd_str([u.id for u in units]),
-        "grid": np.array([u.unit.grid for u in units], dtype=np.int32),
-        "row": np.array([u.unit.row for u in units], dtype=np.int32),
-        "col": np.array([u.unit.col for u in units], dtype=np.int32),
-        "tile": pd_str([u.tile for u in units]), "status": pd_str([u.status for u in units]),
-        "reason_code": pd_str([u.code for u in units]), "reason": pd_str([redact(u.reason) for u in units]),
-        "label_info": pd_str([json.dumps(u.label_info, sort_keys=True) for u in units]),
-        "picks": picks,
-        "transform": [list(tuple(u.unit.gbox.affine)[:6]) for u in units],
-    }, geometry=geoms, crs="EPSG:4326")
     rows = []
     for name, scenes in plan.scenes.items():
         for s in sorted(scenes.values(), key=lambda s: (s.datetime, s.id)):
@@ -729,11 +878,12 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
         {"source": [], "id": [], "item": []}, geometry=[], crs="EPSG:4326")
     written = []
     try:
-        for fname, df in (("units.parquet", frame), ("scenes.parquet", sc)):
-            buf = io.BytesIO()
-            df.to_parquet(buf, index=False)
-            store.write_bytes(f"{PLAN_DIR}/{fname}", buf.getvalue())
-            written.append(f"{PLAN_DIR}/{fname}")
+        write_units(plan, store)
+        written.append(f"{PLAN_DIR}/units.parquet")
+        buf = io.BytesIO()
+        sc.to_parquet(buf, index=False)
+        store.write_bytes(f"{PLAN_DIR}/scenes.parquet", buf.getvalue())
+        written.append(f"{PLAN_DIR}/scenes.parquet")
         recipe = canonical(plan.recipe)
         # the settings that cannot change an output byte go to run.json, which the manifest leaves out
         run = redact_obj({k: recipe.pop(k) for k in NON_OUTPUT_FIELDS})
@@ -752,6 +902,92 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
             store.remove(rel)
         raise
     failpoints.hit("plan:after-write")
+
+
+def _units_frame(plan: Plan, units: list[UnitPlan]):
+    """The rows of ``units`` as a GeoDataFrame (the columns of ``plan/units.parquet``)."""
+    import geopandas as gpd
+
+    picks = [[{"source": s, "step": t, "scene_id": p.scene.id, "role": p.role}
+              for s, groups in u.groups.items() for t, grp in enumerate(groups) for p in grp] for u in units]
+    geoms = np.empty(len(units), dtype=object)
+    by_grid: dict[int, list[int]] = defaultdict(list)
+    for i, u in enumerate(units):
+        by_grid[u.unit.grid].append(i)
+    for gi, idx in by_grid.items():  # one reprojection per grid
+        polys = np.array([units[i].unit.polygon for i in idx], dtype=object)
+        geoms[idx] = reproject_geometry(polys, plan.grids[gi].gbox.crs.to_wkt(), "EPSG:4326")
+    return gpd.GeoDataFrame({
+        "unit_id": pd_str([u.id for u in units]),
+        "grid": np.array([u.unit.grid for u in units], dtype=np.int32),
+        "row": np.array([u.unit.row for u in units], dtype=np.int32),
+        "col": np.array([u.unit.col for u in units], dtype=np.int32),
+        "tile": pd_str([u.tile for u in units]), "status": pd_str([u.status for u in units]),
+        "reason_code": pd_str([u.code for u in units]), "reason": pd_str([redact(u.reason) for u in units]),
+        "label_info": pd_str([json.dumps(u.label_info, sort_keys=True) for u in units]),
+        "picks": picks,
+        "transform": [list(tuple(u.unit.gbox.affine)[:6]) for u in units],
+    }, geometry=list(geoms), crs="EPSG:4326")
+
+
+def _units_schema():
+    """The Arrow schema of ``plan/units.parquet`` (fixed, so every record batch has it)."""
+    import pyarrow as pa
+
+    s = pa.string()
+    pick = pa.struct([("source", s), ("step", pa.int64()), ("scene_id", s), ("role", s)])
+    return pa.schema([("unit_id", s), ("grid", pa.int32()), ("row", pa.int32()), ("col", pa.int32()), ("tile", s),
+                      ("status", s), ("reason_code", s), ("reason", s), ("label_info", s), ("picks", pa.list_(pick)),
+                      ("transform", pa.list_(pa.float64())), ("geometry", pa.binary())])
+
+
+def _geo_metadata() -> bytes:
+    """GeoParquet 1.0 ``geo`` metadata of ``plan/units.parquet`` (WKB polygons in EPSG:4326)."""
+    from pyproj import CRS
+
+    return json.dumps({"version": "1.0.0", "primary_column": "geometry", "columns": {"geometry": {
+        "encoding": "WKB", "geometry_types": ["Polygon"], "crs": CRS.from_epsg(4326).to_json_dict()}}}).encode()
+
+
+def write_units(plan: Plan, store: OutputStore, rel: str = f"{PLAN_DIR}/units.parquet", batch: int = UNIT_BATCH) -> None:
+    """Write ``rel`` (GeoParquet, one row per unit) in record batches of ``batch`` units, to a
+    temporary file then renamed: the memory it needs beyond the plan itself is one batch's,
+    whatever the unit count. Every batch is cast to the schema of the first (an all-null
+    column of a later batch keeps its type).
+
+    Raises
+    ------
+    OutputError
+        The file cannot be written (the disk is full).
+    """
+    import errno
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .writers.store import _disk_full_hint
+
+    units = plan.units
+    staged = store.staging_file(rel)
+    try:
+        with open(staged, "wb") as f:
+            failpoints.hit("writer:write", exc=OSError(errno.ENOSPC, "No space left on device"))
+            writer = schema = None
+            for start in range(0, max(len(units), 1), batch):
+                frame = _units_frame(plan, units[start:start + batch]).to_wkb()
+                table = pa.Table.from_pandas(frame, schema=_units_schema(), preserve_index=False)
+                if writer is None:
+                    schema = table.schema.with_metadata({**(table.schema.metadata or {}), b"geo": _geo_metadata()})
+                    writer = pq.ParquetWriter(f, schema)
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+            writer.close()
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        staged.unlink(missing_ok=True)
+        raise _disk_full_hint(exc, rel) from None
+    store.publish(staged, rel)
 
 
 def pd_str(values: list) -> list:

@@ -433,6 +433,8 @@ class ChipUnits(_Model):
     min_aoi_fraction: float = Field(1.0, gt=0, le=1, description="Keep chips whose area inside the AOI is at least this fraction.")
     id: str | None = Field(None, description="Unit id template; default chip_{row:03d}_{col:03d} ({grid}_{col:02d}_{row:02d} on scene grids).")
     resolution_groups: bool = False
+    warn_above: int = Field(100_000, gt=0, description="Print one warning when the plan holds more units than this.")
+    max_units: int | None = Field(None, gt=0, description="Refuse (exit 2) a plan of more units than this, before they are made.")
 
     @model_validator(mode="after")
     def _one_size(self) -> "ChipUnits":
@@ -455,6 +457,8 @@ class TileUnits(_Model):
     id: str | None = None
     resolution_groups: Literal[False] = False
     size_m: None = None
+    warn_above: int = Field(100_000, gt=0, description="Print one warning when the plan holds more units than this.")
+    max_units: int | None = Field(None, gt=0, description="Refuse (exit 2) a plan of more units than this, before they are made.")
 
     @field_validator("id")
     @classmethod
@@ -815,6 +819,9 @@ class DatasetConfig(_Model):
     stats_on: Literal["train", "all"] = Field("train", description="Units the band statistics and class weights use.")
     percentiles: tuple[float, float] = (1.5, 98.5)
     finalizers: list[str] = Field(list(FINALIZERS), description="Finalizers in order (eochips.dataset.FINALIZERS).")
+    max_drop_fraction: float = Field(0.9, gt=0, le=1, description=(
+        "Exit 3 when more than this share of the built units is dropped for one reason that points at the setup "
+        "(nodata, nan, value, label-fraction, selection; eochips.dataset.checks); 1 accepts any."))
 
     @field_validator("finalizers")
     @classmethod

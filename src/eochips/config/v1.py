@@ -116,6 +116,13 @@ class SelectionConfig(_Model):
     min_scenes: int = Field(3, gt=0)
     n_scenes: int = Field(1, gt=0, description="Scenes to keep (least-cloudy).")
 
+    @field_validator("coverage_thresholds")
+    @classmethod
+    def _pct(cls, v):
+        if any(not 0 < t <= 100 for t in v):
+            raise ValueError(f"thresholds must be in (0, 100], got {v}")
+        return v
+
 
 class MaskSource(_Model):
     """One source of cloud / shadow / snow masks (see :mod:`eochips.qa`); sources are combined by union.

@@ -308,10 +308,12 @@ def verify_files(store: OutputStore, records: dict[str, dict[str, Any]]) -> tupl
 
 
 def _finalize(store: OutputStore) -> dict[str, Any]:
-    from ..engine import build
+    from ..engine import build, state_path
+    from .checks import check_built, dataset_problems
 
-    store.remove_temporaries()
     plan = load_plan(store)
+    check_built(store, state_path(store).exists())
+    store.remove_temporaries()
     r = plan.recipe
     records = _records(store, plan)
     hashes, bad = verify_files(store, records)
@@ -332,6 +334,7 @@ def _finalize(store: OutputStore) -> dict[str, Any]:
     ctx.hashes = hashes
     ctx.rows = _index_rows(ctx)
     ctx.summary = summarize(ctx)
+    ctx.summary["problems"] = dataset_problems(ctx.summary, r)
     for name in r.dataset.finalizers:
         FINALIZERS[name](ctx)
     return {**ctx.summary, "rebuilt": sorted(bad)}

@@ -7,7 +7,6 @@ no timestamps).
 from __future__ import annotations
 
 import errno
-import math
 import shutil
 from typing import Mapping, Sequence
 
