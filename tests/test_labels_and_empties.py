@@ -330,6 +330,19 @@ def test_warning_above_units_warn_above(catalog, cdl_raster, tmp_path):
     assert proc.returncode == 0 and "warning:" not in proc.stderr, proc.stderr
 
 
+def test_plan_size_guards_are_not_part_of_the_dataset(catalog, cdl_raster, tmp_path):
+    """units.warn_above / max_units cannot change an output byte: changing them over an existing
+    plan is not "a different recipe"; changing a real field still is."""
+    rec = tmp_path / "r.yaml"
+    rec.write_text(yaml.safe_dump(crop_recipe(str(catalog), cdl_raster)))
+    out = tmp_path / "out"
+    assert run_cli("plan", str(rec), "-o", str(out)).returncode == 0
+    proc = run_cli("plan", str(rec), "-o", str(out), "--set", "units.warn_above=1000", "--set", "units.max_units=5000")
+    assert proc.returncode == 0 and "different recipe" not in proc.stderr, proc.stderr
+    proc = run_cli("plan", str(rec), "-o", str(out), "--set", "units.size=16")
+    assert proc.returncode == 2 and "built from a different recipe (units.size: 32 -> 16)" in " ".join(proc.stderr.split()), proc.stderr
+
+
 def test_units_parquet_streamed_in_batches_equals_one_frame(catalog, cdl_raster, tmp_path):
     """Batches of 5 units (9 row groups) give the rows of the whole plan in one frame."""
     import pyarrow.parquet as pq

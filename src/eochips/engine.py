@@ -440,12 +440,14 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def recipe_differences(old: dict, new: dict) -> list[str]:
     """``field: old -> new`` for every output-relevant field that differs between two canonical
-    recipes (``description``, ``reading`` and ``engine`` cannot change an output byte)."""
-    from .config.models import NON_OUTPUT_FIELDS
+    recipes (``description``, ``reading``, ``engine`` and the plan-size guards
+    :data:`~eochips.config.models.NON_OUTPUT_KEYS` cannot change an output byte)."""
+    from .config.models import NON_OUTPUT_FIELDS, NON_OUTPUT_KEYS
 
     a = _flat({k: v for k, v in old.items() if k not in NON_OUTPUT_FIELDS})
     b = _flat({k: v for k, v in new.items() if k not in NON_OUTPUT_FIELDS})
-    return [f"{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    keys = sorted((set(a) | set(b)) - set(NON_OUTPUT_KEYS))
+    return [f"{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
 
 
 EOCHIPS_FILES = ("plan/", "state/", STATE_FILE, ".eochips.lock")

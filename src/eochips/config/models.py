@@ -865,6 +865,9 @@ class EngineConfig(_Model):
 RECIPE_VERSION = 2
 NON_OUTPUT_FIELDS = ("description", "reading", "engine")
 """Top-level fields that do not change any output byte: left out of the recipe fingerprint."""
+NON_OUTPUT_KEYS = ("units.warn_above", "units.max_units")
+"""Dotted fields that do not change any output byte either (plan-size guards): a change of them
+does not make a dataset "built from a different recipe"."""
 
 
 class Recipe(_Model):
