@@ -330,10 +330,10 @@ class Unit:
         return box(*self.gbox.boundingbox[:4])
 
 
-def tile_units(grid: Grid, size: int, aoi_grid: BaseGeometry, min_fraction: float = 1.0) -> list[Unit]:
-    """All units of ``grid`` whose area inside ``aoi_grid`` (the AOI in the grid's CRS) is at least
-    ``min_fraction`` of theirs (1.0: fully inside, to 1e-9 of their area); the grid's remainder
-    rows and columns are not cut. Returned in ``(row, col)`` order."""
+def unit_span(grid: Grid, size: int, aoi_grid: BaseGeometry) -> tuple[int, int, int, int]:
+    """``(r0, r1, c0, c1)``: the first and last unit row and column (inclusive) of ``grid``, in
+    units of ``size`` px, that the bounding box of ``aoi_grid`` (the AOI in the grid's CRS)
+    touches; clipped to the whole units of the grid (empty when ``r1 < r0`` or ``c1 < c0``)."""
     g = grid.gbox
     n_rows, n_cols = g.shape[0] // size, g.shape[1] // size
     inv = ~g.affine
@@ -343,6 +343,15 @@ def tile_units(grid: Grid, size: int, aoi_grid: BaseGeometry, min_fraction: floa
     c1 = min(n_cols - 1, int(math.floor(max(c[0] for c in cs) / size)))
     r0 = max(0, int(math.floor(min(c[1] for c in cs) / size)))
     r1 = min(n_rows - 1, int(math.floor(max(c[1] for c in cs) / size)))
+    return r0, r1, c0, c1
+
+
+def tile_units(grid: Grid, size: int, aoi_grid: BaseGeometry, min_fraction: float = 1.0) -> list[Unit]:
+    """All units of ``grid`` whose area inside ``aoi_grid`` (the AOI in the grid's CRS) is at least
+    ``min_fraction`` of theirs (1.0: fully inside, to 1e-9 of their area); the grid's remainder
+    rows and columns are not cut. Returned in ``(row, col)`` order."""
+    g = grid.gbox
+    r0, r1, c0, c1 = unit_span(grid, size, aoi_grid)
     if r1 < r0 or c1 < c0:
         return []
     rr, cc = np.meshgrid(np.arange(r0, r1 + 1), np.arange(c0, c1 + 1), indexing="ij")

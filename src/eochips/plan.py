@@ -50,7 +50,7 @@ from .config.models import NON_OUTPUT_FIELDS, QA_MASKS, RECIPE_VERSION
 from .errors import CatalogError, EochipsError, LabelError, OutputError, ProfileError, ReadError, RecipeError
 from .filters import Reason, label_fraction_check, plan_time_filters
 from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for_aoi, grid_from_raster, load_aoi,
-                  reproject_geometry, scene_gbox, tile_units, unit_size_px)
+                  reproject_geometry, scene_gbox, tile_units, unit_size_px, unit_span)
 from .labels import (CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, check_class_ids, default_colormap, make_reclass,
                      rasterize_vector, vector_index)
 from .profiles import BandSpec, Profile, QASpec, get_profile
@@ -428,15 +428,7 @@ def _make_units(recipe: Recipe, grids: list[Grid], aoi, aoi_crs) -> list[UnitPla
 def _count_units(grid: Grid, size: int, aoi_grid) -> int:
     """How many units of ``grid`` the AOI's bounding box spans (an upper bound of what
     :func:`~eochips.geo.tile_units` makes), without making them."""
-    g = grid.gbox
-    n_rows, n_cols = g.shape[0] // size, g.shape[1] // size
-    inv = ~g.affine
-    minx, miny, maxx, maxy = aoi_grid.bounds
-    cs = [inv @ (x, y) for x in (minx, maxx) for y in (miny, maxy)]
-    c0 = max(0, int(math.floor(min(c[0] for c in cs) / size)))
-    c1 = min(n_cols - 1, int(math.floor(max(c[0] for c in cs) / size)))
-    r0 = max(0, int(math.floor(min(c[1] for c in cs) / size)))
-    r1 = min(n_rows - 1, int(math.floor(max(c[1] for c in cs) / size)))
+    r0, r1, c0, c1 = unit_span(grid, size, aoi_grid)
     return max(0, r1 - r0 + 1) * max(0, c1 - c0 + 1)
 
 
@@ -960,34 +952,20 @@ def write_units(plan: Plan, store: OutputStore, rel: str = f"{PLAN_DIR}/units.pa
     OutputError
         The file cannot be written (the disk is full).
     """
-    import errno
-    import os
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .writers.store import _disk_full_hint
-
     units = plan.units
-    staged = store.staging_file(rel)
-    try:
-        with open(staged, "wb") as f:
-            failpoints.hit("writer:write", exc=OSError(errno.ENOSPC, "No space left on device"))
-            writer = schema = None
-            for start in range(0, max(len(units), 1), batch):
-                frame = _units_frame(plan, units[start:start + batch]).to_wkb()
-                table = pa.Table.from_pandas(frame, schema=_units_schema(), preserve_index=False)
-                if writer is None:
-                    schema = table.schema.with_metadata({**(table.schema.metadata or {}), b"geo": _geo_metadata()})
-                    writer = pq.ParquetWriter(f, schema)
-                writer.write_table(table.replace_schema_metadata(schema.metadata))
-            writer.close()
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        staged.unlink(missing_ok=True)
-        raise _disk_full_hint(exc, rel) from None
-    store.publish(staged, rel)
+    with store.open_write(rel) as f:
+        writer = schema = None
+        for start in range(0, max(len(units), 1), batch):
+            frame = _units_frame(plan, units[start:start + batch]).to_wkb()
+            table = pa.Table.from_pandas(frame, schema=_units_schema(), preserve_index=False)
+            if writer is None:
+                schema = table.schema.with_metadata({**(table.schema.metadata or {}), b"geo": _geo_metadata()})
+                writer = pq.ParquetWriter(f, schema)
+            writer.write_table(table.replace_schema_metadata(schema.metadata))
+        writer.close()
 
 
 def pd_str(values: list) -> list:

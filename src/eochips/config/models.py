@@ -21,7 +21,7 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class PathMarker:
@@ -297,19 +297,29 @@ class ProfileConfig(_Model):
         return _regex(v)
 
 
+def check_thresholds(v: list[float]) -> list[float]:
+    """Coverage thresholds are percentages of a unit's area in (0, 100].
+
+    Raises
+    ------
+    ValueError
+        A threshold outside (0, 100] (pydantic reports it against the field).
+    """
+    if any(not 0 < t <= 100 for t in v):
+        raise ValueError(f"thresholds must be in (0, 100], got {v}")
+    return v
+
+
+CoverageThresholds = Annotated[list[float], AfterValidator(check_thresholds)]
+"""A coverage fallback list (percent), checked by :func:`check_thresholds` (v1 and v2 alike)."""
+
+
 class _Coverage(_Model):
     per: Literal["tile", "unit"] = Field(
         "tile", description="tile: units take the scenes chosen for their nearest tile (seed 001); unit: each unit chooses on its own."
     )
-    coverage_thresholds: list[float] = Field([100, 90, 80, 70, 60, 50], min_length=1,
-                                             description="Coverage fallback (percent): the first threshold with enough scenes is used.")
-
-    @field_validator("coverage_thresholds")
-    @classmethod
-    def _pct(cls, v):
-        if any(not 0 < t <= 100 for t in v):
-            raise ValueError(f"thresholds must be in (0, 100], got {v}")
-        return v
+    coverage_thresholds: CoverageThresholds = Field([100, 90, 80, 70, 60, 50], min_length=1,
+                                                    description="Coverage fallback (percent): the first threshold with enough scenes is used.")
 
 
 class FirstMiddleLastSelection(_Coverage):
@@ -347,7 +357,7 @@ class AllSelection(_Coverage):
     """Every scene covering at least the last threshold, one time step each, in date order."""
 
     kind: Literal["all"]
-    coverage_thresholds: list[float] = Field([50], min_length=1)
+    coverage_thresholds: CoverageThresholds = Field([50], min_length=1)
 
 
 class IntersectingSelection(_Model):

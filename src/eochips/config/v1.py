@@ -10,11 +10,11 @@ of this version is committed as ``schema/recipe-v1.json``.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .models import AOIConfig, CloudCover, check_interval  # unchanged from version 1
+from .models import AOIConfig, CloudCover, CoverageThresholds, check_interval  # unchanged from version 1
 
 V1_STRATEGIES = ("all", "first-middle-last", "least-cloudy")
 """The selection strategies a version-1 recipe could name (version 2 has more, as ``kind``)."""
@@ -112,16 +112,9 @@ class SelectionConfig(_Model):
     unit: Literal["tile", "chip"] = Field(
         "tile", description="tile: chips take the scenes of their nearest tile (seed 001); chip: any scene over the chip."
     )
-    coverage_thresholds: list[float] = Field([100, 90, 80, 70, 60, 50], min_length=1)
+    coverage_thresholds: CoverageThresholds = Field([100, 90, 80, 70, 60, 50], min_length=1)
     min_scenes: int = Field(3, gt=0)
     n_scenes: int = Field(1, gt=0, description="Scenes to keep (least-cloudy).")
-
-    @field_validator("coverage_thresholds")
-    @classmethod
-    def _pct(cls, v):
-        if any(not 0 < t <= 100 for t in v):
-            raise ValueError(f"thresholds must be in (0, 100], got {v}")
-        return v
 
 
 class MaskSource(_Model):
@@ -196,7 +189,7 @@ class CloudMaskConfig(_Model):
 
     cloud_cover: CloudCover = Field(default_factory=lambda: CloudCover(min=30, max=80))
     datetime: str | None = Field(None, description="Interval of the cloudy search (default: search.datetime).")
-    coverage_thresholds: list[float] = Field([100, 90, 80, 70, 60, 50], min_length=1)
+    coverage_thresholds: CoverageThresholds = Field([100, 90, 80, 70, 60, 50], min_length=1)
     min_scenes: int = Field(6, gt=0)
     n_scenes: int = Field(6, gt=0)
     seed: int = 42

@@ -230,19 +230,35 @@ class OutputStore:
             if staged.exists():
                 staged.unlink()
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write ``data`` as ``rel``, atomically."""
+    @contextmanager
+    def open_write(self, rel: str) -> Iterator:
+        """A binary file object that becomes ``rel`` atomically: written to a staging file,
+        fsynced and published when the block ends; removed if the block raises.
+
+        Raises
+        ------
+        OutputError
+            The file cannot be written (the disk is full: the message says so and names ``rel``).
+        """
         staged = self.staging_file(rel)
         try:
             with open(staged, "wb") as f:
                 failpoints.hit("writer:write", exc=OSError(errno.ENOSPC, "No space left on device"))
-                f.write(data)
+                yield f
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:
             staged.unlink(missing_ok=True)
             raise _disk_full_hint(exc, rel) from None
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
         self.publish(staged, rel)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``data`` as ``rel``, atomically (see :meth:`open_write`)."""
+        with self.open_write(rel) as f:
+            f.write(data)
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode("utf-8"))
