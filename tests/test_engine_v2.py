@@ -379,3 +379,22 @@ def test_uint16_qa_layer_is_kept_whole_and_a_pre_collection_bqa_is_refused(tmp_p
     proc = run_cli("run", str(write_recipe(tmp_path / "m.yaml", data)), "-o", str(tmp_path / "m"), "--no-progress")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "pre-collection" in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def test_worker_profiler_is_off():
+    """distributed's statistical profiler calls sys._current_frames() every 10 ms; on CPython
+    3.11 a garbage collection inside that call can deadlock the worker (python/cpython#106883,
+    seen as builds hanging with every worker thread waiting for the GIL). Local workers run
+    without it."""
+    from eochips.engine import dask_client
+
+    def state(dask_worker):
+        import dask
+
+        return dask.config.get("distributed.worker.profile.enabled"), sorted(dask_worker.periodic_callbacks)
+
+    with dask_client(1) as client:
+        (enabled, callbacks), = client.run(state).values()
+    assert enabled is False
+    assert "profile" not in callbacks and "profile-cycle" not in callbacks
+    assert "heartbeat" in callbacks  # the check sees the worker's real callbacks

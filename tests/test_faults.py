@@ -17,7 +17,7 @@ from conftest import crop_recipe, manifest, needs_shared, run_cli, write_recipe
 from servers import TRANSIENT_KINDS, FaultyProxy, Faults, RangeServer
 
 pytestmark = needs_shared
-RATE = 0.35  # drawn per request; with the cap of 2 failures in a row, >= 20 % of requests fail
+RATE = 0.35  # drawn per request; with the cap of 2 failures per request key, >= 20 % of requests fail
 
 
 @pytest.fixture(scope="module")

@@ -344,8 +344,13 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
     if workers is not None and workers < 1:
         raise RecipeError(f"--workers {workers}: give at least 1 worker process")
     method = "forkserver" if sys.platform != "win32" else "spawn"
+    # The worker's statistical profiler is off: every 10 ms it calls sys._current_frames(), which
+    # on CPython 3.11 can deadlock the worker when a garbage collection starts inside it
+    # (python/cpython#106883; seen here as a build hanging with the worker's threads all
+    # waiting for the GIL while its main thread sits in _PyThread_CurrentFrames -> gc).
     with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "critical",
-                          "distributed.worker.multiprocessing-method": method}), _quiet_distributed():
+                          "distributed.worker.multiprocessing-method": method,
+                          "distributed.worker.profile.enabled": False}), _quiet_distributed():
         if method == "forkserver":
             from distributed.utils import get_mp_context
 
