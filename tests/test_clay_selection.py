@@ -188,3 +188,50 @@ def test_attempts_centroid_and_stop_after_n_years():
     with pytest.raises(SelectionFailed, match="no year matched"):
         get_strategy("least-cloudy-per-year")(ctx1)
     assert ctx1.notes["years"][0]["s2_tried"] == ["S2_02"] and "no S1" in ctx1.notes["years"][0]["reason"]
+
+
+# --------------------------------------------------------------------------------------
+# bad input around the Clay recipe: one line, exit 2, no traceback, nothing written
+
+def _tiles(path, rows):
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": props, "geometry": mapping(box(-3.56 + i * 0.01, 50.69, -3.46 + i * 0.01, 50.75))}
+        for i, props in enumerate(rows)]}))
+    return path
+
+
+CLAY_CASES = {
+    "row out of range": (["aoi.row=5"], "aoi.row 5: ", "has 2 row(s) (0..1)"),
+    "negative row": (["aoi.row=-1"], "recipe field 'aoi.row'", "0-based row index"),
+    "id field missing": (["aoi.id_field=tile_id"], "aoi.id_field 'tile_id'", "its properties: name"),
+    "duplicate tile ids": (["aoi.path={dup}", "aoi.row=all"], "appear in several rows", "must be unique"),
+    "row without a path": (["aoi.path=null", "aoi.bbox=[-3.6, 50.6, -3.4, 50.8]"], "recipe field 'aoi'", "give aoi.path"),
+    "years reversed": (["sources.s2.selection.years=[2023, 2017]"], "recipe field 'sources.s2.selection'", "first <= last"),
+    "match to itself": (["sources.s1.selection.relative_to=s1"], "relative_to", "cannot be matched to itself"),
+    "match to an unknown source": (["sources.s1.selection.relative_to=s3"], "unknown source 's3'", "sources: s2, s1, dem"),
+    "per-year without a scene grid": (["grid={kind: crs, crs: 'EPSG:32630', resolution: 10}"], "least-cloudy-per-year chooses the scenes of a scene grid", "grid:"),
+    "cover out of range": (["sources.s1.selection.cover=0"], "sources.s1.selection.cover", "greater than 0"),
+    "unknown unit id field": (["units.id='{tile}_{m}'"], "unknown field(s) ['m']", "valid: col, date, grid, n, row, tile"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLAY_CASES))
+def test_clay_recipe_bad_input(case, tmp_path, monkeypatch):
+    from conftest import run_cli
+
+    sets, first, second = CLAY_CASES[case]
+    tiles = _tiles(tmp_path / "tiles.geojson", [{"name": "30UVB"}, {"name": "30UVC"}])
+    dup = _tiles(tmp_path / "dup.geojson", [{"name": "30UVB"}, {"name": "30UVB"}])
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "keep.txt").write_text("user file")
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["run", "clay-datacube", "-o", str(tmp_path / "out"), "--no-progress", "--set", f"aoi.path={tiles}"]
+    for s_ in sets:
+        args += ["--set", s_.replace("{dup}", str(dup))]
+    proc = run_cli(*args, env={"MGRS_TILES": str(tiles)})
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2, (case, proc.stderr[-800:])
+    assert err.startswith("error: ") and first in err and second in err, (case, err)
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3, proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["keep.txt"]
