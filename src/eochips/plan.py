@@ -1006,6 +1006,7 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
         written.append(f"{PLAN_DIR}/{RUN_FILE}")
         doc = {"version": RECIPE_VERSION, "recipe": recipe,
                "match_report": plan.match_report,
+               "source_order": list(plan.recipe.sources),  # the JSON is key-sorted; order decides layers and fingerprints
                "grids": [{"index": g.index, "name": g.name, "tile": g.tile, "date": g.date, "crs": g.gbox.crs.to_wkt(),
                           "transform": list(tuple(g.gbox.affine)[:6]), "shape": list(g.gbox.shape)} for g in plan.grids],
                "sources": {n: {"bands": [_band_json(b) for b in sp.bands], "qa": sp.qa.__dict__ if sp.qa else None}
@@ -1159,7 +1160,11 @@ def load_plan(store: OutputStore) -> Plan:
 
     try:
         check_secret_vars(json.dumps([doc["recipe"], run]), f"the plan in {store.location!r}")
-        recipe = parse_recipe({**doc["recipe"], **run})  # "nan" fills (JSON has no NaN) validate back to float NaN
+        data = {**doc["recipe"], **run}
+        order = doc.get("source_order") or []
+        if sorted(order) == sorted(data.get("sources", {})):  # recipe order (plan.json sorts keys): the same tasks as make_plan
+            data["sources"] = {n: data["sources"][n] for n in order}
+        recipe = parse_recipe(data)  # "nan" fills (JSON has no NaN) validate back to float NaN
         grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"],
                       g.get("date")) for g in doc["grids"]]
         match_report = list(doc.get("match_report") or [])
