@@ -94,6 +94,9 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
     t.add_row("train / validation", f"{summary['train']} / {summary['validation']}")
     t.add_row("scenes found", str(summary["scenes"]))
     t.add_row("dates used", ", ".join(summary["selected_dates"]) or "-")
+    for key in sorted(k for k in summary if k.endswith("_match_rate")):
+        t.add_row(f"{key[:-len('_match_rate')]} match rate (years)",
+                  f"{summary[key]:.0%} ({summary['years_matched']} of {summary['years_tried']} years tried)")
     if summary.get("unknown_label_codes"):
         t.add_row("unknown label codes (pixels)", json.dumps(summary["unknown_label_codes"]))
     if "build" in summary:
