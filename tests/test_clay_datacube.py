@@ -290,6 +290,7 @@ def test_match_report(run, expected):
             assert got["reason"], where  # says why (here: no Sentinel-1 scene within the window)
     n_tried = len(expected["entries"])
     n_matched = sum(e["matched"] for e in expected["entries"])
+    assert (s["years_tried"], s["years_matched"]) == (n_tried, n_matched)
     rate = s["s1_match_rate"]
     assert rate == pytest.approx(n_matched / n_tried) or rate == pytest.approx(100 * n_matched / n_tried), rate
 
@@ -304,7 +305,7 @@ def test_chip_ids_and_every_filter(run, chips):
             assert row.status == "kept", (uid, row.reason)
         else:
             assert (row.status, row.reason_code) == ("dropped", ch["reason"]), (uid, row.status, row.reason, ch["reason"])
-        assert list(row.transform) == pytest.approx(list(ch["transform"])[:6])
+        assert list(row["transform"]) == pytest.approx(list(ch["transform"])[:6])
     s = _summary(run)
     assert s["kept"] == sum(ch["reason"] is None for ch in want.values())
     for code in ("value", "nan", "mask-fraction"):
@@ -344,9 +345,21 @@ def test_scene_ids_per_source_and_time_differences(run, chips, expected, clay):
             row = idx.loc[ch["unit_id"]]
             assert list(row.ids_s2) == [e["s2_chosen"]]
             assert list(row.ids_s1) == e["s1_chosen"] or sorted(row.ids_s1) == sorted(e["s1_chosen"]), ch["unit_id"]
-            assert set(row.ids_dem) <= set(expected["dem"][e["year"]]) and len(row.ids_dem) >= 1
+            # DEM: the tiles intersecting the chip (never the far one over Rome)
+            assert sorted(row.ids_dem) == sorted(_dem_tiles_of(data, ch)), ch["unit_id"]
+            assert set(row.ids_dem) <= set(expected["dem"][e["year"]])
             want_dt = {sid: (_dt(s1_by_id[sid]["properties"]["datetime"]) - t2).total_seconds() / 3600 for sid in row.ids_s1}
             assert list(row.dt_hours_s1) == pytest.approx([want_dt[sid] for sid in row.ids_s1], abs=0.01)
+
+
+def _dem_tiles_of(data, ch) -> list[str]:
+    from rasterio.warp import transform_geom
+    from shapely.geometry import box, mapping
+
+    x0, y1 = ch["transform"] * (0, 0)
+    x1, y0 = ch["transform"] * (CHIP, CHIP)
+    poly = shape(transform_geom(ch["crs"], "EPSG:4326", mapping(box(x0, y0, x1, y1))))
+    return [it["id"] for it in data["dem"] if shape(it["geometry"]).intersects(poly)]
 
 
 def test_seed_bug_fixed_both_half_scenes_used(run, chips, clay):
@@ -370,16 +383,32 @@ def test_seed_bug_fixed_both_half_scenes_used(run, chips, clay):
             np.testing.assert_array_equal(ds.read(OUT_BANDS.index("vv") + 1), ref)
 
 
+def _state_rows(out) -> dict[str, tuple]:
+    """unit id -> (attempts, updated) of the dataset's state: a rebuilt unit changes both."""
+    import sqlite3
+
+    with sqlite3.connect(out / "state.sqlite") as c:
+        return {u: (a, t) for u, a, t in c.execute("SELECT unit_id, attempts, updated FROM units")}
+
+
+@pytest.mark.xfail(strict=True, reason="engine bug: load_plan gives plan.sources in sorted order (plan.json is written "
+                   "with sort_keys) while make_plan keeps recipe order; task_fingerprint hashes the layers in that order, "
+                   "so a rerun of `run` (or `build` after `run`) sees new fingerprints and rebuilds every unit")
 def test_rerun_skips_everything(run, clay):
     data, url = clay
-    before = manifest(run)
+    before, state = manifest(run), _state_rows(run)
     mtimes = {p: p.stat().st_mtime_ns for p in run.glob(f"{TILE}/**/*.tif")}
     proc = run_cli("run", "clay-datacube", "-o", str(run), "--no-progress", *_sets(data, url))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    s = _summary(run)
-    assert s["build"]["ran"] == 0 and s["build"]["skipped_done"] == s["units_total"] - s["dropped"].get("selection", 0), s["build"]
     assert manifest(run) == before
     assert {p: p.stat().st_mtime_ns for p in run.glob(f"{TILE}/**/*.tif")} == mtimes
+    assert len(state) == 75 and _state_rows(run) == state  # no unit was built again
+    proc = run_cli("build", str(run), "--no-progress")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    b = json.loads(proc.stdout)
+    s = _summary(run)
+    assert b["ran"] == 0 and b["skipped_done"] == s["units_total"] == s["kept"] + sum(s["dropped"].values()), b
+    assert manifest(run) == before
 
 
 def test_object_storage_equals_local(run, clay, s3, tmp_path):
@@ -413,3 +442,19 @@ def test_recipes_show():
     assert proc.returncode == 0, proc.stderr
     text = (Path(__file__).resolve().parents[1] / "src" / "eochips" / "recipes" / "clay-datacube.yaml").read_text()
     assert text.strip() in proc.stdout or all(line in proc.stdout for line in text.strip().splitlines()), proc.stdout[:2000]
+
+
+def test_a_tile_without_scenes(clay, tmp_path):
+    """Row 1 of the tile file (33TTG, over Rome) has no Sentinel-2 scene in any year. Today the
+    engine refuses the run (exit 2, one line naming the search, nothing written) rather than
+    writing an empty dataset with a match report of 5 unmatched years (see the report)."""
+    data, url = clay
+    out = tmp_path / "out"
+    sets = _sets(data, url)
+    sets[sets.index(f"aoi.row={ROW}")] = "aoi.row=1"
+    proc = run_cli("run", "clay-datacube", "-o", str(out), "--no-progress", *sets)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    msg = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr and len(msg.splitlines()) == 1, msg
+    assert "no scenes" in msg and "sentinel-2-l2a" in msg and "12.45" in msg  # the search and the tile's bounds
+    assert not (out / "summary.json").exists() and not list(out.glob("**/*.tif"))
