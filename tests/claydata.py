@@ -28,7 +28,8 @@ The design (years 2020..2024, tile row 0, ``n_years`` 3; ``random.seed(0)`` orde
   ascending one ``O`` (other orbit), a descending one ``T`` of smaller overlap (the seed, which
   replaced the covered area instead of unioning it, would add it; the union is complete without it)
   and a descending full cover ``X`` 4 days before (outside the window). Also a scene whose footprint
-  misses the tile's centroid (not a candidate) and one that fails the CQL2 filter (cloud 70.6 %).
+  misses the tile's centroid (not a candidate) and two that fail the CQL2 filter: cloud 70.6 %, and
+  the least cloudy of the year (0.2 %, S1 W/E/O in its window) with 25 % nodata pixels.
 - 2021: one candidate, no S1 at all: the year is tried and skipped.
 - 2020: one candidate (real cloudy pixels: the mask-fraction filter drops chips) with one ascending
   S1 scene covering ~70 % of it (chips outside get NaN and are dropped) and one far away.
@@ -68,6 +69,7 @@ S2_COPIES = {
     "B": ("20240801T112119_EXETER_LAEA", "2022-08-01T11:21:19Z", None),
     "off-centroid": ("20240801T112119_EXETER_LAEA", "2022-07-01T11:21:19Z", 0.5),
     "cql2-fail": ("20240617T112121_EXETER_UTM", "2022-07-10T11:21:21Z", None),
+    "nodata-fail": ("20240801T112119_EXETER_LAEA", "2022-08-03T11:21:19Z", 0.2),
     "C": ("20240617T112121_EXETER_UTM", "2021-06-17T11:21:21Z", 20.0),
     "D": ("20240816T112111_EXETER_LAEA", "2020-08-16T11:21:11Z", 30.0),
     "G": ("20240602T112119_EXETER_EPSG27700", "2023-06-02T11:21:19Z", None),
@@ -148,6 +150,9 @@ def _s2_copies(real: dict[str, dict]) -> dict[str, dict]:
         if cloud is not None:
             p["eo:cloud_cover"] = cloud
             assumed.append("eo:cloud_cover")
+        if key == "nodata-fail":  # the least cloudy of 2022, with S1 W/E/O in its window, but 25 % nodata
+            p["s2:nodata_pixel_percentage"] = 25.0
+            assumed.append("s2:nodata_pixel_percentage")
         if key == "off-centroid":  # the west 30 % of the footprint: misses the tile's centroid
             g = shape(new["geometry"])
             x0, y0, x1, y1 = g.bounds
