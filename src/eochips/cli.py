@@ -184,6 +184,8 @@ def plan(
     for name, n in s["scenes_per_source"].items():
         t.add_row(f"scenes ({name})", str(n))
     t.add_row("grids", str(s["grids"]))
+    if "years_matched" in s:
+        t.add_row("years matched / tried", f"{s['years_matched']} / {s['years_tried']}")
     t.add_row("units in AOI", str(s["units_total"]))
     t.add_row("units to build", str(s["units_planned"]))
     for k, n in sorted(s["units_dropped_in_plan"].items()):

@@ -160,6 +160,8 @@ class Plan:
             "scenes_per_source": {s: len(v) for s, v in self.scenes.items()}, "grids": len(self.grids),
             "units_total": len(self.units), "units_planned": len(self.planned), "units_dropped_in_plan": dropped,
             "reads": reads, "estimated_bytes": estimate_bytes(self),
+            **({"years_tried": sum(1 for e in self.match_report if e.get("s2_tried")),
+                "years_matched": sum(1 for e in self.match_report if e.get("matched"))} if self.match_report else {}),
         }
 
 

@@ -431,6 +431,9 @@ class NearestInTimeSelection(_Model):
     relative_to: str = Field(..., description="The source whose chosen scenes this one is matched to (e.g. s2).")
     window_days: int = Field(3, ge=0, le=366, description="Calendar days before and after the reference date.")
     same: list[str] = Field(["sat:orbit_state"], description="Item properties the chosen scenes share with the best one.")
+    cover: float = Field(99.9, gt=0, le=100, description=(
+        "Percent of the area the union must cover to stop adding scenes: consecutive frames of one pass abut with "
+        "sliver gaps (0.01 % on Planetary Computer's S1 RTC frames), so an exact cover would add every frame."))
 
 
 Selection = Annotated[

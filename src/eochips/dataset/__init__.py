@@ -267,17 +267,21 @@ def summarize(ctx: Context) -> dict[str, Any]:
 
 
 def match_summary(plan: Plan) -> dict[str, Any]:
-    """The plan's match report (one entry per tile and year tried, :mod:`eochips.selection`'s
+    """The plan's match report (one entry per tile and year looked at, :mod:`eochips.selection`'s
     ``least-cloudy-per-year``) and, per matched source, ``{source}_match_rate``: matched years
-    over years tried (0..1). Empty when the grid strategy keeps no report."""
+    over years tried (0..1; a year is tried when at least one scene of it was tried, so a year
+    without any candidate scene does not count against the match). Empty when the grid
+    strategy keeps no report."""
     report = plan.match_report
     if not report:
         return {}
+    tried = [e for e in report if e.get("s2_tried")]
     out: dict[str, Any] = {"match_report": [{k: v for k, v in e.items() if k != "tries"} for e in report],
-                           "years_tried": len(report), "years_matched": sum(1 for e in report if e["matched"])}
+                           "years_tried": len(tried), "years_matched": sum(1 for e in tried if e["matched"]),
+                           "years_without_scenes": len(report) - len(tried)}
     for s, cfg in plan.recipe.sources.items():
         if cfg.selection.kind == "nearest-in-time":
-            out[f"{s}_match_rate"] = round(out["years_matched"] / len(report), 6)
+            out[f"{s}_match_rate"] = round(out["years_matched"] / len(tried), 6) if tried else 0.0
     return out
 
 

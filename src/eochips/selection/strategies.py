@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from . import (COVERAGE_TOL, Candidate, Pick, SceneGroup, SelectionContext, SelectionFailed, by_date, coverage_fallback,
+from . import (Candidate, Pick, SceneGroup, SelectionContext, SelectionFailed, by_date, coverage_fallback,
                covering, one_each, register)
 
 
@@ -147,7 +147,7 @@ def nearest_in_time(ctx: SelectionContext) -> list[SceneGroup]:
     reference): the candidates dated within +-``window_days`` calendar days of the reference
     (UTC), sorted by the area they overlap (descending; ties by time distance, then id); the
     ``same`` properties (``sat:orbit_state``) of the first fix which others may join; those are
-    added in that order until their union covers the area (to :data:`COVERAGE_TOL`). The seed
+    added in that order until their union covers ``cover`` percent of the area. The seed
     set the covered area to each new scene's footprint instead of adding it, so it could stop
     early or take scenes it did not need: here the union is kept. The step's scenes are
     composited in date order (later on top with ``composite: later-on-top``).
@@ -193,20 +193,21 @@ def nearest_in_time(ctx: SelectionContext) -> list[SceneGroup]:
         for c in inside:
             if any(c.scene.properties.get(k) != v for k, v in fixed.items()):
                 continue
-            if union is not None and area is not None and _covered(union, area, total):
+            if union is not None and area is not None and _coverage(union, area, total) >= cfg.cover:
                 break
             chosen.append(c)
             if c.footprint is not None:
                 union = c.footprint if union is None else shapely.union(union, c.footprint)
-        cov = 100.0 * shapely.intersection(union, area).area / total if union is not None and area is not None and total else 0.0
+        cov = _coverage(union, area, total) if union is not None and area is not None else 0.0
         note.update(chosen=[c.scene.id for c in chosen], coverage=round(min(cov, 100.0), 6))
-        if cov < 100.0 - COVERAGE_TOL:
+        if cov < cfg.cover:
             note["reason"] = f"the union of the {len(chosen)} scene(s) covers {cov:.2f}% of the area"
         groups.append(tuple(Pick(c.scene) for c in sorted(chosen, key=lambda c: (c.scene.datetime, c.scene.id))))
     return groups
 
 
-def _covered(union, area, total: float) -> bool:
+def _coverage(union, area, total: float) -> float:
+    """Percent of ``area`` (of area ``total``) that ``union`` covers."""
     import shapely
 
-    return total > 0 and 100.0 * shapely.intersection(union, area).area / total >= 100.0 - COVERAGE_TOL
+    return 100.0 * shapely.intersection(union, area).area / total if total > 0 else 0.0
