@@ -407,10 +407,10 @@ def test_rerun_skips_everything(run, clay):
     assert len(state) == 75 and _state_rows(run) == state  # no unit was built again
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: load_plan gives plan.sources in sorted order (dem, s1, s2; plan.json "
-                   "is written with sort_keys) while make_plan keeps recipe order (s2, s1, dem); task_fingerprint hashes "
-                   "the layers in that order, so `eochips build` on a dataset made by `run` (and `run` after `build`) "
-                   "sees new fingerprints and rebuilds every unit")
+@pytest.mark.xfail(strict=True, reason="engine bug: plan.json stores the recipe with sort_keys, so load_plan re-parses "
+                   "`sources` in sorted order (dem, s1, s2) while make_plan keeps recipe order (s2, s1, dem); make_tasks "
+                   "builds the layers in plan.sources order and task_fingerprint hashes them in that order, so `eochips "
+                   "build` on a dataset made by `run` (and `run` after `build`) sees new fingerprints and rebuilds every unit")
 def test_build_after_run_skips_everything(run):
     before, state = manifest(run), _state_rows(run)
     proc = run_cli("build", str(run), "--no-progress")
