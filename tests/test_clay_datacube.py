@@ -188,16 +188,13 @@ def expected_chips(data: dict, entry: dict, dem_ids: list[str]) -> list[dict]:
             for x in dems:  # first valid
                 new = _nearest(assets / x["assets"]["data"]["href"], crs, tr)
                 elev = np.where(np.isnan(elev), new, elev)
-            if (s2["B02"] == 0).any():
-                reason = "value"
-            elif any(np.isnan(a).any() for a in (pol["vh"], pol["vv"], elev)):
-                reason = "nan"
-            elif np.isin(s2["SCL"], BAD_SCL).mean() >= 0.3:
-                reason = "mask-fraction"
-            else:
-                reason = None
+            fails = [code for code, bad in [
+                ("value", (s2["B02"] == 0).any()),
+                ("nan", any(np.isnan(a).any() for a in (pol["vh"], pol["vv"], elev))),
+                ("mask-fraction", np.isin(s2["SCL"], BAD_SCL).mean() >= 0.3)] if bad]
+            reason = fails[0] if fails else None  # the first failing filter, in the recipe's order
             n = r * n_cols + c + 1
-            out.append({"n": n, "row": r, "col": c, "transform": tr, "crs": crs, "reason": reason,
+            out.append({"n": n, "row": r, "col": c, "transform": tr, "crs": crs, "reason": reason, "fails": fails,
                         "stack": np.stack([s2[b].astype(np.float32) for b in S2_BANDS] + [pol["vh"], pol["vv"], elev]),
                         "unit_id": f"{TILE}_{date:%Y%m%d}_{n:04d}",
                         "path": f"{TILE}/{date:%Y-%m-%d}/claytile_{TILE}_{date:%Y%m%d}_v02_{n:04d}.tif",
@@ -238,6 +235,8 @@ def test_the_design_exercises_every_rule(clay, expected, chips):
     foot = shape(k["B"]["geometry"])
     for key in ("W", "E"):
         assert 40 < 100 * shape(data["s1_by_key"][key]["geometry"]).intersection(foot).area / foot.area < 60
+    fails = [tuple(ch["fails"]) for y in chips for ch in chips[y]]
+    assert ("value", "nan") in fails and ("nan", "mask-fraction") in fails  # the filters' order decides
     reasons = [ch["reason"] for y in chips for ch in chips[y]]
     for r in ("value", "nan", "mask-fraction", None):
         assert reasons.count(r) >= 2, (r, reasons)
@@ -331,7 +330,7 @@ def test_kept_chip_files(run, chips, expected):
                 assert list(ds.descriptions) == OUT_BANDS
                 assert np.isnan(ds.nodata)
                 assert ds.profile["compress"].lower() == "deflate"
-                assert ds.tags()["date"] in (dates[year][:10], dates[year])
+                assert ds.tags()["date"] == dates[year][:10]
                 assert ds.transform.almost_equals(ch["transform"]) and ds.crs == ch["crs"]
                 got = ds.read()
             # S2 exactly (the scene's own grid: no resampling), S1 and DEM exactly (nearest)
@@ -365,6 +364,22 @@ def _dem_tiles_of(data, ch) -> list[str]:
     x1, y0 = ch["transform"] * (CHIP, CHIP)
     poly = shape(transform_geom(ch["crs"], "EPSG:4326", mapping(box(x0, y0, x1, y1))))
     return [it["id"] for it in data["dem"] if shape(it["geometry"]).intersects(poly)]
+
+
+@pytest.mark.xfail(strict=True, reason="engine bug: the stack layout's GeoTIFF tag scene_ids holds only the first scene "
+                   "of each source's step (writers/layouts.py: step.scenes[0]); a chip made from S1 W and E, or from DEM "
+                   "tiles W and E, names one of them (east-edge chips name W though their pixels are E's)")
+def test_scene_ids_tag_names_every_scene_used(run):
+    idx = _index(run)
+    kept = idx[idx.status == "kept"]
+    assert len(kept) > 0
+    bad = []
+    for uid, row in kept.iterrows():
+        with rasterio.open(run / row.files[0]) as ds:
+            tag = ds.tags()["scene_ids"].split(",")
+        if sorted(tag) != sorted([*row.ids_s2, *row.ids_s1, *row.ids_dem]):
+            bad.append((uid, tag))
+    assert bad == []
 
 
 def test_seed_bug_fixed_both_half_scenes_used(run, chips, clay):
