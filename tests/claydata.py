@@ -44,10 +44,15 @@ import json
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from realdata import REAL, build_s2_exeter, footprint, proj_fields, write_cog
+from realdata import REAL, build_s2_exeter, write_cog
+
+if TYPE_CHECKING:
+    from affine import Affine
+    from shapely import Polygon
 
 TILE = "30UVB"
 YEARS = (2020, 2024)
@@ -166,7 +171,7 @@ def _s2_copies(real: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def _swath(s2_item: dict, frac) -> "shapely.Polygon":  # noqa: F821
+def _swath(s2_item: dict, frac) -> Polygon:
     from shapely.geometry import box, shape
 
     x0, y0, x1, y1 = shape(s2_item["geometry"]).bounds
@@ -174,7 +179,7 @@ def _swath(s2_item: dict, frac) -> "shapely.Polygon":  # noqa: F821
     return box(x0 + frac[0] * w, y0 + frac[1] * h, x0 + frac[2] * w, y0 + frac[3] * h)
 
 
-def _s1_pixels(poly, src: np.ndarray) -> tuple[np.ndarray, "Affine", tuple[int, int]]:  # noqa: F821
+def _s1_pixels(poly: Polygon, src: np.ndarray) -> tuple[np.ndarray, Affine, tuple[int, int]]:
     """A 10 m EPSG:32630 raster over ``poly`` (lon/lat): ``src`` DNs repeated 2 x 2 (tiled when the
     swath is larger), squared to linear backscatter, NaN outside the polygon."""
     from affine import Affine
@@ -198,7 +203,7 @@ def _s1_pixels(poly, src: np.ndarray) -> tuple[np.ndarray, "Affine", tuple[int, 
 
 
 def _s1_items(assets: Path, s2_real: dict[str, dict], on: dict[str, dict]) -> list[dict]:
-    from shapely.geometry import box, mapping
+    from shapely.geometry import box
 
     template = json.loads((ITEMS / "stacgeoparquet__sentinel-1-rtc-pc.json").read_text())[0]
     out = []
@@ -258,7 +263,7 @@ def _place_s1(it: dict, sid: str, when: str, orbit: str, rel: int, poly, proj, p
                             "sat:relative_orbit", "proj:*", "raster:bands.nodata"]
 
 
-def dem_mosaic() -> tuple[np.ndarray, "Affine"]:  # noqa: F821
+def dem_mosaic() -> tuple[np.ndarray, Affine]:
     """The real Rome DEM placed over Exeter: float32 metres ``(360, 360)``, NaN in the void block,
     and its EPSG:4326 transform (1 arcsec pixels from :data:`DEM_ORIGIN`)."""
     import rasterio

@@ -17,7 +17,6 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import shapely
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 from shapely.geometry import shape
@@ -25,7 +24,7 @@ from shapely.geometry import shape
 from claydata import CHIP, ROW, S1_WINDOW_DAYS, S2_BANDS, TILE, YEARS, build_clay_data, serve_clay
 from conftest import manifest, needs_shared, run_cli
 from servers import pg_available
-from test_cluster_storage import s3, with_env  # noqa: F401 - the moto S3 server fixture
+from test_cluster_storage import s3, with_env  # noqa: F401 - s3: the moto S3 server fixture, used by name
 
 pytestmark = needs_shared
 N_YEARS, ATTEMPTS = 3, 20
