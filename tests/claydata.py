@@ -14,7 +14,8 @@ assumed fields in ``eochips:assumed``):
 - S1: metadata of the first real item of ``stacgeoparquet__sentinel-1-rtc-pc.json``; geometry,
   datetime, orbit state, proj:* and hrefs are placed over the S2 scenes (:data:`S1_SCENES`). Pixels
   (EPSG:32630, 10 m, float32): real S2 DNs repeated 2 x 2 and squared into linear backscatter
-  (``(DN / 10000) ** 2``), NaN outside the swath polygon.
+  (``(DN / 10000) ** 2``), NaN outside the swath polygon (scene ``P``: -32768, declared as the
+  file's nodata, like the real RTC COGs and their ``raster:bands``).
 - DEM: the real Rome DEM (360 x 360 px, 1 arcsec) as float32 metres placed over Exeter in EPSG:4326,
   split in two tiles (west / east halves), with a derived void (NaN) block and an uncovered strip on
   the west edge; metadata of the real ``cop-dem-glo-30`` items. A third tile holds the same pixels at
@@ -93,6 +94,7 @@ S1_SCENES = {
     "F": ("real2024", "2024-06-03T06:15:00Z", "descending", 154, (-0.1, -0.15, 1.1, 1.15), ("20240801T112119_EXETER_LAEA", "B03", "B02")),
     "G1": ("G", "2023-06-03T06:15:00Z", "descending", 154, (-0.1, -0.15, 1.1, 1.15), ("20240617T112121_EXETER_UTM", "B03", "B02")),
 }
+S1_PC_NODATA = ("P",)  # scenes whose files declare nodata -32768 like the real PC RTC COGs (the others: NaN)
 S1_FAR = ("2020-08-17T05:00:00Z", (12.40, 41.90, 12.60, 42.10))  # in D's window, over Rome: not intersecting
 S1_CRS = "EPSG:32630"
 S1_RES = 10.0
@@ -217,11 +219,15 @@ def _s1_items(assets: Path, s2_real: dict[str, dict], on: dict[str, dict]) -> li
         for pol, band in (("vv", vv_band), ("vh", vh_band)):
             arr, tr, shape_ = _s1_pixels(poly, _real_pixels(assets, s2_real, suffix, band))
             name = f"{sid}_{pol}.tif"
-            write_cog(assets / name, arr, S1_CRS, tr, "float32", float("nan"), blocksize=256)
             a = dict(it["assets"][pol], href=name)
             a.pop("file:size", None)
             a.pop("file:checksum", None)
-            a["raster:bands"] = [dict(a["raster:bands"][0], nodata="nan")]
+            if key in S1_PC_NODATA:  # as the real files: outside the swath -32768, declared
+                write_cog(assets / name, np.where(np.isnan(arr), np.float32(-32768), arr), S1_CRS, tr, "float32", -32768.0,
+                          blocksize=256)
+            else:
+                write_cog(assets / name, arr, S1_CRS, tr, "float32", float("nan"), blocksize=256)
+                a["raster:bands"] = [dict(a["raster:bands"][0], nodata="nan")]
             assets_out[pol] = a
             proj = (tr, shape_)
         it["assets"] = assets_out
@@ -260,7 +266,7 @@ def _place_s1(it: dict, sid: str, when: str, orbit: str, rel: int, poly, proj, p
         p["proj:transform"] = list(tr)[:6] + [0.0, 0.0, 1.0]
     p["eochips:derived_from"] = {"metadata": "shared/data/real/stac_items/stacgeoparquet__sentinel-1-rtc-pc.json[0]", "pixels": pixels}
     p["eochips:assumed"] = ["geometry", "datetime", "start_datetime", "end_datetime", "sat:orbit_state",
-                            "sat:relative_orbit", "proj:*", "raster:bands.nodata"]
+                            "sat:relative_orbit", "proj:*"] + ([] if it["id"].endswith("_P_rtc") else ["raster:bands.nodata"])
 
 
 def dem_mosaic() -> tuple[np.ndarray, Affine]:

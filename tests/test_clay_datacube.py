@@ -148,10 +148,12 @@ def expected_selection(data: dict) -> dict:
 
 
 def _nearest(path, crs, tr) -> np.ndarray:
+    """A float32 nearest read of ``path`` onto a chip grid; the file's declared nodata (NaN, or
+    -32768 as in real RTC files) becomes NaN."""
     with rasterio.open(path) as src:
         dst = np.full((CHIP, CHIP), np.nan, np.float32)
         reproject(rasterio.band(src, 1), dst, dst_transform=tr, dst_crs=crs, resampling=Resampling.nearest,
-                  src_nodata=np.nan, dst_nodata=np.nan)
+                  src_nodata=src.nodata, dst_nodata=np.nan)
     return dst
 
 
@@ -229,6 +231,8 @@ def test_the_design_exercises_every_rule(clay, expected, chips):
     assert set(by[2022]["s1_candidates"]) == {s1["W"], s1["E"], s1["O"], s1["T"]}  # X: 4 days before
     assert not by[2021]["matched"] and by[2021]["s2_tried"] == [k["C"]["id"]]
     assert by[2020]["s1_chosen"] == [s1["P"]] and 60 < by[2020]["s1_coverage"] < 80
+    with rasterio.open(data["assets"] / data["s1_by_key"]["P"]["assets"]["vv"]["href"]) as ds:  # as real RTC files
+        assert ds.nodata == -32768 and (ds.read(1) == -32768).any() and not np.isnan(ds.read(1)).any()
     assert by[2024]["s2_chosen"] == k["real2024"]["id"] and len(by[2024]["s2_candidates"]) == 2
     # each half alone leaves the other half uncovered
     foot = shape(k["B"]["geometry"])
