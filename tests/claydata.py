@@ -24,7 +24,8 @@ assumed fields in ``eochips:assumed``):
 The design (years 2020..2024, tile row 0, ``n_years`` 3; ``random.seed(0)`` orders the years
 2022, 2021, 2020, 2024, 2023):
 
-- 2022: the least cloudy candidate ``A`` has no S1 within +-3 days; the second ``B`` has two
+- 2022: the two least cloudy candidates ``A-tie`` and ``A`` (equal cloud cover: the earlier first) have
+  no S1 within +-3 days; the third ``B`` has two
   same-orbit (descending) S1 scenes ``W``/``E`` each covering about half of it (both needed), an
   ascending one ``O`` (other orbit), a descending one ``T`` of smaller overlap (the seed, which
   replaced the covered area instead of unioning it, would add it; the union is complete without it)
@@ -72,6 +73,7 @@ BASELINES = {2020: "02.14", 2021: "03.01", 2022: "04.00", 2023: "05.09", 2024: "
 # Derived S2 copies: key -> (real item suffix, new datetime, assumed eo:cloud_cover or None = keep real)
 S2_COPIES = {
     "A": ("20240617T112121_EXETER_UTM", "2022-06-17T11:21:21Z", 0.9),
+    "A-tie": ("20240602T112119_EXETER_EPSG27700", "2022-06-10T11:21:19Z", 0.9),  # A's cloud cover, earlier: tried first
     "B": ("20240801T112119_EXETER_LAEA", "2022-08-01T11:21:19Z", None),
     "off-centroid": ("20240801T112119_EXETER_LAEA", "2022-07-01T11:21:19Z", 0.5),
     "cql2-fail": ("20240617T112121_EXETER_UTM", "2022-07-10T11:21:21Z", None),
