@@ -369,9 +369,6 @@ def _dem_tiles_of(data, ch) -> list[str]:
     return [it["id"] for it in data["dem"] if shape(it["geometry"]).intersects(poly)]
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: the stack layout's GeoTIFF tag scene_ids holds only the first scene "
-                   "of each source's step (writers/layouts.py: step.scenes[0]); a chip made from S1 W and E, or from DEM "
-                   "tiles W and E, names one of them (east-edge chips name W though their pixels are E's)")
 def test_scene_ids_tag_names_every_scene_used(run):
     idx = _index(run)
     kept = idx[idx.status == "kept"]
@@ -425,10 +422,6 @@ def test_rerun_skips_everything(run, clay):
     assert len(state) == 75 and _state_rows(run) == state  # no unit was built again
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: plan.json stores the recipe with sort_keys, so load_plan re-parses "
-                   "`sources` in sorted order (dem, s1, s2) while make_plan keeps recipe order (s2, s1, dem); make_tasks "
-                   "builds the layers in plan.sources order and task_fingerprint hashes them in that order, so `eochips "
-                   "build` on a dataset made by `run` (and `run` after `build`) sees new fingerprints and rebuilds every unit")
 def test_build_after_run_skips_everything(run):
     before, state = manifest(run), _state_rows(run)
     proc = run_cli("build", str(run), "--no-progress")
