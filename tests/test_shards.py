@@ -152,6 +152,31 @@ def test_two_shards_at_the_same_time(setup, tmp_path):
     assert manifest(out) == manifest(clean)
 
 
+def test_a_killed_shard_resumes(setup, tmp_path):
+    """Shard 1/2 is killed (SIGKILL) with a temporary file on disk; shard 0/2 runs meanwhile-free; the
+    rerun of shard 1/2 builds the rest and finalize gives the unsharded manifest, with no temporary
+    or lock file left."""
+    from eochips.writers import TMP_MARK
+
+    recipe, clean = setup
+    out = tmp_path / "out"
+    proc = run_cli("run", str(recipe), "-o", str(out), "--no-progress", "--shard", "1/2",
+                   env={"EOCHIPS_FAILPOINT": "writer:before-publish@20"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert any(TMP_MARK in p.name for p in out.rglob("*")) and (out / ".eochips.lock.shard-1-of-2").exists()
+    assert run_cli("build", str(out), "--no-progress", "--shard", "0/2").returncode == 0
+    fin = run_cli("finalize", str(out))
+    assert fin.returncode == 2 and "shard 1/2" in fin.stderr and "never started" not in fin.stderr, fin.stderr
+    again = run_cli("run", str(recipe), "-o", str(out), "--no-progress", "--shard", "1/2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    s = shard_counts(again)
+    assert 0 < s["ran"] < s["units"] and s["ran"] + s["skipped_done"] == s["units"]
+    fin = run_cli("finalize", str(out))
+    assert fin.returncode == 0, fin.stderr[-2000:]
+    assert manifest(out) == manifest(clean)
+    assert not [p for p in out.rglob("*") if TMP_MARK in p.name or p.name.startswith(".eochips.lock")]
+
+
 def test_another_plan_and_a_running_writer_are_refused(setup, tmp_path, stac_api, cdl_raster):
     recipe, _ = setup
     out = tmp_path / "out"
@@ -235,3 +260,70 @@ def test_bad_shard_in_the_library_and_overwrite(setup, tmp_path):
     proc = run_cli("run", str(recipe), "-o", str(out), "--shard", "0/2", "--overwrite")
     assert proc.returncode == 2 and "--overwrite with --shard" in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 with the bucket ``eochips-test``; yields the client environment."""
+    import os
+    import time
+
+    from servers import free_port
+
+    pytest.importorskip("s3fs")
+    port = free_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        for _ in range(100):
+            try:
+                client.create_bucket(Bucket="eochips-test")
+                break
+            except Exception:
+                time.sleep(0.1)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_shards_on_object_storage(setup, s3, tmp_path):
+    """Two shards at once into one s3:// prefix, each with its own state folder (two machines), then
+    finalize from a third, fresh one: the manifest of the unsharded local run."""
+    import os
+
+    recipe, clean = setup
+    url = "s3://eochips-test/shards/crop"
+    procs = [subprocess.Popen([sys.executable, "-m", "eochips.cli", "run", str(recipe), "-o", url, "--no-progress", "--shard", f"{i}/2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, **s3, EOCHIPS_STATE_DIR=str(tmp_path / f"machine-{i}")))
+             for i in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (so, se) in zip(procs, results):
+        assert p.returncode == 0, se[-2000:]
+    assert sum(json.loads(so)["units"] for so, _ in results) == len(planned_units(clean))
+    fresh = s3 | {"EOCHIPS_STATE_DIR": str(tmp_path / "machine-2")}
+    proc = run_cli("finalize", url, env=fresh)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    import fsspec
+
+    old = {k: os.environ.get(k) for k in s3}
+    os.environ.update(s3)
+    try:
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        prefix = url.removeprefix("s3://")
+        names = {p.split("shards/crop/", 1)[1] for p in fs.find(prefix)}
+        text = fs.cat_file(f"{prefix}/checksums.sha256").decode()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    assert text == manifest(clean)
+    assert {"state/shard-0-of-2.sqlite", "state/shard-1-of-2.sqlite"} <= names  # each shard's state travels with the data
+    assert not [n for n in names if n.startswith(".eochips.lock") or ".eochips-tmp-" in n]

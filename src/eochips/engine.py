@@ -279,6 +279,8 @@ def open_state(store: OutputStore, fingerprints: dict[str, str] | None = None, s
         for rel in store.list_files():
             if not rel.startswith(MARKERS + "/") or not rel.endswith(".json"):
                 continue
+            if shard is not None and fingerprints is not None and rel[len(MARKERS) + 1:-5] not in fingerprints:
+                continue  # another shard's unit: not read (a shard of a large dataset would read them all)
             doc = read_marker(store, rel)
             uid = doc["unit_id"]
             if fingerprints is not None and fingerprints.get(uid) != doc.get("fingerprint"):
