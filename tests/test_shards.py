@@ -327,3 +327,34 @@ def test_shards_on_object_storage(setup, s3, tmp_path):
     assert text == manifest(clean)
     assert {"state/shard-0-of-2.sqlite", "state/shard-1-of-2.sqlite"} <= names  # each shard's state travels with the data
     assert not [n for n in names if n.startswith(".eochips.lock") or ".eochips-tmp-" in n]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 41, 60])
+def test_shard_units_partition_the_plan(setup, n):
+    """For any count, the shards' unit sets are disjoint, cover the plan's planned units (read from
+    plan/units.parquet), no shard is empty while there are at least as many units as shards, and
+    units that read the same scenes (the plan's picks) are in at most as many shards as cuts allow."""
+    from eochips.engine import shard_units
+    from eochips.plan import load_plan, make_tasks
+    from eochips.writers import OutputStore
+
+    _, clean = setup
+    store = OutputStore(clean)
+    parts = shard_units(make_tasks(load_plan(store), store), n)
+    planned = planned_units(clean)
+    assert len(parts) == n
+    assert sum(len(p) for p in parts) == len(planned) and set().union(*map(set, parts)) == planned
+    if n <= len(planned):
+        assert all(parts)
+    else:
+        assert sum(1 for p in parts if p) == len(planned)
+    assert parts == shard_units(make_tasks(load_plan(store), store), n)  # the same from the plan alone
+    # contiguous in the plan's batch order: a shard's units come in one run of shards 0..n-1
+    df = gpd.read_parquet(clean / "plan" / "units.parquet")
+    scenes = {r.unit_id: json.dumps(sorted((p["source"], p["step"], p["scene_id"]) for p in r.picks)) for r in df.itertuples()
+              if r.status == "planned"}
+    rank = {i: k for k, i in enumerate(i for i, p in enumerate(parts) if p)}  # shards with units, in order
+    shard_of = {u: rank[i] for i, p in enumerate(parts) for u in p}
+    for group in set(scenes.values()):
+        used = sorted({shard_of[u] for u in scenes if scenes[u] == group})
+        assert used == list(range(used[0], used[-1] + 1)), (group, used)  # a scene group spans adjacent shards only

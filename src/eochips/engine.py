@@ -115,10 +115,14 @@ def check_shard(shard, what: str = "") -> Shard:
     """
     from .errors import RecipeError
 
+    import operator
+
     what = what or f"shard {shard!r}"
     try:
-        i, n = shard
-        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (i, n))
+        if isinstance(shard, (str, bytes)) or any(isinstance(v, bool) for v in shard):
+            raise TypeError
+        i, n = (operator.index(v) for v in shard)  # Python or NumPy integers, not floats
+        ok = True
     except (TypeError, ValueError):
         ok = False
     if not ok:
@@ -489,7 +493,7 @@ def _deferred_interrupts() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def make_batches(tasks: list[UnitTask], workers: int, max_units: int = 128, key=batch_key) -> list[list[UnitTask]]:
+def make_batches(tasks: list[UnitTask], workers: int, max_units: int = 128) -> list[list[UnitTask]]:
     """Group units into batches a worker builds together (:func:`eochips.chips.process_batch`).
 
     Units that read the same assets (:func:`eochips.chips.batch_key`; the same selected scenes)
@@ -497,12 +501,11 @@ def make_batches(tasks: list[UnitTask], workers: int, max_units: int = 128, key=
     before the next; ``chip_999_000`` before ``chip_1000_000``), so tiles shared by neighbouring
     units are fetched once. A group is cut into contiguous runs of at most ``max_units`` units,
     and the largest batches are split further until there are at least ``workers`` of them so
-    every worker has work. Each cut re-reads at most one row of tiles. ``key`` groups the units
-    (default :func:`~eochips.chips.batch_key`, their assets' hrefs).
+    every worker has work. Each cut re-reads at most one row of tiles.
     """
     groups: dict[tuple, list[UnitTask]] = {}
     for t in sorted(tasks, key=lambda t: t.key):
-        groups.setdefault(key(t), []).append(t)
+        groups.setdefault(batch_key(t), []).append(t)
     batches = []
     for g in groups.values():
         n = -(-len(g) // max_units)
@@ -529,22 +532,30 @@ def scene_key(task: UnitTask) -> tuple:
 def shard_units(tasks: list[UnitTask], n: int) -> list[list[str]]:
     """The unit ids of each of ``n`` shards: ``result[i]`` is shard ``i``'s, in ``(grid, row, col)`` order.
 
-    The units are cut into batches as :func:`make_batches` does for ``n`` workers (units that
-    read the same scenes, :func:`scene_key`, in ``(grid, row, col)`` order; runs of at most
-    :data:`SHARD_BATCH` units and at most ``total // n``, so no shard is left without work when
-    there are ``n`` units or more). The batches, in the order of their first unit, are handed
-    out whole and contiguously: a batch goes to shard ``floor(n * m / total)`` where ``m`` is
-    the unit count before the batch's middle, so each shard gets ``total / n`` units to within
-    one batch. Deterministic from the tasks alone; every unit is in exactly one shard.
+    Batches as :func:`make_batches` makes them: units that read the same scenes
+    (:func:`scene_key`) together, in ``(grid, row, col)`` order, cut into runs of
+    ``min(SHARD_BATCH, total // n)`` units (at least 1; the last run of a group shorter). The
+    batches, in the order of their first unit, are handed out whole and contiguously: a batch
+    goes to shard ``floor(n * m / total)``, ``m`` the unit count before the batch's middle.
+    Each shard then gets ``total / n`` units to within one batch, and (no batch being longer
+    than ``total / n``) none is empty while ``total >= n``. A group of units is cut only where
+    a run ends, so neighbouring units sharing COG tiles are fetched by one shard except at
+    those cuts (each re-reads at most one row of tiles, like a cut of :func:`make_batches`).
+    Deterministic from the tasks alone; every unit is in exactly one shard.
     """
     total = len(tasks)
-    out: list[list[UnitTask]] = [[] for _ in range(n)]
+    groups: dict[tuple, list[UnitTask]] = {}
+    for t in sorted(tasks, key=lambda t: t.key):
+        groups.setdefault(scene_key(t), []).append(t)
+    cap = max(1, min(SHARD_BATCH, total // n))
+    batches = sorted((g[k:k + cap] for g in groups.values() for k in range(0, len(g), cap)), key=lambda b: b[0].key)
+    out: list[list[str]] = [[] for _ in range(n)]
     before = 0
-    for batch in make_batches(tasks, n, max(1, min(SHARD_BATCH, total // n)), key=scene_key) if total else []:
-        i = min(n - 1, (n * (2 * before + len(batch))) // (2 * total))
-        out[i].extend(batch)
+    for batch in batches:
+        out[min(n - 1, (n * (2 * before + len(batch))) // (2 * total))].extend(t.unit_id for t in batch)
         before += len(batch)
-    return [[t.unit_id for t in sorted(ts, key=lambda t: t.key)] for ts in out]
+    order = {t.unit_id: t.key for t in tasks}
+    return [sorted(ids, key=order.__getitem__) for ids in out]
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -309,9 +309,13 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
 
     Raises
     ------
+    ShardsIncomplete
+        A sharded dataset (``state/shard-I-of-N.sqlite``) with planned units that have no result
+        yet (:func:`check_shards_done`); nothing is written.
     OutputError
-        No plan; a plan or state file is corrupt; another process writes the dataset; a file
-        cannot be written; a unit's files still differ from the state after its rebuild.
+        No plan; a plan or state file is corrupt; another process writes the dataset (or a
+        shard of it); a file cannot be written; a unit's files still differ from the state
+        after its rebuild.
     """
     from ..lock import dataset_lock
 
