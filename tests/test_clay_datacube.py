@@ -352,11 +352,26 @@ def test_scene_ids_per_source_and_time_differences(run, chips, expected, clay):
             row = idx.loc[ch["unit_id"]]
             assert list(row.ids_s2) == [e["s2_chosen"]]
             assert list(row.ids_s1) == e["s1_chosen"] or sorted(row.ids_s1) == sorted(e["s1_chosen"]), ch["unit_id"]
-            # DEM: the tiles intersecting the chip (never the far one over Rome)
-            assert sorted(row.ids_dem) == sorted(_dem_tiles_of(data, ch)), ch["unit_id"]
-            assert set(row.ids_dem) <= set(expected["dem"][e["year"]])
+            # DEM (intersecting, per: grid): every tile over the S2 scene's grid, as datacube.py's search_dem over the
+            # scene; those over the chip among them, never the far one over Rome
+            assert sorted(row.ids_dem) == sorted(_dem_tiles_of_grid(data, e["item"])), ch["unit_id"]
+            assert set(_dem_tiles_of(data, ch)) <= set(row.ids_dem) and "ROME" not in " ".join(row.ids_dem).upper()
             want_dt = {sid: (_dt(s1_by_id[sid]["properties"]["datetime"]) - t2).total_seconds() / 3600 for sid in row.ids_s1}
             assert list(row.dt_hours_s1) == pytest.approx([want_dt[sid] for sid in row.ids_s1], abs=0.01)
+
+
+def _dem_tiles_of_grid(data, item) -> list[str]:
+    """The DEM tiles intersecting the extent of the S2 item's B02 grid (its proj:* fields)."""
+    from rasterio.warp import transform_geom
+    from shapely.geometry import box, mapping
+
+    a = item["assets"]["B02"]
+    h, w = a["proj:shape"]
+    tr = Affine(*a["proj:transform"][:6])
+    crs = a.get("proj:code") or a["proj:wkt2"]
+    (x0, y1), (x1, y0) = tr * (0, 0), tr * (w, h)
+    poly = shape(transform_geom(crs, "EPSG:4326", mapping(box(x0, y0, x1, y1))))
+    return [it["id"] for it in data["dem"] if shape(it["geometry"]).intersects(poly)]
 
 
 def _dem_tiles_of(data, ch) -> list[str]:
@@ -480,3 +495,29 @@ def test_a_tile_without_scenes(clay, tmp_path):
     assert "Traceback" not in proc.stderr and len(msg.splitlines()) == 1, msg
     assert "no scenes" in msg and "sentinel-2-l2a" in msg and "12.45" in msg  # the search and the tile's bounds
     assert not (out / "summary.json").exists() and not list(out.glob("**/*.tif"))
+
+
+def test_two_shards_and_finalize_equal_one_run(run, clay, tmp_path):
+    """Array jobs: two shards of the same recipe at the same time into one output, then finalize,
+    give the unsharded run's manifest; a shard run again builds nothing."""
+    import subprocess
+    import sys
+
+    data, url = clay
+    out = tmp_path / "sharded"
+    cmd = [sys.executable, "-m", "eochips.cli", "run", "clay-datacube", "-o", str(out), "--no-progress", *_sets(data, url)]
+    procs = [subprocess.Popen(cmd + ["--shard", f"{i}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    assert not (out / "checksums.sha256").exists()  # a shard does not finalize
+    fin = run_cli("finalize", str(out))
+    assert fin.returncode == 0, fin.stderr[-2000:]
+    assert manifest(out) == manifest(run)
+    assert _summary(out)["match_report"] == _summary(run)["match_report"]
+    again = run_cli("run", "clay-datacube", "-o", str(out), "--no-progress", "--shard", "1/2", *_sets(data, url))
+    assert again.returncode == 0, again.stderr[-2000:]
+    counts = json.loads(again.stdout)
+    assert counts["shard"] == "1/2" and counts["ran"] == 0 and counts["skipped_done"] == counts["units"] > 0
+    assert manifest(out) == manifest(run)

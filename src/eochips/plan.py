@@ -631,9 +631,34 @@ def _select(recipe: Recipe, name: str, sp: SourcePlan, scenes: list[Scene], unit
     live = [u for u in units if u.status == "planned"]
     if not live:
         return
-    by_tile, tile_of = _assign_tiles(scenes, sp.profile, live, grids) if cfg.per == "tile" else ({}, {})
+    per = getattr(cfg, "per", "unit")
+    if per == "grid":
+        _select_per_grid(strategy, cfg, name, sp, scenes, live, grids)
+        return
+    by_tile, tile_of = _assign_tiles(scenes, sp.profile, live, grids) if per == "tile" else ({}, {})
     for start in range(0, len(live), SELECT_BATCH):  # footprints and coverage a batch at a time: flat memory
         _select_batch(strategy, cfg, name, sp, scenes, live[start:start + SELECT_BATCH], grids, by_tile, tile_of)
+
+
+def _select_per_grid(strategy, cfg, name: str, sp: SourcePlan, scenes: list[Scene], live: list[UnitPlan],
+                     grids: list[Grid]) -> None:
+    """``per: grid``: one selection per grid over its whole extent, given to each of its units."""
+    by_grid: dict[int, list[UnitPlan]] = defaultdict(list)
+    for up in live:
+        by_grid[up.unit.grid].append(up)
+    for gi, ups in by_grid.items():
+        g = grids[gi]
+        area = reproject_geometry(shapely.box(*g.gbox.boundingbox), g.gbox.crs.to_wkt(), EQUAL_AREA)
+        ctx = SelectionContext(g.name or str(gi), area, _candidates_for_area(scenes, sp.profile, area), cfg,
+                               dict(ups[0].groups), name)
+        try:
+            groups = strategy(ctx)
+        except SelectionFailed as exc:
+            for up in ups:
+                up.drop(Reason("selection", f"source {name!r}: {exc}"))
+            continue
+        for up in ups:
+            up.groups[name] = groups
 
 
 def _select_batch(strategy, cfg, name: str, sp: SourcePlan, scenes: list[Scene], live: list[UnitPlan], grids: list[Grid],
