@@ -4,7 +4,8 @@ Run as its own process (``python benchmarks/server.py ROOT --port P --slow-port 
 time is not charged to a contender. It serves ``/gKK/DATE/ASSET.tif``: the base granule's file
 ``ROOT/base/DATE/ASSET.tif`` with the GeoTIFF tie point replaced by granule KK's corner (16 bytes
 at the offset ``workload.tiepoint_offset`` found), so every granule is a real, distinct-looking
-COG without 40 copies on disk.
+COG without 40 copies on disk. It also serves ``/clay/PATH``: the file ``ROOT/clay/PATH`` as it is
+(the Clay datacube workload, ``clay_workload.py``).
 
 Two listeners share the counters:
 
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import DATES, granule_origin  # noqa: E402
 
 _PATH = re.compile(r"^/g(\d+)/([0-9-]+)/(\w+)\.tif$")
+_PLAIN = re.compile(r"[\w.-]+(/[\w.-]+)*\.tif")
 _RANGE = re.compile(r"(\d*)-(\d*)")
 
 
@@ -71,14 +73,33 @@ class Files:
 
     def __init__(self, root: Path):
         self.root = root
-        self.offsets = json.loads((root / "base" / "offsets.json").read_text())
+        offsets = root / "base" / "offsets.json"
+        self.offsets = json.loads(offsets.read_text()) if offsets.exists() else {}
         self.fds: dict[tuple[str, str], tuple[int, int]] = {}
         for d in DATES:
-            for a in self.offsets[d]:
+            for a in self.offsets.get(d, ()):
                 p = root / "base" / d / f"{a}.tif"
                 self.fds[(d, a)] = (os.open(p, os.O_RDONLY), p.stat().st_size)
+        self.plain: dict[str, tuple[int, int]] = {}
+        self.lock = threading.Lock()
+
+    def _plain(self, path: str):
+        """``/clay/REL``: ``ROOT/clay/REL`` unpatched (opened once; no path outside ``ROOT/clay``)."""
+        rel = path.removeprefix("/clay/")
+        if not _PLAIN.fullmatch(rel) or ".." in rel.split("/"):
+            return None
+        with self.lock:
+            if rel not in self.plain:
+                p = self.root / "clay" / rel
+                if not p.is_file():
+                    return None
+                self.plain[rel] = (os.open(p, os.O_RDONLY), p.stat().st_size)
+            fd, size = self.plain[rel]
+        return fd, size, (0, b"")
 
     def resolve(self, path: str):
+        if path.startswith("/clay/"):
+            return self._plain(path.split("?")[0])
         m = _PATH.match(path.split("?")[0])
         if not m or (m.group(2), m.group(3)) not in self.fds:
             return None
