@@ -229,7 +229,7 @@ def _two_sources(data: dict) -> dict:
 
 # The valid kinds of each tagged variant, typed again from the models' docstrings.
 KINDS = {
-    "selection": "all, first-middle-last, intersecting, least-cloudy, seeded-by-date",
+    "selection": "all, first-middle-last, intersecting, least-cloudy, least-cloudy-per-year, nearest-in-time, seeded-by-date",
     "grid": "crs, label-raster, scene",
     "units": "chip, tile",
     "sampling": "all, class-balance, random-n",
@@ -241,9 +241,9 @@ KINDS = {
 ERRORS = {
     # unknown key inside a tagged variant: that variant's keys
     "unknown key, chip units": ({"units.sise": 32},
-        "recipe field 'units.sise': unknown key; valid keys: id, kind, max_units, min_aoi_fraction, resolution_groups, size, size_m, warn_above"),
+        "recipe field 'units.sise': unknown key; valid keys: extent, id, kind, max_units, min_aoi_fraction, resolution_groups, size, size_m, warn_above"),
     "unknown key, tile units": ({"units": {"kind": "tile", "size": 32, "overlap": 4}},
-        "recipe field 'units.overlap': unknown key; valid keys: id, kind, max_units, min_aoi_fraction, resolution_groups, size, size_m, warn_above"),
+        "recipe field 'units.overlap': unknown key; valid keys: extent, id, kind, max_units, min_aoi_fraction, resolution_groups, size, size_m, warn_above"),
     "key of another selection kind": ({"sources.hls.selection.n_scenes": 3},
         "recipe field 'sources.hls.selection.n_scenes': unknown key; valid keys: coverage_thresholds, kind, min_scenes, per"),
     "unknown key, least-cloudy": ({"sources.hls.selection": {"kind": "least-cloudy", "min_scenes": 3}},
@@ -349,7 +349,7 @@ ERRORS = {
     "unit id without col": ({"units.id": "chip_{row}"},
         "recipe field 'units.id': template 'chip_{row}' must contain {col}, {row} (names must be unique) (got 'chip_{row}')"),
     "unit id with an unknown field": ({"units.id": "{rows}_{col}"},
-        "recipe field 'units.id': template '{rows}_{col}' uses unknown field(s) ['rows']; valid: col, grid, row, tile "
+        "recipe field 'units.id': template '{rows}_{col}' uses unknown field(s) ['rows']; valid: col, date, grid, n, row, tile "
         "(got '{rows}_{col}')"),
     "unit id with a slash": ({"units.id": "{tile}/{row}_{col}"},
         "recipe field 'units.id': template '{tile}/{row}_{col}' must not contain '/' (got '{tile}/{row}_{col}')"),
@@ -455,4 +455,4 @@ def test_builtin_recipe_round_trips(name, tmp_path, monkeypatch):
 
 
 def test_builtin_recipe_list():
-    assert builtin_recipes() == ["demo", "hls-crop-classification", "hls-gap-filling"]
+    assert builtin_recipes() == ["clay-datacube", "demo", "hls-crop-classification", "hls-gap-filling"]

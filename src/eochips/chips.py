@@ -140,6 +140,8 @@ class UnitTask:
         ``(height, width)`` in pixels.
     tile, grid_name
         The unit's MGRS tile (if known) and its grid's name (a scene id on scene grids).
+    n
+        The unit's 1-based row-major position among its grid's windows (the ``{n}`` of file names).
     layers
         One :class:`LayerRead` per source used, in recipe order.
     labels, label_bounds
@@ -165,6 +167,7 @@ class UnitTask:
     out: str
     tile: str | None = None
     grid_name: str = ""
+    n: int = 0
     labels: LabelSpec | None = None
     label_bounds: tuple[float, float, float, float] | None = None
     masks: MasksConfig = MasksConfig()

@@ -94,6 +94,9 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
     t.add_row("train / validation", f"{summary['train']} / {summary['validation']}")
     t.add_row("scenes found", str(summary["scenes"]))
     t.add_row("dates used", ", ".join(summary["selected_dates"]) or "-")
+    for key in sorted(k for k in summary if k.endswith("_match_rate")):
+        t.add_row(f"{key[:-len('_match_rate')]} match rate (years)",
+                  f"{summary[key]:.0%} ({summary['years_matched']} of {summary['years_tried']} years tried)")
     if summary.get("unknown_label_codes"):
         t.add_row("unknown label codes (pixels)", json.dumps(summary["unknown_label_codes"]))
     if "build" in summary:
@@ -181,6 +184,8 @@ def plan(
     for name, n in s["scenes_per_source"].items():
         t.add_row(f"scenes ({name})", str(n))
     t.add_row("grids", str(s["grids"]))
+    if "years_matched" in s:
+        t.add_row("years matched / tried", f"{s['years_matched']} / {s['years_tried']}")
     t.add_row("units in AOI", str(s["units_total"]))
     t.add_row("units to build", str(s["units_planned"]))
     for k, n in sorted(s["units_dropped_in_plan"].items()):

@@ -12,7 +12,7 @@ code                    rule (source)
 ``nan``                 NaN pixels in the given float bands > ``max_pixels`` (Clay: any vv/vh/dem NaN)
 ``value``               pixels of one band equal to a value > ``max_pixels`` (Clay: any B02 == 0)
 ``fmask-bad-pct``       seed 001: per step, the largest share held by one bad Fmask value; keep if < max
-``mask-fraction``       the worst step's cloud / shadow / snow / nodata fraction > ``max`` (Clay: 30 % SCL)
+``mask-fraction``       the worst step's cloud / shadow / snow / nodata fraction > ``max`` (Clay: >= 30 % SCL)
 ``label-fraction``      pixels of the given label classes above a count or share (seed 001: CDL 0; BEN:
                         UNLABELED >= 25 %); evaluated at plan time when no imagery filter precedes it
 ======================  ===========================================================================
@@ -147,15 +147,19 @@ def fmask_bad_pct(cfg, data) -> tuple[dict, Reason | None]:
 def mask_fraction(cfg, data) -> tuple[dict, Reason | None]:
     """The worst time step's fraction (0..1 of the unit's pixels) of a mask layer."""
     source = cfg.source or next(iter(data.layers))
+    parts = cfg.layer.split("+")
     fr = []
     for ms in data.layers[source].masks:
-        f = ms.fractions()
-        fr.append(f["cloud"] + f["shadow"] if cfg.layer == "cloud+shadow" else f[cfg.layer])
+        union = np.zeros(ms.nodata.shape, bool)
+        for part in parts:  # a pixel in two layers counts once
+            union |= getattr(ms, part)
+        fr.append(float(union.sum()) / union.size)
     worst = max(fr) if fr else 0.0
     reason = None
-    if worst > cfg.max:
+    if worst >= cfg.max if cfg.strict else worst > cfg.max:
         t = fr.index(worst)
-        reason = Reason("mask-fraction", f"{cfg.layer} fraction {worst:.3f} > {cfg.max:g} on {_date(data, source, t)}")
+        op = ">=" if cfg.strict else ">"
+        reason = Reason("mask-fraction", f"{cfg.layer} fraction {worst:.3f} {op} {cfg.max:g} on {_date(data, source, t)}")
     return {}, reason
 
 

@@ -56,6 +56,11 @@ def load_aoi(cfg: AOIConfig) -> tuple[BaseGeometry, CRS]:
         geom = box(*cfg.bbox)
     elif cfg.geometry is not None:
         geom = _geojson_geometry(cfg.geometry, "aoi.geometry")
+    elif cfg.row is not None:
+        tiles, file_crs = aoi_tiles(cfg)
+        geom = shapely.union_all([t.geometry for t in tiles])
+        if file_crs is not None:
+            crs = file_crs
     else:
         geom, file_crs = _read_vector_union(cfg.path)
         if file_crs is not None:
@@ -97,6 +102,67 @@ def _geojson_geometry(obj: dict, where: str) -> BaseGeometry:
         return shape(obj)
     except Exception as exc:
         raise AOIError(f"{where} is not valid GeoJSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AOITile:
+    """One row of a tile-list AOI (Clay's MGRS sample file).
+
+    Attributes
+    ----------
+    row
+        0-based row index in the file (the job index).
+    name
+        The tile id (the ``aoi.id_field`` property, e.g. the MGRS tile ``30UVB``).
+    geometry
+        The tile polygon in the file's CRS.
+    """
+
+    row: int
+    name: str
+    geometry: BaseGeometry
+
+
+def aoi_tiles(cfg: AOIConfig) -> tuple[list[AOITile], CRS | None]:
+    """The tiles of a tile-list AOI (``aoi.path`` with ``aoi.row``): that row, or every row
+    (``row: all``), in file order, and the file's CRS (None: EPSG:4326, GeoJSON).
+
+    Raises
+    ------
+    AOIError
+        The file cannot be read, has no features, no ``id_field`` property, a row out of range,
+        an empty or invalid tile geometry, or two rows with the same id.
+    """
+    import geopandas as gpd
+
+    p = Path(str(cfg.path))
+    if not p.is_file():
+        raise AOIError(f"aoi.path {str(p)!r} does not exist" if not p.is_dir() else
+                       f"aoi.path {str(p)!r} is a folder; give a vector file (GeoJSON, GeoPackage, FlatGeobuf)")
+    try:
+        gdf = gpd.read_file(p)
+    except Exception as exc:  # noqa: BLE001 - pyogrio raises DataSourceError and friends: a bad file, named
+        raise AOIError(f"aoi.path {str(p)!r} could not be read: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    if gdf.empty:
+        raise AOIError(f"aoi.path {str(p)!r} has no features")
+    if cfg.id_field not in gdf.columns:
+        have = [c for c in gdf.columns if c != "geometry"]
+        raise AOIError(f"aoi.id_field {cfg.id_field!r}: {str(p)!r} has no such property; its properties: {', '.join(have) or 'none'}")
+    rows = range(len(gdf)) if cfg.row == "all" else [cfg.row]
+    if cfg.row != "all" and not 0 <= cfg.row < len(gdf):
+        raise AOIError(f"aoi.row {cfg.row}: {str(p)!r} has {len(gdf)} row(s) (0..{len(gdf) - 1})")
+    tiles = []
+    for r in rows:
+        geom, name = gdf.geometry.iloc[r], gdf[cfg.id_field].iloc[r]
+        if geom is None or geom.is_empty or not geom.is_valid:
+            why = "empty" if geom is None or geom.is_empty else shapely.is_valid_reason(geom)
+            raise AOIError(f"aoi.path {str(p)!r} row {r} ({name!r}): the tile geometry is {why}")
+        tiles.append(AOITile(int(r), str(name), geom))
+    names = [t.name for t in tiles]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise AOIError(f"aoi.path {str(p)!r}: tile id(s) {dup[:3]} appear in several rows; ids in {cfg.id_field!r} must be unique")
+    return tiles, (CRS.from_user_input(gdf.crs) if gdf.crs else None)
 
 
 def _read_vector_union(path: str | None) -> tuple[BaseGeometry, CRS | None]:
@@ -168,13 +234,16 @@ class Grid:
     gbox
         The grid (CRS, affine in CRS units, shape ``(y, x)`` pixels).
     tile
-        The MGRS tile of a scene grid, when the profile can tell.
+        The MGRS tile of a scene grid (the AOI tile list's id, else the profile's), if known.
+    date
+        The scene date (YYYY-MM-DD, UTC) of a scene grid, else None.
     """
 
     index: int
     name: str
     gbox: GeoBox
     tile: str | None = None
+    date: str | None = None
 
     @property
     def crs_wkt(self) -> str:

@@ -137,6 +137,7 @@ class Plan:
     units: list[UnitPlan]
     scenes: dict[str, dict[str, Scene]]
     sources: dict[str, SourcePlan]
+    match_report: list[dict] = field(default_factory=list)
 
     @property
     def planned(self) -> list[UnitPlan]:
@@ -159,6 +160,8 @@ class Plan:
             "scenes_per_source": {s: len(v) for s, v in self.scenes.items()}, "grids": len(self.grids),
             "units_total": len(self.units), "units_planned": len(self.planned), "units_dropped_in_plan": dropped,
             "reads": reads, "estimated_bytes": estimate_bytes(self),
+            **({"years_tried": sum(1 for e in self.match_report if e.get("s2_tried")),
+                "years_matched": sum(1 for e in self.match_report if e.get("matched"))} if self.match_report else {}),
         }
 
 
@@ -388,9 +391,24 @@ def _sample(recipe: Recipe, units: list[UnitPlan]) -> None:
 # --------------------------------------------------------------------------------------
 # grids and units
 
-def _unit_id(template: str, grid: Grid, row: int, col: int) -> str:
+def _unit_id(template: str, grid: Grid, row: int, col: int, size: int) -> str:
     # a scene grid's name is an item id, a tile comes from item properties: both sanitised (safe_name)
-    return template.format(row=row, col=col, grid=safe_name(grid.name), tile=safe_name(grid.tile or ""))
+    return template.format(row=row, col=col, grid=safe_name(grid.name), tile=safe_name(grid.tile or ""),
+                           date=grid_date(grid), n=window_number(grid, size, row, col))
+
+
+def grid_date(grid: Grid):
+    """The date of a scene grid's scene as a :class:`datetime.date` (``{date}`` formats as
+    YYYY-MM-DD, ``{date:%Y%m%d}`` as any strftime form); None on other grids."""
+    from datetime import date
+
+    return date.fromisoformat(grid.date) if grid.date else None
+
+
+def window_number(grid: Grid, size: int, row: int, col: int) -> int:
+    """The 1-based row-major position of chip ``(row, col)`` among all ``size`` px windows of
+    ``grid`` (remainder dropped): Clay's tile.py counter (``n`` of ``claytile_..._{n:04d}.tif``)."""
+    return row * (grid.gbox.shape[1] // size) + col + 1
 
 
 def _make_units(recipe: Recipe, grids: list[Grid], aoi, aoi_crs) -> list[UnitPlan]:
@@ -399,14 +417,17 @@ def _make_units(recipe: Recipe, grids: list[Grid], aoi, aoi_crs) -> list[UnitPla
                         if u.kind == "chip" else "tile_{row:03d}_{col:03d}")
     out: list[UnitPlan] = []
     sizes = [unit_size_px(g.gbox, u.size, u.size_m) for g in grids]
-    aois = [reproject_geometry(aoi, aoi_crs, g.gbox.crs.to_wkt()) for g in grids]
+    aois = [shapely.box(*g.gbox.boundingbox) if u.extent == "grid" else reproject_geometry(aoi, aoi_crs, g.gbox.crs.to_wkt())
+            for g in grids]
     most = sum(_count_units(g, n, a) for g, n, a in zip(grids, sizes, aois))
     if u.max_units is not None and most > u.max_units:
         raise RecipeError(f"recipe field 'units.max_units': the AOI holds up to {most} units, more than max_units "
                           f"({u.max_units}); shrink the AOI, enlarge units.size or raise units.max_units")
     for g, size, aoi_g in zip(grids, sizes, aois):
+        if u.extent == "grid":  # every full window of the grid (Clay's tiler); the AOI chose the scenes
+            aoi_g = shapely.box(*g.gbox.boundingbox)
         for unit in tile_units(g, size, aoi_g, u.min_aoi_fraction):
-            out.append(UnitPlan(unit, _unit_id(template, g, unit.row, unit.col), g.tile))
+            out.append(UnitPlan(unit, _unit_id(template, g, unit.row, unit.col, size), g.tile))
     seen: dict[str, tuple] = {}
     for up in out:
         if up.id in seen:
@@ -432,27 +453,107 @@ def _count_units(grid: Grid, size: int, aoi_grid) -> int:
     return max(0, r1 - r0 + 1) * max(0, c1 - c0 + 1)
 
 
-def _scene_grids(recipe: Recipe, sp: SourcePlan, scenes: list[Scene], aoi, aoi_crs) -> tuple[list[Grid], list[Scene]]:
-    """Scene grid: select the grid source's scenes over the whole AOI; one grid per chosen scene."""
+def _scene_grids(recipe: Recipe, sp: SourcePlan, scenes: list[Scene], aoi, aoi_crs,
+                 matcher: "_Matcher") -> tuple[list[Grid], list[Scene], list[dict]]:
+    """Scene grid: select the grid source's scenes over the AOI (per tile of a tile-list AOI,
+    seeded by its row); one grid per chosen scene. Returns the grids, their scenes and the
+    match report (one entry per tile and year tried, for strategies that keep one)."""
     g = recipe.grid
-    aoi_ea = reproject_geometry(aoi, aoi_crs, EQUAL_AREA)
-    cands = _candidates_for_area(scenes, sp.profile, aoi_ea)
     cfg = recipe.sources[g.source].selection
+    if recipe.aoi.row is not None:
+        from .geo import aoi_tiles
+
+        tiles, file_crs = aoi_tiles(recipe.aoi)
+        jobs = [(t.name, t.row, t.geometry, file_crs or aoi_crs) for t in tiles]
+    else:
+        jobs = [(None, 0, aoi, aoi_crs)]
+    env = read_env(recipe.reading, recipe.sources[g.source].search.auth, recipe.sources[g.source].search.auth_hosts)
+    grids, chosen, report, failures = [], [], [], []
+    for tile, row, geom, crs in jobs:
+        area = reproject_geometry(geom, crs, EQUAL_AREA)
+        ctx = SelectionContext(tile or "aoi", area, _candidates_for_area(scenes, sp.profile, area), cfg, {}, g.source,
+                               accept=matcher if matcher.names else None, seed=row)
+        try:
+            groups = get_strategy(cfg.kind)(ctx)
+        except SelectionFailed as exc:
+            groups = []
+            failures.append(f"{tile}: {exc}" if tile else str(exc))
+        report += [_report_entry(tile, row, e, matcher.names) for e in ctx.notes.get("years", [])]
+        for grp in groups:
+            scene = grp[0].scene
+            band = min(sp.bands, key=lambda b: (b.resolution or math.inf)) if sp.bands else sp.qa.as_band()
+            gbox = scene_gbox(scene.properties, scene.asset_fields.get(band.asset, {}), scene.assets.get(band.asset), env=env)
+            if g.resolution is not None:
+                gbox = at_resolution(gbox, g.resolution, "grid.resolution")
+            grids.append(Grid(len(grids), scene.id, gbox, tile or sp.profile.tile_of(scene.id, scene.properties),
+                              scene.datetime.strftime("%Y-%m-%d")))
+            chosen.append(scene)
+    if not grids:
+        raise CatalogError(f"grid: no scene of source {g.source!r} can give the grid ({'; '.join(failures)})")
+    return grids, chosen, report
+
+
+def _report_entry(tile: str | None, row: int, year: dict, names: list[str]) -> dict:
+    """One match-report row (tile, year): the strategy's entry, with each matched source's
+    outcome for the chosen scene (or the last one tried) flattened as ``{source}_*`` keys."""
+    tries = year.get("tries", [])
+    last = next((t for t in tries if t.get("scene") == year.get("s2_chosen")), tries[-1] if tries else {})
+    out = {"tile": tile, "row": row, **{k: v for k, v in year.items() if k != "tries"}}
+    for n in names:
+        d = last.get(n) or {}
+        out.update({f"{n}_candidates": d.get("candidates", 0), f"{n}_chosen": d.get("chosen", []),
+                    f"{n}_coverage": d.get("coverage", 0.0), f"{n}_reason": d.get("reason", "")})
+    out["tries"] = tries
+    return out
+
+
+class _Matcher:
+    """The selections of the sources matched to a scene grid's source (``nearest-in-time``
+    with ``relative_to`` = the grid source), run per candidate scene of it over that scene's
+    footprint (the seed matched Sentinel-1 to the whole Sentinel-2 scene): the grid strategy
+    calls it to accept a scene (every matched source found its scenes), and the units of each
+    grid then take the groups found for the grid's scene."""
+
+    def __init__(self, recipe: Recipe, sources: dict[str, SourcePlan], ref: str, ref_scenes: list[Scene],
+                 found: dict[str, list[Scene]]):
+        self.recipe, self.sources, self.ref, self.found = recipe, sources, ref, found
+        self.names = [n for n, c in recipe.sources.items()
+                      if c.selection.kind == "nearest-in-time" and c.selection.relative_to == ref]
+        self.groups: dict[str, dict[str, list[SceneGroup]]] = {}
+        self.reasons: dict[str, str] = {}
+        if self.names and ref_scenes:
+            hull = shapely.union_all([s.geometry for s in ref_scenes]).convex_hull  # every footprint a match may need
+            for n in self.names:
+                found[n] = _search_or_none(recipe.sources[n].search, hull)
+                _check_assets(found[n], sources[n])
+
+    def __call__(self, scene: Scene) -> tuple[bool, dict]:
+        area = reproject_geometry(scene.geometry, "EPSG:4326", EQUAL_AREA)
+        detail: dict[str, Any] = {}
+        groups: dict[str, list[SceneGroup]] = {}
+        for n in self.names:
+            cfg = self.recipe.sources[n].selection
+            ctx = SelectionContext(scene.id, area, _candidates_for_area(self.found[n], self.sources[n].profile, area), cfg,
+                                   {self.ref: [(Pick(scene),)]}, n)
+            try:
+                groups[n] = get_strategy(cfg.kind)(ctx)
+            except SelectionFailed as exc:
+                detail[n] = (ctx.notes.get("match") or [{}])[0]
+                detail["reason"] = self.reasons[scene.id] = f"source {n!r}: {exc}"
+                return False, detail
+            detail[n] = ctx.notes["match"][0]
+        self.groups[scene.id] = groups
+        return True, detail
+
+
+def _search_or_none(cfg, aoi_ll) -> list[Scene]:
+    """``search``, with no match being an empty list (a matched source may have no scene)."""
+    from .errors import NoScenesError
+
     try:
-        groups = get_strategy(cfg.kind)(SelectionContext("aoi", aoi_ea, cands, cfg, {}, g.source))
-    except SelectionFailed as exc:
-        raise CatalogError(f"grid: no scene of source {g.source!r} can give the grid ({exc})") from None
-    grids, chosen = [], []
-    for grp in groups:
-        scene = grp[0].scene
-        band = min(sp.bands, key=lambda b: (b.resolution or math.inf)) if sp.bands else sp.qa.as_band()
-        gbox = scene_gbox(scene.properties, scene.asset_fields.get(band.asset, {}), scene.assets.get(band.asset),
-                          env=read_env(recipe.reading, recipe.sources[g.source].search.auth, recipe.sources[g.source].search.auth_hosts))
-        if g.resolution is not None:
-            gbox = at_resolution(gbox, g.resolution, "grid.resolution")
-        grids.append(Grid(len(grids), scene.id, gbox, sp.profile.tile_of(scene.id, scene.properties)))
-        chosen.append(scene)
-    return grids, chosen
+        return search(cfg, aoi_ll)
+    except NoScenesError:
+        return []
 
 
 def _candidates_for_area(scenes: list[Scene], profile: Profile, area_ea) -> list[Candidate]:
@@ -556,6 +657,13 @@ def _select_batch(strategy, cfg, name: str, sp: SourcePlan, scenes: list[Scene],
 # --------------------------------------------------------------------------------------
 # making the plan
 
+def _in_reference_order(recipe: Recipe) -> list[tuple[str, Any]]:
+    """The sources in recipe order, except that a source matched to another (``relative_to``)
+    comes after it: its selection reads the other's picks."""
+    items = list(recipe.sources.items())
+    first = [(n, c) for n, c in items if c.selection.kind != "nearest-in-time"]
+    return first + [(n, c) for n, c in items if c.selection.kind == "nearest-in-time"]
+
 def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
     """Plan a recipe (see the module docstring): no imagery is read, except headers and a
     decimated overview of each source's earliest selected scene when ``probe`` is true
@@ -581,23 +689,38 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
         sp = sources[g.source]
         found[g.source] = search(recipe.sources[g.source].search, aoi_ll)
         _check_assets(found[g.source], sp)
-        grids, chosen = _scene_grids(recipe, sp, found[g.source], aoi, aoi_crs)
+        matcher = _Matcher(recipe, sources, g.source, found[g.source], found)
+        grids, chosen, report = _scene_grids(recipe, sp, found[g.source], aoi, aoi_crs, matcher)
+        if recipe.units.extent == "grid":  # units reach past the AOI: the other sources are searched over the grids too
+            aoi_ll = shapely.union_all([aoi_ll] + [reproject_geometry(shapely.box(*gr.gbox.boundingbox), gr.gbox.crs.to_wkt(),
+                                                                      "EPSG:4326") for gr in grids])
     units = _make_units(recipe, grids, aoi, aoi_crs)
     spec = label_spec(recipe)
     if spec is not None:
         _scan_labels(recipe, spec, units, grids)
     _sample(recipe, units)
-    for name, cfg in recipe.sources.items():
+    for name, cfg in _in_reference_order(recipe):
         if g.kind == "scene" and name == g.source:
             by_id = {s.id: s for s in chosen}
             for up in units:
                 up.groups[name] = [(Pick(by_id[grids[up.unit.grid].name]),)]
             continue
+        if g.kind == "scene" and name in matcher.names:  # matched per grid scene (while the grids were chosen)
+            by_id = {s.id: s for s in chosen}
+            for up in units:
+                sid = grids[up.unit.grid].name
+                if sid not in matcher.groups and sid not in matcher.reasons:
+                    matcher(by_id[sid])  # a grid strategy that does not ask for matches
+                if sid in matcher.groups:
+                    up.groups[name] = matcher.groups[sid][name]
+                elif up.status == "planned":
+                    up.drop(Reason("selection", matcher.reasons[sid]))
+            continue
         found[name] = search(cfg.search, aoi_ll)  # unsigned: signed hrefs never reach the plan files
         _check_assets(found[name], sources[name])
         _select(recipe, name, sources[name], found[name], units, grids)
     scenes = {name: {s.id: s for s in found[name]} for name in recipe.sources}  # every scene found (provenance)
-    plan = Plan(recipe, grids, units, scenes, sources)
+    plan = Plan(recipe, grids, units, scenes, sources, report if g.kind == "scene" else [])
     from .dataset.checks import check_plan
 
     check_plan(plan)
@@ -882,7 +1005,8 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
         store.write_text(f"{PLAN_DIR}/{RUN_FILE}", json.dumps(run, indent=2, sort_keys=True, default=str))
         written.append(f"{PLAN_DIR}/{RUN_FILE}")
         doc = {"version": RECIPE_VERSION, "recipe": recipe,
-               "grids": [{"index": g.index, "name": g.name, "tile": g.tile, "crs": g.gbox.crs.to_wkt(),
+               "match_report": plan.match_report,
+               "grids": [{"index": g.index, "name": g.name, "tile": g.tile, "date": g.date, "crs": g.gbox.crs.to_wkt(),
                           "transform": list(tuple(g.gbox.affine)[:6]), "shape": list(g.gbox.shape)} for g in plan.grids],
                "sources": {n: {"bands": [_band_json(b) for b in sp.bands], "qa": sp.qa.__dict__ if sp.qa else None}
                            for n, sp in plan.sources.items()},
@@ -1036,8 +1160,9 @@ def load_plan(store: OutputStore) -> Plan:
     try:
         check_secret_vars(json.dumps([doc["recipe"], run]), f"the plan in {store.location!r}")
         recipe = parse_recipe({**doc["recipe"], **run})  # "nan" fills (JSON has no NaN) validate back to float NaN
-        grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"])
-                 for g in doc["grids"]]
+        grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"],
+                      g.get("date")) for g in doc["grids"]]
+        match_report = list(doc.get("match_report") or [])
     except EochipsError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -1078,7 +1203,7 @@ def load_plan(store: OutputStore) -> Plan:
         return units
 
     units = _plan_file(store, "units.parquet", parse_units)
-    return Plan(recipe, grids, units, scenes, sources)
+    return Plan(recipe, grids, units, scenes, sources, match_report)
 
 
 def _unit_shape(recipe: Recipe, grid: Grid, cache: dict) -> int:
@@ -1123,7 +1248,7 @@ def refresh_hrefs(plan: Plan) -> Plan:
     for u in plan.units:
         groups = {s: [tuple(Pick(scenes[s][p.scene.id], p.role) for p in grp) for grp in gs] for s, gs in u.groups.items()}
         units.append(replace(u, groups=groups))
-    return Plan(plan.recipe, plan.grids, units, scenes, plan.sources)
+    return Plan(plan.recipe, plan.grids, units, scenes, plan.sources, plan.match_report)
 
 
 # --------------------------------------------------------------------------------------
@@ -1155,7 +1280,8 @@ def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[Uni
         g = up.unit.gbox
         task = UnitTask(
             unit_id=up.id, key=up.key, crs=g.crs.to_wkt(), transform=tuple(g.affine)[:6], shape=tuple(g.shape),
-            layers=tuple(layers), out=store.location, tile=up.tile, grid_name=plan.grids[up.unit.grid].name, labels=labels,
+            layers=tuple(layers), out=store.location, tile=up.tile, grid_name=plan.grids[up.unit.grid].name,
+            n=window_number(plan.grids[up.unit.grid], g.shape[1], up.unit.row, up.unit.col), labels=labels,
             label_bounds=_grid_bounds(plan.grids[up.unit.grid]), masks=r.masks, filters=tuple(r.filters),
             layouts=tuple(r.output.layout), resolution_groups=getattr(r.units, "resolution_groups", False),
             compress=r.output.compress, level=r.output.level, reading=r.reading, cpu_threads=cpu_threads,

@@ -96,12 +96,27 @@ def _instant(part: str, is_end: bool):
     return dt.astimezone(timezone.utc)
 
 
+UNIT_ID_FIELDS = {"row", "col", "grid", "tile", "date", "n"}
+"""Fields of ``units.id``: chip row/col, the grid (a scene id), tile, the grid scene's ``date``
+(a date: ``{date:%Y%m%d}``) and ``n``, the 1-based row-major position of the chip among the
+grid's windows (Clay's tile.py counter). A template needs ``{row}`` and ``{col}``, or ``{n}``."""
+
+
+def _template_fields(template: str) -> set[str]:
+    import string
+
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError:
+        return set()
+
+
 def _unit_id(v: str | None) -> str | None:
     if v is not None:
-        check_template(v, {"row", "col", "grid", "tile"}, need_any=({"row", "col"},))
+        check_template(v, UNIT_ID_FIELDS, need_any=() if "n" in _template_fields(v) else ({"row", "col"},))
         from ..writers.store import check_path_template
 
-        check_path_template(v, {"row", "col", "grid", "tile"}, "id")  # an id names files: no '..', '\\', ':', NUL
+        check_path_template(v, UNIT_ID_FIELDS, "id")  # an id names files: no '..', '\\', ':', NUL
     return v
 
 
@@ -124,6 +139,17 @@ class AOIConfig(_Model):
     geometry: dict[str, Any] | None = Field(None, description="GeoJSON Geometry, Feature or FeatureCollection.")
     path: FilePath | None = Field(None, description="A vector file (GeoJSON, GeoPackage) whose union is the AOI.")
     crs: str = Field("EPSG:4326", description="CRS of bbox / geometry (GeoJSON is EPSG:4326 unless said otherwise).")
+    row: int | Literal["all"] | None = Field(None, description=(
+        "A tile list (`path`, one feature per tile, e.g. MGRS tiles): the 0-based row to use (one job per row, as Clay's "
+        "--index / AWS_BATCH_JOB_ARRAY_INDEX), or 'all' for every row as its own tile; default: the union of the file."))
+    id_field: str = Field("name", description="With `row`: the property holding the tile id (Clay's tile file: name).")
+
+    @field_validator("row")
+    @classmethod
+    def _row(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"row must be a 0-based row index (>= 0) or 'all', got {v}")
+        return v
 
     @field_validator("geometry")
     @classmethod
@@ -146,6 +172,8 @@ class AOIConfig(_Model):
         given = [k for k in ("bbox", "geometry", "path") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of bbox, geometry, path (got {given or 'none'})")
+        if self.row is not None and self.path is None:
+            raise ValueError("row: picks a row of a tile file; give aoi.path (a vector file with one feature per tile)")
         if self.bbox is not None and not (self.bbox[0] < self.bbox[2] and self.bbox[1] < self.bbox[3]):
             hint = " (a bbox crossing the antimeridian must be split in two)" if self.bbox[0] > self.bbox[2] else ""
             raise ValueError(f"bbox must be minx < maxx and miny < maxy, got {list(self.bbox)}{hint}")
@@ -368,8 +396,49 @@ class IntersectingSelection(_Model):
     per: Literal["unit"] = "unit"
 
 
+class LeastCloudyPerYearSelection(_Model):
+    """Clay's Sentinel-2 rule (Clay-foundation/model scripts/pipeline/datacube.py @8b83005): the
+    years ``years[0]..years[1]`` in the order ``random.Random(seed).shuffle`` gives (``seed``:
+    the AOI row, as the seed's ``random.seed(index)``); per year the scenes of that year whose
+    footprint holds the AOI's centroid (``contains: centroid``, the seed's ``s_intersects`` with
+    ``aoi.centroid``) or touches the AOI (``any``), by ``eo:cloud_cover`` ascending, trying up to
+    ``attempts`` of them until one is accepted by the sources selected relative to this one (an
+    S1 match); stop after ``n_years`` accepted years. One grid (time step) per accepted year."""
+
+    kind: Literal["least-cloudy-per-year"]
+    years: tuple[int, int] = Field(..., description="First and last year (inclusive), e.g. [2017, 2023].")
+    n_years: int = Field(3, gt=0, description="Stop after this many matched years (Clay v0.2: 3, v0.4: 4).")
+    attempts: int = Field(20, gt=0, description="Scenes tried per year, least cloudy first (Clay v0.2: 20, v0.4: 40).")
+    contains: Literal["centroid", "any"] = "centroid"
+    seed: int | None = Field(None, description="Seed of the year order; default the AOI row (0 without one).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LeastCloudyPerYearSelection":
+        if self.years[0] > self.years[1]:
+            raise ValueError(f"years must be [first, last] with first <= last, got {list(self.years)}")
+        return self
+
+
+class NearestInTimeSelection(_Model):
+    """Clay's Sentinel-1 rule, with its bug fixed: per scene of source ``relative_to`` (the
+    reference), the scenes dated within +-``window_days`` calendar days of it, by overlap with
+    the area (descending: the reference scene's footprint on a scene grid, else the unit); keep
+    those with the same ``same`` properties (``sat:orbit_state``) as the first, adding them until
+    their UNION covers the area (the seed replaced the covered area by each new scene). One
+    time step per reference step, its scenes composited in date order."""
+
+    kind: Literal["nearest-in-time"]
+    relative_to: str = Field(..., description="The source whose chosen scenes this one is matched to (e.g. s2).")
+    window_days: int = Field(3, ge=0, le=366, description="Calendar days before and after the reference date.")
+    same: list[str] = Field(["sat:orbit_state"], description="Item properties the chosen scenes share with the best one.")
+    cover: float = Field(99.9, gt=0, le=100, description=(
+        "Percent of the area the union must cover to stop adding scenes: consecutive frames of one pass abut with "
+        "sliver gaps (0.01 % on Planetary Computer's S1 RTC frames), so an exact cover would add every frame."))
+
+
 Selection = Annotated[
-    Union[FirstMiddleLastSelection, LeastCloudySelection, SeededByDateSelection, AllSelection, IntersectingSelection],
+    Union[FirstMiddleLastSelection, LeastCloudySelection, SeededByDateSelection, AllSelection, IntersectingSelection,
+          LeastCloudyPerYearSelection, NearestInTimeSelection],
     Field(discriminator="kind"),
 ]
 
@@ -443,6 +512,9 @@ class ChipUnits(_Model):
     min_aoi_fraction: float = Field(1.0, gt=0, le=1, description="Keep chips whose area inside the AOI is at least this fraction.")
     id: str | None = Field(None, description="Unit id template; default chip_{row:03d}_{col:03d} ({grid}_{col:02d}_{row:02d} on scene grids).")
     resolution_groups: bool = False
+    extent: Literal["aoi", "grid"] = Field("aoi", description=(
+        "aoi: chips inside the AOI (min_aoi_fraction); grid: every full chip of each grid, the AOI only choosing the "
+        "scenes (Clay's tiler chips the whole S2 scene)."))
     warn_above: int = Field(100_000, gt=0, description="Print one warning when the plan holds more units than this.")
     max_units: int | None = Field(None, gt=0, description="Refuse (exit 2) a plan of more units than this, before they are made.")
 
@@ -466,6 +538,7 @@ class TileUnits(_Model):
     min_aoi_fraction: float = Field(1e-9, gt=0, le=1)
     id: str | None = None
     resolution_groups: Literal[False] = False
+    extent: Literal["aoi"] = "aoi"
     size_m: None = None
     warn_above: int = Field(100_000, gt=0, description="Print one warning when the plan holds more units than this.")
     max_units: int | None = Field(None, gt=0, description="Refuse (exit 2) a plan of more units than this, before they are made.")
@@ -660,12 +733,14 @@ class FmaskBadPctFilter(_Model):
 
 
 class MaskFractionFilter(_Model):
-    """Drop a unit whose worst time step has a ``layer`` fraction (0..1 of the unit's pixels) > ``max``."""
+    """Drop a unit whose worst time step has a ``layer`` fraction (0..1 of the unit's pixels) > ``max``
+    (``strict``: >= ``max``)."""
 
     kind: Literal["mask-fraction"]
     source: str | None = None
-    layer: Literal["cloud", "shadow", "snow", "nodata", "cloud+shadow"] = "cloud"
+    layer: Literal["cloud", "shadow", "snow", "nodata", "cloud+shadow", "cloud+shadow+nodata"] = "cloud"
     max: float = Field(..., ge=0, le=1)
+    strict: bool = Field(False, description="Drop at or above max (Clay's tile.py: >= 0.3), not only above.")
 
 
 class LabelFractionFilter(_Model):
@@ -721,8 +796,9 @@ class LabelsConfig(_Model):
 # --------------------------------------------------------------------------------------
 # output layouts
 
-LAYOUT_FIELDS = {"unit", "grid", "tile", "band", "source", "step", "date"}
-"""The fields of the per-band and stack layouts' file-name templates."""
+LAYOUT_FIELDS = {"unit", "grid", "tile", "band", "source", "step", "date", "n"}
+"""The fields of the per-band and stack layouts' file-name templates (``date`` is a date:
+``{date}`` gives YYYY-MM-DD, ``{date:%Y%m%d}`` any strftime form; ``n`` as in ``units.id``)."""
 
 
 def _inside(v: str | None, fields: set[str], field: str) -> str | None:
@@ -781,6 +857,7 @@ class StackLayout(_Model):
     kind: Literal["stack"]
     sources: list[str] | None = None
     dtype: DType | None = None
+    descriptions: Literal["band@date", "band"] = Field("band@date", description="Band descriptions: 'B02@2024-06-02' or 'B02' (Clay).")
     name: str = "{unit}.tif"
     path: str = "chips"
     labels: str | None = "{unit}_labels.tif"
@@ -956,6 +1033,17 @@ class Recipe(_Model):
         if self.sampling.kind == "class-balance" and (self.labels is None or (self.labels.reclass is None and self.labels.classes is None)):
             raise ValueError("sampling: class-balance needs labels with a reclass table or classes (it counts label classes)")
         for s, cfg in self.sources.items():
+            sel = cfg.selection
+            if sel.kind == "nearest-in-time":
+                if sel.relative_to == s:
+                    raise ValueError(f"sources.{s}.selection.relative_to: a source cannot be matched to itself")
+                source(sel.relative_to, f"sources.{s}.selection.relative_to")
+                if self.sources[sel.relative_to].selection.kind == "nearest-in-time":
+                    raise ValueError(f"sources.{s}.selection.relative_to: {sel.relative_to!r} is itself matched to another "
+                                     f"source; match to a source with its own selection")
+            if sel.kind == "least-cloudy-per-year" and not (self.grid.kind == "scene" and self.grid.source == s):
+                raise ValueError(f"sources.{s}.selection: least-cloudy-per-year chooses the scenes of a scene grid; set "
+                                 f"grid: {{kind: scene, source: {s}}}")
             seen = cfg.band_names()
             dup = sorted({b for b in seen if seen.count(b) > 1})
             if dup:

@@ -137,9 +137,30 @@ def _index_rows(ctx: Context) -> list[dict[str, Any]]:
             "unknown_codes": json.dumps(m.get("unknown_codes") or up.label_info.get("unknown_codes") or {}, sort_keys=True),
             "mask_fractions": json.dumps(m["mask_fractions"], sort_keys=True) if m.get("mask_fractions") else None,
             "files": files, "roles": [roles.get(f, "") for f in files], "sha256": [rec["files"][n] for n in files],
+            **_provenance(plan, up, m),
             "geometry": reproject_geometry(up.unit.polygon, g.crs.to_wkt(), "EPSG:4326"),
         })
     return rows
+
+
+def _provenance(plan: Plan, up, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Per-source columns of one index row: ``ids_{source}`` (its scene ids, all steps), for a
+    source matched in time to another (``nearest-in-time``) ``dt_hours_{source}`` (each scene's
+    datetime minus its reference scene's, hours: Clay's S1 - S2), and the unit's worst
+    ``cloud_fraction`` (cloud + shadow) and ``nodata_fraction`` (0..1) over the mask steps."""
+    out: dict[str, Any] = {}
+    for s, cfg in plan.recipe.sources.items():
+        groups = up.groups.get(s, [])
+        out[f"ids_{s}"] = [p.scene.id for grp in groups for p in grp]
+        sel = cfg.selection
+        if sel.kind == "nearest-in-time":
+            refs = up.groups.get(sel.relative_to, [])
+            out[f"dt_hours_{s}"] = [round((p.scene.datetime - refs[t][0].scene.datetime).total_seconds() / 3600.0, 4)
+                                    for t, grp in enumerate(groups) if t < len(refs) for p in grp]
+    fr = metrics.get("mask_fractions") or []
+    out["cloud_fraction"] = max((f["cloud"] + f["shadow"] for f in fr), default=None)
+    out["nodata_fraction"] = max((f["nodata"] for f in fr), default=None)
+    return out
 
 
 @register("index")
@@ -241,7 +262,27 @@ def summarize(ctx: Context) -> dict[str, Any]:
         "failed": len(failed), "failed_reasons": failed, "train": len(ctx.train), "validation": len(ctx.val),
         "scenes": sum(len(v) for v in plan.scenes.values()), "grids": len(plan.grids), "unknown_label_codes": unknown,
         "selected_dates": sorted({d[:10] for row in ctx.rows if row["status"] == "kept" for d in row["datetimes"]}),
+        **match_summary(plan),
     }
+
+
+def match_summary(plan: Plan) -> dict[str, Any]:
+    """The plan's match report (one entry per tile and year looked at, :mod:`eochips.selection`'s
+    ``least-cloudy-per-year``) and, per matched source, ``{source}_match_rate``: matched years
+    over years tried (0..1; a year is tried when at least one scene of it was tried, so a year
+    without any candidate scene does not count against the match). Empty when the grid
+    strategy keeps no report."""
+    report = plan.match_report
+    if not report:
+        return {}
+    tried = [e for e in report if e.get("s2_tried")]
+    out: dict[str, Any] = {"match_report": [{k: v for k, v in e.items() if k != "tries"} for e in report],
+                           "years_tried": len(tried), "years_matched": sum(1 for e in tried if e["matched"]),
+                           "years_without_scenes": len(report) - len(tried)}
+    for s, cfg in plan.recipe.sources.items():
+        if cfg.selection.kind == "nearest-in-time":
+            out[f"{s}_match_rate"] = round(out["years_matched"] / len(tried), 6) if tried else 0.0
+    return out
 
 
 @register("summary")

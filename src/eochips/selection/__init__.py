@@ -82,6 +82,14 @@ class SelectionContext:
         Groups already chosen for this unit by other sources, by source name.
     source
         The source being selected for.
+    accept
+        For the grid source of a scene grid: ``accept(scene) -> (ok, detail)`` runs the
+        selections of the sources matched to this one (``nearest-in-time``) for a candidate
+        scene; ``ok`` False means no match (``detail["reason"]`` says why). None elsewhere.
+    notes
+        Where a strategy records what it tried (the match report); a fresh dict per call.
+    seed
+        The job's seed (the AOI row of a tile list, else 0).
     """
 
     key: str
@@ -90,6 +98,9 @@ class SelectionContext:
     config: Any
     picks: Mapping[str, Sequence[SceneGroup]] = field(default_factory=dict)
     source: str = ""
+    accept: Callable[[Scene], tuple[bool, dict]] | None = field(default=None, compare=False, repr=False)
+    notes: dict = field(default_factory=dict, compare=False, repr=False)
+    seed: int = 0
 
     def rng(self, seed: int) -> random.Random:
         """A random generator seeded by ``seed`` and the unit's key: the same draw for every unit

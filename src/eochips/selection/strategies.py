@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from . import Pick, SceneGroup, SelectionContext, SelectionFailed, by_date, coverage_fallback, covering, one_each, register
+from . import (Candidate, Pick, SceneGroup, SelectionContext, SelectionFailed, by_date, coverage_fallback,
+               covering, one_each, register)
 
 
 @register("first-middle-last")
@@ -60,3 +61,153 @@ def intersecting(ctx: SelectionContext) -> list[SceneGroup]:
     if not kept:
         raise SelectionFailed("selection: no scene intersects the unit")
     return [tuple(Pick(c.scene) for c in kept)]
+
+
+def _cloud(c: Candidate) -> float:
+    return c.scene.cloud_cover if c.scene.cloud_cover is not None else 101.0
+
+
+@register("least-cloudy-per-year")
+def least_cloudy_per_year(ctx: SelectionContext) -> list[SceneGroup]:
+    """Clay's Sentinel-2 choice (Clay-foundation/model scripts/pipeline/datacube.py @8b83005).
+
+    The years ``years[0]..years[1]`` are shuffled with ``random.Random(seed)`` (``seed``: the
+    config's, else the job's: the AOI row), exactly as the seed's ``random.seed(index);
+    random.shuffle(date_ranges)`` orders 2017..2023. Per year, the candidates dated in that
+    year (UTC) whose footprint holds the area's centroid (``contains: centroid``; the seed's
+    ``s_intersects`` with ``aoi.centroid``) or touches the area (``any``), sorted by
+    ``eo:cloud_cover`` ascending (unknown last; ties by date, id), are tried in that order, at
+    most ``attempts`` of them: the first that ``ctx.accept`` takes (every source matched to
+    this one found its scenes) is the year's scene. A year without one is skipped. Stops after
+    ``n_years`` years are matched; one single-scene group per matched year, in year order.
+
+    ``ctx.notes["years"]`` gets one entry per year tried: ``year``, ``s2_candidates`` (how many),
+    ``s2_tried`` (ids, in order), ``s2_chosen`` (id or None), ``matched``, ``reason`` and the
+    accepting detail of each try (``tries``).
+
+    Raises
+    ------
+    SelectionFailed
+        No year matched.
+    """
+    import random
+
+    cfg = ctx.config
+    years = list(range(cfg.years[0], cfg.years[1] + 1))
+    random.Random(cfg.seed if cfg.seed is not None else ctx.seed).shuffle(years)
+    centroid = ctx.area.centroid if ctx.area is not None else None
+    report = ctx.notes.setdefault("years", [])
+    groups: list[SceneGroup] = []
+    for year in years:
+        if len(groups) == cfg.n_years:
+            break
+        cands = [c for c in ctx.candidates if c.scene.datetime.year == year]
+        if cfg.contains == "centroid" and centroid is not None:
+            cands = [c for c in cands if c.footprint is None or c.footprint.covers(centroid)]
+        cands.sort(key=lambda c: (_cloud(c), c.scene.datetime, c.scene.id))
+        entry = {"year": year, "s2_candidates": len(cands), "s2_tried": [], "s2_chosen": None, "matched": False,
+                 "reason": "", "tries": []}
+        report.append(entry)
+        for c in cands[:cfg.attempts]:
+            entry["s2_tried"].append(c.scene.id)
+            ok, detail = ctx.accept(c.scene) if ctx.accept is not None else (True, {})
+            entry["tries"].append({"scene": c.scene.id, "cloud_cover": c.scene.cloud_cover, **detail})
+            if ok:
+                entry.update(s2_chosen=c.scene.id, matched=True, reason="")
+                groups.append((Pick(c.scene),))
+                break
+        else:
+            if not cands:
+                entry["reason"] = f"no scene of {year} passes the search and holds the AOI's centroid" if cfg.contains == "centroid" \
+                    else f"no scene of {year} passes the search and touches the AOI"
+            else:
+                last = entry["tries"][-1].get("reason", "not accepted")
+                entry["reason"] = f"none of the {len(entry['s2_tried'])} least cloudy scene(s) tried had a match (last: {last})"
+    if not groups:
+        tried = ", ".join(str(e["year"]) for e in report) or "none"
+        raise SelectionFailed(f"least-cloudy-per-year: no year matched (years tried: {tried})")
+    return groups
+
+
+def _calendar_window(ref, days: int):
+    """The seed's window ``(ref - days).date() .. (ref + days).date()``, whole days, inclusive
+    (datacube.py get_surrounding_days, sent as a CQL2 date interval)."""
+    from datetime import datetime, time, timedelta, timezone
+
+    lo = datetime.combine((ref - timedelta(days=days)).date(), time.min, timezone.utc)
+    hi = datetime.combine((ref + timedelta(days=days)).date(), time.max, timezone.utc)
+    return lo, hi
+
+
+@register("nearest-in-time")
+def nearest_in_time(ctx: SelectionContext) -> list[SceneGroup]:
+    """Clay's Sentinel-1 match (datacube.py ``search_sentinel1`` @8b83005), with its bug fixed.
+
+    For each time step of source ``relative_to`` in ``ctx.picks`` (its first scene is the
+    reference): the candidates dated within +-``window_days`` calendar days of the reference
+    (UTC), sorted by the area they overlap (descending; ties by time distance, then id); the
+    ``same`` properties (``sat:orbit_state``) of the first fix which others may join; those are
+    added in that order until their union covers ``cover`` percent of the area. The seed
+    set the covered area to each new scene's footprint instead of adding it, so it could stop
+    early or take scenes it did not need: here the union is kept. The step's scenes are
+    composited in date order (later on top with ``composite: later-on-top``).
+
+    ``ctx.notes["match"]`` gets, per reference step: ``reference``, ``candidates`` (in the
+    window), ``chosen`` (ids), ``coverage`` (percent of the area the union covers), ``same``
+    (the fixed property values), ``reason``.
+
+    Raises
+    ------
+    SelectionFailed
+        A reference step without any candidate in its window (the unit, or the reference scene,
+        has no match), or no reference scene at all.
+    """
+    import shapely
+
+    cfg = ctx.config
+    refs = ctx.picks.get(cfg.relative_to) or []
+    if not refs:
+        raise SelectionFailed(f"nearest-in-time: source {cfg.relative_to!r} has no scene to match")
+    area = ctx.area
+    total = area.area if area is not None else 0.0
+    notes = ctx.notes.setdefault("match", [])
+    groups: list[SceneGroup] = []
+    for grp in refs:
+        ref = grp[0].scene
+        lo, hi = _calendar_window(ref.datetime, cfg.window_days)
+        inside = [c for c in ctx.candidates if lo <= c.scene.datetime <= hi]
+        note = {"reference": ref.id, "candidates": len(inside), "chosen": [], "coverage": 0.0, "same": {}, "reason": ""}
+        notes.append(note)
+        if not inside:
+            note["reason"] = f"no scene within +-{cfg.window_days} days of {ref.datetime:%Y-%m-%d}"
+            raise SelectionFailed(f"nearest-in-time: {note['reason']} (reference {ref.id})")
+
+        def overlap(c: Candidate) -> float:
+            return c.coverage * total / 100.0
+
+        inside.sort(key=lambda c: (-overlap(c), abs((c.scene.datetime - ref.datetime).total_seconds()), c.scene.id))
+        fixed = {k: inside[0].scene.properties.get(k) for k in cfg.same}
+        note["same"] = fixed
+        union = None
+        chosen: list[Candidate] = []
+        for c in inside:
+            if any(c.scene.properties.get(k) != v for k, v in fixed.items()):
+                continue
+            if union is not None and area is not None and _coverage(union, area, total) >= cfg.cover:
+                break
+            chosen.append(c)
+            if c.footprint is not None:
+                union = c.footprint if union is None else shapely.union(union, c.footprint)
+        cov = _coverage(union, area, total) if union is not None and area is not None else 0.0
+        note.update(chosen=[c.scene.id for c in chosen], coverage=round(min(cov, 100.0), 6))
+        if cov < cfg.cover:
+            note["reason"] = f"the union of the {len(chosen)} scene(s) covers {cov:.2f}% of the area"
+        groups.append(tuple(Pick(c.scene) for c in sorted(chosen, key=lambda c: (c.scene.datetime, c.scene.id))))
+    return groups
+
+
+def _coverage(union, area, total: float) -> float:
+    """Percent of ``area`` (of area ``total``) that ``union`` covers."""
+    import shapely
+
+    return 100.0 * shapely.intersection(union, area).area / total if total > 0 else 0.0

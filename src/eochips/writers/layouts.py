@@ -154,9 +154,15 @@ def seed_000_cmask(cfg, data, store: OutputStore, common: dict) -> tuple[dict[st
 
 
 def _fields(data, **kw) -> dict[str, Any]:
+    """The template fields of one unit's files; ``date`` (YYYY-MM-DD) becomes a
+    :class:`datetime.date`, so ``{date}`` stays YYYY-MM-DD and ``{date:%Y%m%d}`` works."""
+    from datetime import date
+
     task = data.task
+    if isinstance(kw.get("date"), str):
+        kw["date"] = date.fromisoformat(kw["date"][:10])
     # grid (a scene id) and tile come from the catalog's items: sanitised to a plain name part
-    return {"unit": task.unit_id, "grid": safe_name(task.grid_name), "tile": safe_name(task.tile or ""), **kw}
+    return {"unit": task.unit_id, "grid": safe_name(task.grid_name), "tile": safe_name(task.tile or ""), "n": task.n, **kw}
 
 
 def _path(cfg, fields: dict[str, Any], name: str) -> str:
@@ -228,7 +234,7 @@ def stack(cfg, data, store: OutputStore, common: dict) -> tuple[dict[str, str], 
                 if np.dtype(dtype).kind == "f" and np.dtype(spec.dtype).kind != "f":
                     out[nodata_mask(a, spec.nodata)] = np.nan
                 parts.append(out)
-                desc.append(f"{spec.name}@{step.date}")
+                desc.append(spec.name if cfg.descriptions == "band" else f"{spec.name}@{step.date}")
                 scales.append(spec.scale)
                 offsets.append(spec.offset + step.scenes[0].offset_dn * spec.scale)
             scene_ids.append(step.scenes[0].scene_id)
