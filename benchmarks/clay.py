@@ -78,8 +78,9 @@ def run_one(contender: str, m: dict, scratch: Path) -> dict:
 
 
 def compare(scratch: Path, a: str, b: str) -> dict:
-    """Pixel agreement of the sample chips both contenders wrote: per band name, the number of
-    pixels that differ (NaN equal to NaN), and whether the band descriptions agree."""
+    """Pixel agreement of the sample chips both contenders wrote: per band (``a``'s names), the
+    number of pixels that differ (NaN equal to NaN); the band descriptions (both lists when they
+    differ), the dtypes, whether transform and CRS agree."""
     import numpy as np
     import rasterio
 
@@ -92,14 +93,28 @@ def compare(scratch: Path, a: str, b: str) -> dict:
         with rasterio.open(fa) as da, rasterio.open(fb) as db:
             x, y = da.read(), db.read()
             same_t = da.transform.almost_equals(db.transform) and da.crs == db.crs
-            desc = list(da.descriptions) == list(db.descriptions)
-            names = list(da.descriptions)
+            names, names_b = list(da.descriptions), list(db.descriptions)
         if x.shape != y.shape:
             out[fa.name] = f"shapes {x.shape} vs {y.shape}"
             continue
         diff = ~((x == y) | (np.isnan(x) & np.isnan(y)))
-        out[fa.name] = {"transform_crs_equal": bool(same_t), "descriptions_equal": bool(desc),
+        out[fa.name] = {"transform_crs_equal": bool(same_t), "descriptions": names if names == names_b else [names, names_b],
+                        "dtypes": sorted({str(x.dtype), str(y.dtype)}),
                         "differing_pixels": {n: int(d.sum()) for n, d in zip(names, diff)}}
+    return out
+
+
+def by_kind(m: dict, by_path: dict[str, int], touched: dict[str, int]) -> dict[str, dict]:
+    """Bytes sent over touched-tile bytes per asset kind (S2 10 m, S2 20 m, S1, DEM)."""
+    out: dict[str, dict] = {}
+    for key, a in m["assets"].items():
+        path = "/clay/" + key + ".tif"
+        k = out.setdefault(a["kind"], {"sent_mb": 0.0, "touched_mb": 0.0})
+        k["sent_mb"] += by_path.get(path, 0) / 1e6
+        k["touched_mb"] += touched[key] / 1e6
+    for k in out.values():
+        k["ratio"] = round(k["sent_mb"] / k["touched_mb"], 3) if k["touched_mb"] else None
+        k["sent_mb"], k["touched_mb"] = round(k["sent_mb"], 1), round(k["touched_mb"], 1)
     return out
 
 
@@ -153,6 +168,11 @@ def table(rows: list[dict], tg: list[dict]) -> str:
         md += (f"| {r['contender']} | {r['chips']} ({r['kept']}, {r['files']}) | {r['runs']} | {r['seconds']:.1f} "
                f"({r['seconds_min_max'][0]:.1f}-{r['seconds_min_max'][1]:.1f}) | {r['chips_per_s']:.2f} | {r['cores_busy']:.2f} "
                f"| {r['peak_rss_mb']:.0f} / {r['peak_pss_sum_mb']:.0f} | {r['bytes_sent_mb']:.0f} | {r['bytes_ratio']:.2f} | {r['requests']} |\n")
+    md += "\n| contender | MB sent / touched: S2 10 m | S2 20 m | S1 | DEM |\n|---|---|---|---|---|\n"
+    for r in rows:
+        k = r.get("bytes_ratio_by_kind", {})
+        cell = [f"{k[n]['sent_mb']:.0f} / {k[n]['touched_mb']:.0f} = {k[n]['ratio']:.2f}" if n in k else "" for n in ("s2_10m", "s2_20m", "s1", "dem")]
+        md += f"| {r['contender']} | " + " | ".join(cell) + " |\n"
     if tg:
         md += "\n| target | measured | |\n|---|---|---|\n"
         md += "".join(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**missed**'} |\n" for t in tg)
@@ -183,7 +203,8 @@ def main(argv=None) -> None:
                 server.reset()
                 r = run_one(con, m, scratch)
                 st = server.stats()
-                r.update(contender=con, round=rnd, bytes=st["bytes"], requests=st["requests"], connections=st["connections"])
+                r.update(contender=con, round=rnd, bytes=st["bytes"], requests=st["requests"], connections=st["connections"],
+                         bytes_by_path=st.get("by_path", {}))
                 records.append(r)
                 print(f"[{time.perf_counter() - t_start:7.1f}s] round {rnd + 1} {con:8s} {r['wall_s']:6.1f}s "
                       f"{r['chips'] / r['wall_s']:6.2f} chips/s kept {r['kept']} rss {r['peak_rss_mb']:5.0f}/"
@@ -204,6 +225,9 @@ def main(argv=None) -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     rows = summarise(records, touched["total"])
+    for row in rows:
+        first = next(r for r in records if r["contender"] == row["contender"])
+        row["bytes_ratio_by_kind"] = by_kind(m, first["bytes_by_path"], touched)
     tg = targets(rows)
     result = {
         "machine": {"cores": CORES, "python": sys.version.split()[0]},

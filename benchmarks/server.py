@@ -13,8 +13,8 @@ Two listeners share the counters:
 - ``--slow-port``: a remote-archive stand-in: ``--latency`` seconds before every response and on
   every new connection, and all responses together paced to ``--mbps`` MB/s.
 
-``GET /_stats`` answers ``{"bytes": .., "requests": .., "connections": ..}``; ``POST /_reset``
-zeroes them.
+``GET /_stats`` answers ``{"bytes": .., "requests": .., "connections": .., "by_path": {path: bytes}}``;
+``POST /_reset`` zeroes them.
 """
 
 from __future__ import annotations
@@ -42,11 +42,14 @@ class Stats:
     def __init__(self):
         self.lock = threading.Lock()
         self.bytes = self.requests = self.connections = 0
+        self.by_path: dict[str, int] = {}
 
-    def add(self, **kw):
+    def add(self, path: str | None = None, **kw):
         with self.lock:
             for k, v in kw.items():
                 setattr(self, k, getattr(self, k) + v)
+            if path is not None:
+                self.by_path[path] = self.by_path.get(path, 0) + kw.get("bytes", 0)
 
 
 class Pacer:
@@ -137,19 +140,20 @@ def make_handler(files: Files, stats: Stats, latency: float, pacer: Pacer | None
         def log_message(self, *args):
             pass
 
-        def _send(self, data: bytes) -> None:
+        def _send(self, data: bytes, path: str | None = None) -> None:
             view = memoryview(data)
             step = 1 << 16
             for i in range(0, len(view), step):
                 if pacer:
                     pacer.wait(min(step, len(view) - i))
                 self.wfile.write(view[i:i + step])
-            stats.add(bytes=len(data))
+            stats.add(path, bytes=len(data))
 
         def do_POST(self):  # noqa: N802
             if self.path == "/_reset":
                 with stats.lock:
                     stats.bytes = stats.requests = stats.connections = 0
+                    stats.by_path = {}
                 self._json({})
             else:
                 self.send_error(404)
@@ -174,7 +178,10 @@ def make_handler(files: Files, stats: Stats, latency: float, pacer: Pacer | None
 
         def do_GET(self):  # noqa: N802
             if self.path == "/_stats":
-                self._json({"bytes": stats.bytes, "requests": stats.requests, "connections": stats.connections})
+                with stats.lock:
+                    by_path = dict(stats.by_path)
+                self._json({"bytes": stats.bytes, "requests": stats.requests, "connections": stats.connections,
+                            "by_path": by_path})
                 return
             got = files.resolve(self.path)
             if got is None:
@@ -193,7 +200,7 @@ def make_handler(files: Files, stats: Stats, latency: float, pacer: Pacer | None
                 self.end_headers()
                 step = 1 << 22
                 for s in range(0, size, step):
-                    self._send(files.read(fd, s, min(step, size - s), patch))
+                    self._send(files.read(fd, s, min(step, size - s), patch), self.path)
                 return
             spans = []
             for part in rng.strip().removeprefix("bytes=").split(","):
@@ -218,7 +225,7 @@ def make_handler(files: Files, stats: Stats, latency: float, pacer: Pacer | None
                 self.send_header("Content-Length", str(end - start + 1))
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 self.end_headers()
-                self._send(files.read(fd, start, end - start + 1, patch))
+                self._send(files.read(fd, start, end - start + 1, patch), self.path)
                 return
             boundary = "eochipsbenchboundary"
             body = bytearray()
@@ -231,7 +238,7 @@ def make_handler(files: Files, stats: Stats, latency: float, pacer: Pacer | None
             self.send_header("Content-Type", f"multipart/byteranges; boundary={boundary}")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self._send(bytes(body))
+            self._send(bytes(body), self.path)
 
     return Handler
 
