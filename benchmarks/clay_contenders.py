@@ -12,7 +12,8 @@ process by ``clay.py``:
 - ``limit``: the read floor: rasterio windowed reads of exactly the chip windows of every
   asset (S2 bands at their native resolution; S1 and DEM warped onto the chip's 10 m grid with
   nearest through a ``WarpedVRT``), one dataset handle per asset (its decoded-block cache
-  serves the chips that share a block), 4 threads; no filters, no writes.
+  would serve the chips that share a block, but GDAL's multi-range window reads over HTTP fetch
+  the tiles again: about 2.6x the touched tiles), 4 threads; no filters, no writes.
 
 ``python clay_contenders.py NAME WORKLOAD_JSON OUTDIR`` prints one JSON line
 ``{"chips": .., "kept": .., "seconds": ..}``.
