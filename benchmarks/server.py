@@ -4,7 +4,8 @@ Run as its own process (``python benchmarks/server.py ROOT --port P --slow-port 
 time is not charged to a contender. It serves ``/gKK/DATE/ASSET.tif``: the base granule's file
 ``ROOT/base/DATE/ASSET.tif`` with the GeoTIFF tie point replaced by granule KK's corner (16 bytes
 at the offset ``workload.tiepoint_offset`` found), so every granule is a real, distinct-looking
-COG without 40 copies on disk.
+COG without 40 copies on disk. It also serves ``/clay/PATH``: the file ``ROOT/clay/PATH`` as it is
+(the Clay datacube workload, ``clay_workload.py``).
 
 Two listeners share the counters:
 
@@ -12,8 +13,8 @@ Two listeners share the counters:
 - ``--slow-port``: a remote-archive stand-in: ``--latency`` seconds before every response and on
   every new connection, and all responses together paced to ``--mbps`` MB/s.
 
-``GET /_stats`` answers ``{"bytes": .., "requests": .., "connections": ..}``; ``POST /_reset``
-zeroes them.
+``GET /_stats`` answers ``{"bytes": .., "requests": .., "connections": .., "by_path": {path: bytes}}``;
+``POST /_reset`` zeroes them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import DATES, granule_origin  # noqa: E402
 
 _PATH = re.compile(r"^/g(\d+)/([0-9-]+)/(\w+)\.tif$")
+_PLAIN = re.compile(r"[\w.-]+(/[\w.-]+)*\.tif")
 _RANGE = re.compile(r"(\d*)-(\d*)")
 
 
@@ -40,11 +42,14 @@ class Stats:
     def __init__(self):
         self.lock = threading.Lock()
         self.bytes = self.requests = self.connections = 0
+        self.by_path: dict[str, int] = {}
 
-    def add(self, **kw):
+    def add(self, path: str | None = None, **kw):
         with self.lock:
             for k, v in kw.items():
                 setattr(self, k, getattr(self, k) + v)
+            if path is not None:
+                self.by_path[path] = self.by_path.get(path, 0) + kw.get("bytes", 0)
 
 
 class Pacer:
@@ -71,14 +76,33 @@ class Files:
 
     def __init__(self, root: Path):
         self.root = root
-        self.offsets = json.loads((root / "base" / "offsets.json").read_text())
+        offsets = root / "base" / "offsets.json"
+        self.offsets = json.loads(offsets.read_text()) if offsets.exists() else {}
         self.fds: dict[tuple[str, str], tuple[int, int]] = {}
         for d in DATES:
-            for a in self.offsets[d]:
+            for a in self.offsets.get(d, ()):
                 p = root / "base" / d / f"{a}.tif"
                 self.fds[(d, a)] = (os.open(p, os.O_RDONLY), p.stat().st_size)
+        self.plain: dict[str, tuple[int, int]] = {}
+        self.lock = threading.Lock()
+
+    def _plain(self, path: str):
+        """``/clay/REL``: ``ROOT/clay/REL`` unpatched (opened once; no path outside ``ROOT/clay``)."""
+        rel = path.removeprefix("/clay/")
+        if not _PLAIN.fullmatch(rel) or ".." in rel.split("/"):
+            return None
+        with self.lock:
+            if rel not in self.plain:
+                p = self.root / "clay" / rel
+                if not p.is_file():
+                    return None
+                self.plain[rel] = (os.open(p, os.O_RDONLY), p.stat().st_size)
+            fd, size = self.plain[rel]
+        return fd, size, (0, b"")
 
     def resolve(self, path: str):
+        if path.startswith("/clay/"):
+            return self._plain(path.split("?")[0])
         m = _PATH.match(path.split("?")[0])
         if not m or (m.group(2), m.group(3)) not in self.fds:
             return None
@@ -116,19 +140,20 @@ def make_handler(files: Files, stats: Stats, latency: float, pacer: Pacer | None
         def log_message(self, *args):
             pass
 
-        def _send(self, data: bytes) -> None:
+        def _send(self, data: bytes, path: str | None = None) -> None:
             view = memoryview(data)
             step = 1 << 16
             for i in range(0, len(view), step):
                 if pacer:
                     pacer.wait(min(step, len(view) - i))
                 self.wfile.write(view[i:i + step])
-            stats.add(bytes=len(data))
+            stats.add(path, bytes=len(data))
 
         def do_POST(self):  # noqa: N802
             if self.path == "/_reset":
                 with stats.lock:
                     stats.bytes = stats.requests = stats.connections = 0
+                    stats.by_path = {}
                 self._json({})
             else:
                 self.send_error(404)
@@ -153,7 +178,10 @@ def make_handler(files: Files, stats: Stats, latency: float, pacer: Pacer | None
 
         def do_GET(self):  # noqa: N802
             if self.path == "/_stats":
-                self._json({"bytes": stats.bytes, "requests": stats.requests, "connections": stats.connections})
+                with stats.lock:
+                    by_path = dict(stats.by_path)
+                self._json({"bytes": stats.bytes, "requests": stats.requests, "connections": stats.connections,
+                            "by_path": by_path})
                 return
             got = files.resolve(self.path)
             if got is None:
@@ -172,7 +200,7 @@ def make_handler(files: Files, stats: Stats, latency: float, pacer: Pacer | None
                 self.end_headers()
                 step = 1 << 22
                 for s in range(0, size, step):
-                    self._send(files.read(fd, s, min(step, size - s), patch))
+                    self._send(files.read(fd, s, min(step, size - s), patch), self.path)
                 return
             spans = []
             for part in rng.strip().removeprefix("bytes=").split(","):
@@ -197,7 +225,7 @@ def make_handler(files: Files, stats: Stats, latency: float, pacer: Pacer | None
                 self.send_header("Content-Length", str(end - start + 1))
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 self.end_headers()
-                self._send(files.read(fd, start, end - start + 1, patch))
+                self._send(files.read(fd, start, end - start + 1, patch), self.path)
                 return
             boundary = "eochipsbenchboundary"
             body = bytearray()
@@ -210,7 +238,7 @@ def make_handler(files: Files, stats: Stats, latency: float, pacer: Pacer | None
             self.send_header("Content-Type", f"multipart/byteranges; boundary={boundary}")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self._send(bytes(body))
+            self._send(bytes(body), self.path)
 
     return Handler
 

@@ -53,3 +53,59 @@ def test_chip_sets_match_the_densities():
     assert len(dense) == len(workload.chips_in_granule(0, g)) > 200
     assert {(r, c) for k, r, c in seed if k == 0} <= {(r, c) for _, r, c in dense}  # same grid, same chips
     assert len(sets["medium"]) == 50
+
+
+def _tiff_tile_bytes(path):
+    """TileByteCounts of the first (full-resolution) image, read with tifffile: an independent
+    reader of the tag GDAL's BLOCK_SIZE metadata comes from."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        return list(page.tags["TileByteCounts"].value), page.tilelength, page.tilewidth, page.imagelength, page.imagewidth
+
+
+def test_touched_tile_bytes_match_a_brute_force_count(tmp_path):
+    import clay_workload as cw
+
+    rng = np.random.default_rng(3)
+    h, w, res = 260, 300, 20.0
+    x0, y0 = cw.X0 + 3.0, cw.Y0 - 7.0  # a grid offset from the chips' (like S1), coarser (like 20 m bands)
+    arr = (rng.integers(0, 4000, (h, w)) * (np.arange(w) % 7 > 2)).astype(np.uint16)  # blocks of unequal size
+    path = tmp_path / "small.tif"
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=w, height=h, count=1, dtype="uint16", crs=f"EPSG:{cw.EPSG}",
+                      transform=Affine(res, 0, x0, 0, -res, y0)) as ds:
+            ds.write(arr, 1)
+        with mem.open() as ds:
+            rio_copy(ds, path, driver="COG", compress="DEFLATE", blocksize=64)
+    counts, th, tw, ih, iw = _tiff_tile_bytes(path)
+    ntx = -(-iw // tw)
+    chip_t = Affine(10.0, 0, cw.X0, 0, -10.0, cw.Y0)
+    size = 50
+    chips = [(0, 0), (0, 450), (100, 100), (480, 560), (500, 590), (1000, 1000), (37, 413)]  # edges, outside, inside
+    block, shape, sizes = cw.block_bytes(path)
+    assert block == (th, tw) and shape == (ih, iw)
+    assert [sizes[(i // ntx, i % ntx)] for i in range(len(counts))] == counts
+    fast, brute = set(), set()
+    px0 = x0 + res * np.arange(w)  # pixel left edges (x), top edges (y)
+    py0 = y0 - res * np.arange(h)
+    for r, c in chips:
+        box = cw.source_box(f"EPSG:{cw.EPSG}", chip_t * Affine.translation(c, r), (size, size), f"EPSG:{cw.EPSG}",
+                            Affine(res, 0, x0, 0, -res, y0))
+        fast |= cw.touched_blocks(box, block, shape)
+        cx0, cy1 = cw.X0 + c * 10.0, cw.Y0 - r * 10.0
+        cx1, cy0 = cx0 + size * 10.0, cy1 - size * 10.0
+        cols = np.nonzero(np.maximum(px0, cx0) < np.minimum(px0 + res, cx1))[0]
+        rows = np.nonzero(np.maximum(py0 - res, cy0) < np.minimum(py0, cy1))[0]
+        brute |= {(int(y) // th, int(x) // tw) for y in rows for x in cols}
+    assert fast == brute and len(brute) > 4
+    assert sum(sizes[b] for b in fast) == sum(counts[y * ntx + x] for y, x in brute)
+
+
+def test_clay_chip_windows_are_the_seed_tiles():
+    import clay_workload as cw
+
+    wins = cw.chip_windows()
+    assert len(wins) == 441 and wins[0] == (0, 0) and wins[1] == (0, 512) and wins[21] == (512, 0)
+    assert max(r for r, _ in wins) + 512 <= 10980 < max(r for r, _ in wins) + 1024
