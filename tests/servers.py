@@ -198,8 +198,9 @@ class RangeServer(_LoopbackServer):
                 self.end_headers()
                 with open(path, "rb") as f:
                     f.seek(start)
-                    self.wfile.write(f.read(length))
-                self._count(length)
+                    body = f.read(length)
+                self._count(length)  # before the body goes out: a client that has it may read the count at once
+                self.wfile.write(body)
 
             def do_HEAD(self):  # noqa: N802
                 path = self._resolve()

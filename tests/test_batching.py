@@ -75,8 +75,7 @@ def test_tile_cache_reads_each_tile_once_and_equals_direct_reads(tiled):
 @needs_shared
 def test_batch_over_http_sends_each_tile_once(tiled):
     with RangeServer(tiled) as server, rasterio.open(tiled / "B04.tif") as ds:
-        # a URL no earlier read in this process used: GDAL's /vsicurl/ cache is process-wide and keyed by URL, and an
-        # ephemeral port can come round again (then cached blocks would not be sent and the count would be short)
+        # a URL no earlier read in this process used (GDAL's /vsicurl/ cache is process-wide and keyed by URL)
         href = f"{server.url}/B04.tif?read={uuid.uuid4().hex}"
         wins = [source_window(ds, c, Affine(*t), sh, 2) for c, t, sh in GRIDS]
         tile_bytes = sum(ds.block_size(1, r, c) for r, c in _tiles(ds, wins))
@@ -201,3 +200,18 @@ def test_warp_threads_are_each_workers_share_of_the_cores(monkeypatch):
     b = _pool("cpu-test", 3)
     assert a is not b and a.submit(lambda: 41 + 1).result() == 42  # the first pool still runs work
     assert _pool("cpu-test", 2) is a
+
+
+def test_batches_are_cut_between_rows_of_units(tmp_path):
+    """A scene grid of 21 x 21 chips (Clay's 512 px chips of a 10980 px tile) in 2 batches: the cut
+    falls between chip rows 9 and 10 (the nearest row boundary to the middle, an even row), so with
+    1024 px COG tiles (2 chip rows) no tile row is read by both batches."""
+    tasks = [_task(tmp_path, f"c_{r:02d}_{c:02d}", ["s2.tif"], None, key=(0, r, c)) for r in range(21) for c in range(21)]
+    a, b = make_batches(tasks, workers=2, max_units=512)
+    assert (len(a), len(b)) == (210, 231)
+    assert {t.key[1] for t in a} == set(range(10)) and {t.key[1] for t in b} == set(range(10, 21))
+    four = make_batches(tasks, workers=4, max_units=128)  # 441 units: 4 runs of about 110, each cut at a row boundary
+    assert len(four) == 4 and sorted(t.key for x in four for t in x) == sorted(t.key for t in tasks)
+    for x in four:  # whole rows only, and no run further than half a run from its ideal size
+        rows = {t.key[1] for t in x}
+        assert len(x) == 21 * len(rows) and abs(len(x) - 441 / 4) <= 441 / 8

@@ -501,24 +501,40 @@ def make_batches(tasks: list[UnitTask], workers: int, max_units: int = 128) -> l
     before the next; ``chip_999_000`` before ``chip_1000_000``), so tiles shared by neighbouring
     units are fetched once. A group is cut into contiguous runs of at most ``max_units`` units,
     and the largest batches are split further until there are at least ``workers`` of them so
-    every worker has work. Each cut re-reads at most one row of tiles.
+    every worker has work. Cuts fall between rows of units where they can (:func:`_cut`), so a
+    cut re-reads no tile row when the COG tiles are a whole number of unit rows high, else at
+    most one.
     """
     groups: dict[tuple, list[UnitTask]] = {}
     for t in sorted(tasks, key=lambda t: t.key):
         groups.setdefault(batch_key(t), []).append(t)
     batches = []
     for g in groups.values():
-        n = -(-len(g) // max_units)
-        size = -(-len(g) // n)
-        batches.extend(g[i:i + size] for i in range(0, len(g), size))
+        batches.extend(_cut(g, -(-len(g) // max_units)))
     while len(batches) < workers:
         big = max(batches, key=len)
         if len(big) < 2:
             break
         batches.remove(big)
-        half = -(-len(big) // 2)
-        batches.extend([big[:half], big[half:]])
+        batches.extend(_cut(big, 2))
     return sorted(batches, key=lambda b: b[0].key)
+
+
+def _cut(units: list[UnitTask], n: int) -> list[list[UnitTask]]:
+    """``units`` (one scene set, row-major) in ``n`` contiguous runs of about equal size. Each
+    cut moves to the nearest boundary between two rows of units (the even row when two are as
+    near: 1024 px COG tiles are two 512 px chip rows) if that keeps the run within half a run of
+    its ideal size; a single row of units is cut anywhere."""
+    if n <= 1 or len(units) < 2:
+        return [units]
+    rows = [i for i in range(1, len(units)) if units[i].key[:2] != units[i - 1].key[:2]]
+    cuts = set()
+    for k in range(1, n):
+        ideal = round(k * len(units) / n)
+        best = min(rows, key=lambda i: (abs(i - ideal), units[i].key[1] % 2, i)) if rows else ideal
+        cuts.add(best if abs(best - ideal) <= len(units) / (2 * n) else ideal)
+    edges = [0, *sorted(c for c in cuts if 0 < c < len(units)), len(units)]
+    return [units[a:b] for a, b in zip(edges, edges[1:])]
 
 
 def scene_key(task: UnitTask) -> tuple:
