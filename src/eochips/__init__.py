@@ -23,39 +23,59 @@ __all__ = ["Recipe", "load_recipe", "run", "EochipsError", "__version__"]
 
 
 def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, scheduler: str | None = None,
-        progress: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        progress: bool = False, overwrite: bool = False, shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Plan, build and finalise ``recipe`` into ``out`` (a folder or an fsspec URL such as
     ``s3://bucket/prefix``); return the dataset summary.
 
     A folder that already holds a dataset of the same recipe is resumed (finished units are
     kept); one built from a different recipe is refused unless ``overwrite``.
 
+    ``shard=(i, n)`` (array jobs): plan, then build only shard ``i`` (0-based) of ``n``
+    (:func:`eochips.engine.shard_units`), and do not finalise: the first shard writes the plan,
+    the others check that theirs is the same; ``finalize(out)`` merges the shards once all are
+    done. Returns ``{"recipe", "shard", "units_total", "build"}`` (the shard's counts).
+
     Raises
     ------
     EochipsError
         Bad input (recipe, AOI, catalog, assets, labels, output location, a folder of another
-        recipe), before anything is written; a write failure (disk full) removes what this call
+        recipe, a bad ``shard``, ``overwrite`` with ``shard``, another plan than the shards'
+        before), before anything is written; a write failure (disk full) removes what this call
         created.
     KeyboardInterrupt
         Ctrl-C / SIGTERM during the build, after the workers are stopped (rerun to resume).
     """
     from .dataset import finalize
-    from .engine import build, check_output, check_scheduler
+    from .engine import build, check_output, check_scheduler, check_shard, share_plan
+    from .errors import RecipeError
     from .lock import dataset_lock
     from .plan import make_plan, write_plan
     from .writers import OutputStore
 
+    if shard is not None:
+        shard = check_shard(shard)
+        if overwrite:
+            raise RecipeError("--overwrite with --shard: a shard cannot replace a dataset the other shards share; clear "
+                              "the output first (or use a new one), then start the shards without --overwrite")
     store = OutputStore(out)
     if scheduler or recipe.engine.scheduler:
         check_scheduler(scheduler or recipe.engine.scheduler)  # before anything is searched or written
     plan = make_plan(recipe)
     created = store.is_local and not store.root.exists()
+    command = "run" if shard is None else f"run --shard {shard[0]}/{shard[1]}"
     try:
-        with dataset_lock(store, "run"):  # one writer per dataset: a second run stops here (exit 2)
+        with dataset_lock(store, command, shard=shard):  # one writer per dataset (per shard): a second stops here (exit 2)
             store.ensure()
-            check_output(store, recipe, overwrite)
-            write_plan(plan, store)
-            build_summary = build(store.location, plan=plan, workers=workers, scheduler=scheduler, progress=progress)
+            if shard is None:
+                check_output(store, recipe, overwrite)
+                write_plan(plan, store)
+            else:
+                share_plan(store, recipe, plan)
+            build_summary = build(store.location, plan=plan, workers=workers, scheduler=scheduler, progress=progress,
+                                  shard=shard)
+            if shard is not None:
+                return {"recipe": recipe.name, "shard": list(shard), "units_total": len(plan.units),
+                        "build": build_summary.as_dict()}
             summary = finalize(store.location)
     except EochipsError:
         if created and not any(p.is_file() for p in store.root.rglob("*")):

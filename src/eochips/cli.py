@@ -125,6 +125,27 @@ def _exit_code(summary: dict[str, Any]) -> int:
 
 
 SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set units.size=32 or masks.sources.0.kind=scl (repeatable).")
+ShardOpt = typer.Option(None, "--shard", metavar="I/N",
+                        help="Build only shard I (0-based) of N, e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; "
+                             "no finalize: run 'eochips finalize OUTPUT' once every shard is done.")
+
+
+def _shard(text: str | None):
+    from .engine import parse_shard
+
+    return None if text is None else parse_shard(text)
+
+
+def _print_shard(s: dict[str, Any], output: str) -> None:
+    """A shard's counts (JSON on stdout) and what to do next (stderr)."""
+    out_console.print(redact(json.dumps(s, indent=2)), highlight=False, markup=False)
+    dropped = sum(s["dropped"].values())
+    i, n = s["shard"].split("/")
+    err.print(f"shard {s['shard']} finished: {s['units']} unit(s) of this shard, {s['kept']} kept, {dropped} dropped, "
+              f"{s['failed']} failed; {s['ran']} built now, {s['skipped_done']} already done. Once all {n} shards are "
+              f"done, 'eochips finalize {output}' merges them", highlight=False, markup=False, soft_wrap=True)
+    for cid, reason in sorted(s.get("failed_reasons", {}).items())[:10]:
+        err.print(f"failed {cid}: {redact(reason)}", highlight=False, markup=False)
 
 
 @app.command()
@@ -136,16 +157,21 @@ def run(
     sets: Optional[List[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset built from a different recipe."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    shard: Optional[str] = ShardOpt,
 ) -> None:
-    """Plan + build + finalize RECIPE into OUTPUT (a rerun resumes)."""
+    """Plan + build + finalize RECIPE into OUTPUT (a rerun resumes); with --shard, plan + build one shard."""
     from . import run as run_all
 
     def go():
+        sh = _shard(shard)
         _check_output_args(output, workers)
         return run_all(_load(recipe, sets), output, workers=workers, scheduler=scheduler, progress=progress,
-                       overwrite=overwrite)
+                       overwrite=overwrite, shard=sh)
 
     summary = _guard(go)
+    if shard is not None:
+        _print_shard(summary["build"], output)
+        raise typer.Exit(1 if summary["build"]["failed"] else 0)
     _print_summary(summary, output)
     raise typer.Exit(_exit_code(summary))
 
@@ -205,16 +231,21 @@ def build(
     workers: Optional[int] = typer.Option(None),
     scheduler: Optional[str] = typer.Option(None),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    shard: Optional[str] = ShardOpt,
 ) -> None:
-    """Build the planned units (skips units already done)."""
+    """Build the planned units (skips units already done); with --shard, one shard's units."""
     from .engine import build as build_units
 
     def go():
+        sh = _shard(shard)
         _check_output_args(output, workers)
-        return build_units(output, workers=workers, scheduler=scheduler, progress=progress)
+        return build_units(output, workers=workers, scheduler=scheduler, progress=progress, shard=sh)
 
     s = _guard(go).as_dict()
-    out_console.print(redact(json.dumps(s, indent=2)), highlight=False, markup=False)
+    if shard is not None:
+        _print_shard(s, output)
+    else:
+        out_console.print(redact(json.dumps(s, indent=2)), highlight=False, markup=False)
     if s["failed"]:
         raise typer.Exit(1)
 

@@ -19,6 +19,12 @@
   an earlier plan that are no longer planned are removed with their files.
 - A failed read or write fails its unit (a rerun retries it). Any other exception is a bug and
   stops the run with its traceback.
+- Shards (array jobs, ``--shard I/N``): shard ``I`` of ``N`` builds the units of
+  :func:`shard_units` ``[I]`` (whole batches of units that read the same scenes, contiguous in
+  ``(grid, row, col)`` order; computed from the plan alone), with its own state
+  ``state/shard-I-of-N.sqlite`` and its own lock (:mod:`eochips.lock`), so the shards of one
+  output run at the same time. Their completion markers are the shared record:
+  ``eochips finalize`` merges them (:func:`eochips.dataset.finalize`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import tempfile
@@ -43,16 +50,88 @@ from .writers import OutputStore
 
 STATE_FILE = "state.sqlite"
 MARKERS = "state/units"
-__all__ = ["STATE_FILE", "MARKERS", "State", "build", "open_state", "state_path", "BuildSummary", "make_batches", "write_marker"]
+SHARD_BATCH = 128
+"""Most units in one batch that :func:`shard_units` hands out whole (the default of
+``engine.batch_chips``; fixed, so the shards' units do not depend on any shard's engine settings)."""
+__all__ = ["STATE_FILE", "MARKERS", "State", "build", "open_state", "state_path", "BuildSummary", "make_batches",
+           "write_marker", "parse_shard", "check_shard", "shard_units", "shard_state_name", "shard_states", "share_plan"]
+
+Shard = tuple[int, int]
 
 
-def state_path(store: OutputStore) -> Path:
-    """Where the SQLite state of ``store`` lives (see the module docstring)."""
+def state_path(store: OutputStore, shard: Shard | None = None) -> Path:
+    """Where the SQLite state of ``store`` (of its shard ``shard``) lives (see the module
+    docstring): in the folder, or for object storage in ``$EOCHIPS_STATE_DIR``."""
     if store.is_local:
-        return store.local_path(STATE_FILE)
+        if shard is None:
+            return store.local_path(STATE_FILE)
+        path = store.local_path(shard_state_name(shard))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
     base = Path(os.environ.get("EOCHIPS_STATE_DIR", Path.home() / ".cache" / "eochips" / "state"))
     base.mkdir(parents=True, exist_ok=True)
-    return base / f"{hashlib.sha1(store.location.encode()).hexdigest()[:16]}.sqlite"
+    tail = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
+    return base / f"{hashlib.sha1(store.location.encode()).hexdigest()[:16]}{tail}.sqlite"
+
+
+def shard_state_name(shard: Shard) -> str:
+    """The state of shard ``(i, n)`` in the dataset: ``state/shard-{i}-of-{n}.sqlite`` (object
+    storage: a copy uploaded when the shard's build ends)."""
+    return f"state/shard-{shard[0]}-of-{shard[1]}.sqlite"
+
+
+_SHARD_STATE = re.compile(r"state/shard-(\d+)-of-(\d+)\.sqlite")
+
+
+def shard_states(store: OutputStore) -> list[Shard]:
+    """The shards ``(i, n)`` whose state is in ``store`` (those that have run), sorted."""
+    return sorted((int(m[1]), int(m[2])) for rel in store.list_files() if (m := _SHARD_STATE.fullmatch(rel)))
+
+
+def parse_shard(text: str) -> Shard:
+    """``"I/N"`` (``--shard``) as ``(I, N)``, 0-based: ``0/2`` and ``1/2`` are the two halves.
+
+    Raises
+    ------
+    RecipeError
+        Not two integers ``I/N`` with ``N >= 1`` and ``0 <= I < N``.
+    """
+    from .errors import RecipeError
+
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m:
+        raise RecipeError(f"--shard {text!r}: expected I/N, shard I (0-based) of N, e.g. --shard 0/4 "
+                          f"(SLURM: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return check_shard((int(m[1]), int(m[2])), f"--shard {text!r}")
+
+
+def check_shard(shard, what: str = "") -> Shard:
+    """``shard`` as ``(i, n)`` after checking ``n >= 1`` and ``0 <= i < n``.
+
+    Raises
+    ------
+    RecipeError
+        Not a pair of integers in range (the message says what would be valid).
+    """
+    from .errors import RecipeError
+
+    import operator
+
+    what = what or f"shard {shard!r}"
+    try:
+        if isinstance(shard, (str, bytes)) or any(isinstance(v, bool) for v in shard):
+            raise TypeError
+        i, n = (operator.index(v) for v in shard)  # Python or NumPy integers, not floats
+        ok = True
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise RecipeError(f"{what}: expected a pair (I, N) of integers, shard I (0-based) of N, e.g. (0, 4)")
+    if n < 1:
+        raise RecipeError(f"{what}: the shard count N must be at least 1")
+    if not 0 <= i < n:
+        raise RecipeError(f"{what}: shards are numbered 0 to {n - 1} (0-based), got {i}")
+    return (i, n)
 
 
 class State:
@@ -186,10 +265,11 @@ def write_marker(out: str, res: UnitResult) -> None:
     OutputStore(out).write_text(marker_path(res.unit_id), json.dumps(doc, sort_keys=True, default=_json_default))
 
 
-def open_state(store: OutputStore, fingerprints: dict[str, str] | None = None) -> State:
-    """The state of ``store``, with every completion marker it lacks taken in (a unit finished
-    by a worker whose result never reached the driver, or a state left on another machine).
-    With ``fingerprints`` (unit id -> task fingerprint) only markers of those tasks count.
+def open_state(store: OutputStore, fingerprints: dict[str, str] | None = None, shard: Shard | None = None) -> State:
+    """The state of ``store`` (of its shard ``shard``: :func:`state_path`), with every completion
+    marker it lacks taken in (a unit finished by a worker whose result never reached the driver,
+    a state left on another machine, or a unit another shard built). With ``fingerprints``
+    (unit id -> task fingerprint) only markers of those tasks count.
 
     Raises
     ------
@@ -197,12 +277,14 @@ def open_state(store: OutputStore, fingerprints: dict[str, str] | None = None) -
         The state file is corrupt, truncated or locked (:func:`state_error`), or a completion
         marker is not a marker (corrupt JSON): the message names the file and what to do.
     """
-    state = State(state_path(store))
+    state = State(state_path(store, shard))
     try:
         have = state.all()
         for rel in store.list_files():
             if not rel.startswith(MARKERS + "/") or not rel.endswith(".json"):
                 continue
+            if shard is not None and fingerprints is not None and rel[len(MARKERS) + 1:-5] not in fingerprints:
+                continue  # another shard's unit: not read (a shard of a large dataset would read them all)
             doc = read_marker(store, rel)
             uid = doc["unit_id"]
             if fingerprints is not None and fingerprints.get(uid) != doc.get("fingerprint"):
@@ -260,11 +342,16 @@ class BuildSummary:
     ran: int = 0
     retries: int = 0
     seconds: float = 0.0
+    shard: Shard | None = None
+    units: int = 0  # planned units of this build (of its shard)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kept": self.kept, "dropped": self.dropped, "failed": len(self.failed), "failed_reasons": self.failed,
-                "skipped_done": self.skipped, "ran": self.ran, "read_retries": self.retries,
-                "seconds": round(self.seconds, 2)}
+        d = {"kept": self.kept, "dropped": self.dropped, "failed": len(self.failed), "failed_reasons": self.failed,
+             "skipped_done": self.skipped, "ran": self.ran, "read_retries": self.retries,
+             "seconds": round(self.seconds, 2)}
+        if self.shard is not None:
+            d.update(shard=f"{self.shard[0]}/{self.shard[1]}", units=self.units)
+        return d
 
 
 SCHEDULER_TIMEOUT = 5
@@ -434,6 +521,43 @@ def make_batches(tasks: list[UnitTask], workers: int, max_units: int = 128) -> l
     return sorted(batches, key=lambda b: b[0].key)
 
 
+def scene_key(task: UnitTask) -> tuple:
+    """The scenes a unit reads, per source and step: ``(source, ((scene id, role, asset keys), ...) per step)``.
+    Equal for units that read the same assets (like :func:`~eochips.chips.batch_key`), but free of
+    hrefs, which may carry credentials that differ between machines."""
+    return tuple((lay.source, tuple(tuple((s.scene_id, s.role, tuple(k for k, _ in s.hrefs)) for s in st.scenes)
+                                    for st in lay.steps)) for lay in task.layers)
+
+
+def shard_units(tasks: list[UnitTask], n: int) -> list[list[str]]:
+    """The unit ids of each of ``n`` shards: ``result[i]`` is shard ``i``'s, in ``(grid, row, col)`` order.
+
+    Batches as :func:`make_batches` makes them: units that read the same scenes
+    (:func:`scene_key`) together, in ``(grid, row, col)`` order, cut into runs of
+    ``min(SHARD_BATCH, total // n)`` units (at least 1; the last run of a group shorter). The
+    batches, in the order of their first unit, are handed out whole and contiguously: a batch
+    goes to shard ``floor(n * m / total)``, ``m`` the unit count before the batch's middle.
+    Each shard then gets ``total / n`` units to within one batch, and (no batch being longer
+    than ``total / n``) none is empty while ``total >= n``. A group of units is cut only where
+    a run ends, so neighbouring units sharing COG tiles are fetched by one shard except at
+    those cuts (each re-reads at most one row of tiles, like a cut of :func:`make_batches`).
+    Deterministic from the tasks alone; every unit is in exactly one shard.
+    """
+    total = len(tasks)
+    groups: dict[tuple, list[UnitTask]] = {}
+    for t in sorted(tasks, key=lambda t: t.key):
+        groups.setdefault(scene_key(t), []).append(t)
+    cap = max(1, min(SHARD_BATCH, total // n))
+    batches = sorted((g[k:k + cap] for g in groups.values() for k in range(0, len(g), cap)), key=lambda b: b[0].key)
+    out: list[list[str]] = [[] for _ in range(n)]
+    before = 0
+    for batch in batches:
+        out[min(n - 1, (n * (2 * before + len(batch))) // (2 * total))].extend(t.unit_id for t in batch)
+        before += len(batch)
+    order = {t.unit_id: t.key for t in tasks}
+    return [sorted(ids, key=order.__getitem__) for ids in out]
+
+
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out: dict[str, Any] = {}
@@ -530,13 +654,15 @@ def read_plan_json(store: OutputStore) -> dict[str, Any]:
 
 
 def clear_dataset(store: OutputStore) -> int:
-    """Remove what eochips wrote in a dataset folder: the files of the manifest, of the state and
-    of the markers, the plan, the state; other files are left alone. Returns how many."""
+    """Remove what eochips wrote in a dataset folder: the files of the manifest, of the states and
+    of the markers, the plan, the states (the shards' too); other files are left alone. Returns how many."""
     files = set()
     if store.exists("checksums.sha256"):
         files |= {ln.split("  ", 1)[1] for ln in store.read_bytes("checksums.sha256").decode().splitlines() if "  " in ln}
-    path = state_path(store)
-    if path.exists():
+    paths = [state_path(store)] + [state_path(store, sh) for sh in shard_states(store)]
+    for path in paths:
+        if not path.exists():
+            continue
         try:  # a corrupt state lists nothing: the markers and the manifest still do
             st = State(path)
             try:
@@ -546,7 +672,7 @@ def clear_dataset(store: OutputStore) -> int:
                 st.close()
         except OutputError:
             pass
-    ours = [rel for rel in store.list_files() if rel.startswith(("plan/", MARKERS + "/"))]
+    ours = [rel for rel in store.list_files() if rel.startswith(("plan/", "state/"))]
     for rel in ours:
         if rel.startswith(MARKERS + "/"):
             try:
@@ -561,9 +687,55 @@ def clear_dataset(store: OutputStore) -> int:
             store.remove(rel)
             n += 1
     if not store.is_local:
-        for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-            p.unlink(missing_ok=True)
+        for path in paths:
+            for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                p.unlink(missing_ok=True)
     return n
+
+
+def plan_identity(plan, store: OutputStore) -> dict[str, tuple]:
+    """What decides a plan's output, unit by unit: ``{unit id: (status, reason code, task
+    fingerprint)}`` (the fingerprint: scenes, bands, rules, layouts; :func:`eochips.chips.task_fingerprint`)."""
+    from .plan import make_tasks
+
+    prints = {t.unit_id: t.fingerprint for t in make_tasks(plan, store)}
+    return {u.id: (u.status, u.code, prints.get(u.id, "")) for u in plan.units}
+
+
+def share_plan(store: OutputStore, recipe, plan) -> bool:
+    """Write ``plan`` into ``store`` for a shard, or check it is the plan already there (another
+    shard wrote it); return True when this call wrote it. The shards take turns
+    (:func:`eochips.lock.plan_lock`), so two shards started at once write one plan.
+
+    Raises
+    ------
+    RecipeError
+        The folder holds a dataset of a different recipe (:func:`check_output`).
+    OutputError
+        The folder holds the same recipe but another plan (the catalog or an input changed
+        since the first shard planned): the message names how many units differ and says to
+        build the stored plan with ``eochips build OUT --shard I/N``.
+    """
+    from .lock import plan_lock
+    from .plan import load_plan, write_plan
+
+    with plan_lock(store, "run --shard (plan)"):
+        check_output(store, recipe, overwrite=False)
+        if not store.exists("plan/plan.json"):
+            write_plan(plan, store)
+            return True
+        old, new = plan_identity(load_plan(store), store), plan_identity(plan, store)
+        if old == new:
+            return False
+        gone, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+        changed = sorted(u for u in set(old) & set(new) if old[u] != new[u])
+        parts = [f"{len(changed)} unit(s) changed (e.g. {changed[0]})" if changed else "",
+                 f"{len(gone)} only in the stored plan (e.g. {gone[0]})" if gone else "",
+                 f"{len(added)} only in this one (e.g. {added[0]})" if added else ""]
+        raise OutputError(f"output {store.location!r} holds another plan of this recipe ({'; '.join(p for p in parts if p)}): "
+                          f"the catalog or an input changed since the first shard planned it, and every shard must build "
+                          f"the same plan; build the stored plan with 'eochips build {store.location} --shard I/N', or "
+                          f"use a new output for all shards")
 
 
 def prune(store: OutputStore, state: State, planned: set[str], all_units: set[str]) -> int:
@@ -582,8 +754,9 @@ def prune(store: OutputStore, state: State, planned: set[str], all_units: set[st
 
 
 def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, scheduler: str | None = None,
-          progress: bool = True) -> BuildSummary:
-    """Build every planned unit of the plan in ``out`` (see the module docstring).
+          progress: bool = True, shard: Shard | None = None) -> BuildSummary:
+    """Build every planned unit of the plan in ``out`` (see the module docstring), or the units
+    of one shard.
 
     Parameters
     ----------
@@ -598,41 +771,54 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
         ``tcp://HOST:PORT`` of an existing Dask scheduler (default: recipe ``engine.scheduler``).
     progress
         Show a progress bar of units on stderr.
+    shard
+        ``(i, n)``: build only shard ``i`` (0-based) of ``n`` (:func:`shard_units`), with its own
+        state and lock, leaving the dataset unfinalised (``eochips finalize`` merges the shards).
 
     Raises
     ------
+    RecipeError
+        ``shard`` is not ``(i, n)`` with ``0 <= i < n`` (:func:`check_shard`).
     OutputError
         No plan in ``out``; a plan or state file is corrupt; another process is writing the
-        dataset (:mod:`eochips.lock`); the disk is full (the build stops at the first unit that
-        cannot be written, its temporaries are removed, a rerun resumes).
+        dataset or this shard (:mod:`eochips.lock`); the disk is full (the build stops at the
+        first unit that cannot be written, its temporaries are removed, a rerun resumes).
     KeyboardInterrupt
         On Ctrl-C / SIGTERM, after the cluster is closed; finished units are kept.
     """
     from .lock import dataset_lock
 
+    shard = None if shard is None else check_shard(shard)
     store = OutputStore(out)
     store.check_links()
-    with dataset_lock(store, "build", create=False):
-        return _build(store, plan, workers, scheduler, progress)
+    with dataset_lock(store, "build" if shard is None else f"build --shard {shard[0]}/{shard[1]}", create=False, shard=shard):
+        return _build(store, plan, workers, scheduler, progress, shard)
 
 
-def _build(store: OutputStore, plan, workers: int | None, scheduler: str | None, progress: bool) -> BuildSummary:
+def _build(store: OutputStore, plan, workers: int | None, scheduler: str | None, progress: bool,
+           shard: Shard | None = None) -> BuildSummary:
     from .plan import load_plan, make_tasks, refresh_hrefs
 
     t0 = time.perf_counter()
     plan = plan or refresh_hrefs(load_plan(store))
-    store.remove_temporaries()
+    # a local folder's temporaries are every writer's: a shard, with others running, leaves them to finalize
+    sweep = shard is None or not store.is_local
+    if sweep:
+        store.remove_temporaries()
     eng = plan.recipe.engine
     n_workers = workers or eng.workers or os.cpu_count() or 1
     scheduler = scheduler or eng.scheduler
     tasks = make_tasks(plan, store, cpu_threads=cpu_share(n_workers))  # LocalCluster: n workers on this host
+    if shard is not None:
+        mine = set(shard_units(tasks, shard[1])[shard[0]])
+        tasks = [t for t in tasks if t.unit_id in mine]
     prints = {t.unit_id: t.fingerprint for t in tasks}
-    state = open_state(store, prints)
-    summary = BuildSummary()
+    state = open_state(store, prints, shard)
+    summary = BuildSummary(shard=shard, units=len(tasks))
     ok = False
     try:
         prune(store, state, set(prints), {u.id for u in plan.units})
-        for up in plan.units:
+        for up in plan.units if shard is None else []:  # a shard's state holds its own units only
             if up.status == "dropped":
                 prev = state.get(up.id)
                 if prev is None or prev["status"] != "dropped" or prev["reason"] != redact(up.reason):
@@ -651,6 +837,8 @@ def _build(store: OutputStore, plan, workers: int | None, scheduler: str | None,
             _run(todo, state, plan.recipe, n_workers, scheduler, progress)
         summary.ran = len(todo)
         for uid, rec in state.all().items():
+            if shard is not None and uid not in prints:
+                continue
             summary.retries += rec["retries"]
             if rec["status"] == "kept":
                 summary.kept += 1
@@ -663,13 +851,13 @@ def _build(store: OutputStore, plan, workers: int | None, scheduler: str | None,
         try:
             if not store.is_local:
                 try:
-                    store.publish(state.snapshot(), STATE_FILE)
+                    store.publish(state.snapshot(), STATE_FILE if shard is None else shard_state_name(shard))
                 except (OSError, OutputError):
                     if ok:
                         raise
         finally:
             state.close()
-            if not ok:  # a full disk, Ctrl-C: the workers are stopped; what they left half-written goes
+            if not ok and sweep:  # a full disk, Ctrl-C: the workers are stopped; what they left half-written goes
                 try:
                     store.remove_temporaries()
                 except OSError:

@@ -631,9 +631,34 @@ def _select(recipe: Recipe, name: str, sp: SourcePlan, scenes: list[Scene], unit
     live = [u for u in units if u.status == "planned"]
     if not live:
         return
-    by_tile, tile_of = _assign_tiles(scenes, sp.profile, live, grids) if cfg.per == "tile" else ({}, {})
+    per = getattr(cfg, "per", "unit")
+    if per == "grid":
+        _select_per_grid(strategy, cfg, name, sp, scenes, live, grids)
+        return
+    by_tile, tile_of = _assign_tiles(scenes, sp.profile, live, grids) if per == "tile" else ({}, {})
     for start in range(0, len(live), SELECT_BATCH):  # footprints and coverage a batch at a time: flat memory
         _select_batch(strategy, cfg, name, sp, scenes, live[start:start + SELECT_BATCH], grids, by_tile, tile_of)
+
+
+def _select_per_grid(strategy, cfg, name: str, sp: SourcePlan, scenes: list[Scene], live: list[UnitPlan],
+                     grids: list[Grid]) -> None:
+    """``per: grid``: one selection per grid over its whole extent, given to each of its units."""
+    by_grid: dict[int, list[UnitPlan]] = defaultdict(list)
+    for up in live:
+        by_grid[up.unit.grid].append(up)
+    for gi, ups in by_grid.items():
+        g = grids[gi]
+        area = reproject_geometry(shapely.box(*g.gbox.boundingbox), g.gbox.crs.to_wkt(), EQUAL_AREA)
+        ctx = SelectionContext(g.name or str(gi), area, _candidates_for_area(scenes, sp.profile, area), cfg,
+                               dict(ups[0].groups), name)
+        try:
+            groups = strategy(ctx)
+        except SelectionFailed as exc:
+            for up in ups:
+                up.drop(Reason("selection", f"source {name!r}: {exc}"))
+            continue
+        for up in ups:
+            up.groups[name] = groups
 
 
 def _select_batch(strategy, cfg, name: str, sp: SourcePlan, scenes: list[Scene], live: list[UnitPlan], grids: list[Grid],
@@ -1006,6 +1031,7 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
         written.append(f"{PLAN_DIR}/{RUN_FILE}")
         doc = {"version": RECIPE_VERSION, "recipe": recipe,
                "match_report": plan.match_report,
+               "source_order": list(plan.recipe.sources),  # the JSON is key-sorted; order decides layers and fingerprints
                "grids": [{"index": g.index, "name": g.name, "tile": g.tile, "date": g.date, "crs": g.gbox.crs.to_wkt(),
                           "transform": list(tuple(g.gbox.affine)[:6]), "shape": list(g.gbox.shape)} for g in plan.grids],
                "sources": {n: {"bands": [_band_json(b) for b in sp.bands], "qa": sp.qa.__dict__ if sp.qa else None}
@@ -1159,7 +1185,11 @@ def load_plan(store: OutputStore) -> Plan:
 
     try:
         check_secret_vars(json.dumps([doc["recipe"], run]), f"the plan in {store.location!r}")
-        recipe = parse_recipe({**doc["recipe"], **run})  # "nan" fills (JSON has no NaN) validate back to float NaN
+        data = {**doc["recipe"], **run}
+        order = doc.get("source_order") or []
+        if sorted(order) == sorted(data.get("sources", {})):  # recipe order (plan.json sorts keys): the same tasks as make_plan
+            data["sources"] = {n: data["sources"][n] for n in order}
+        recipe = parse_recipe(data)  # "nan" fills (JSON has no NaN) validate back to float NaN
         grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"],
                       g.get("date")) for g in doc["grids"]]
         match_report = list(doc.get("match_report") or [])

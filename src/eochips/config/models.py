@@ -389,11 +389,14 @@ class AllSelection(_Coverage):
 
 
 class IntersectingSelection(_Model):
-    """Every scene whose footprint intersects the unit, as ONE time step composited in date
-    order (DEM tiles, a mosaic of swaths)."""
+    """Every scene whose footprint intersects the unit (``per: grid``: the unit's whole grid,
+    as Clay's datacube.py stacks every DEM tile over the Sentinel-2 scene), as ONE time step
+    composited in date order (DEM tiles, a mosaic of swaths)."""
 
     kind: Literal["intersecting"]
-    per: Literal["unit"] = "unit"
+    per: Literal["unit", "grid"] = Field("unit", description=(
+        "unit: the scenes touching each unit; grid: the scenes touching the unit's grid, the same for all its units "
+        "(they then batch together and share every COG tile read)."))
 
 
 class LeastCloudyPerYearSelection(_Model):

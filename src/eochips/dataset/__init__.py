@@ -24,6 +24,12 @@ finalizer      writes (at the dataset root)
 
 Every finalizer reads the state through :func:`eochips.engine.open_state`, which takes in the
 units' completion markers: a fresh machine can finalize a dataset in object storage.
+
+Shards (``eochips build OUT --shard I/N``, array jobs) are merged here: their completion markers
+are the record. A dataset with shard states (``state/shard-I-of-N.sqlite``) is finalised only
+when every planned unit has a result of the current plan; otherwise :func:`finalize` stops
+(:class:`ShardsIncomplete`, exit 2) naming how many units lack one and their shards, before
+anything of the dataset is written.
 """
 
 from __future__ import annotations
@@ -46,6 +52,44 @@ from ..search import redact, redact_obj
 from ..writers import OutputStore
 
 MANIFEST = "checksums.sha256"
+
+
+class ShardsIncomplete(OutputError):
+    """Units of a sharded build have no result yet (a shard has not run or not finished)."""
+
+
+def check_shards_done(store: OutputStore, plan: Plan, records: dict[str, dict[str, Any]]) -> None:
+    """Refuse to finalise a sharded dataset before every shard has finished (see the module docstring).
+
+    Raises
+    ------
+    ShardsIncomplete
+        Naming how many planned units have no result of the current plan (no completion marker
+        or one of another task fingerprint), which shards they belong to
+        (:func:`eochips.engine.shard_units`) and the command that builds them.
+    """
+    from ..engine import shard_states, shard_units
+
+    ran = shard_states(store)
+    if not ran:
+        return
+    tasks = make_tasks(plan, store)
+    missing = {t.unit_id for t in tasks if (records.get(t.unit_id) or {}).get("fingerprint") != t.fingerprint}
+    if not missing:
+        return
+    counts = sorted({n for _, n in ran})
+    loc = store.location
+    head = f"{len(missing)} of {len(tasks)} planned unit(s) of {loc!r} have no result yet"
+    if len(counts) == 1:
+        n = counts[0]
+        lacking = [(i, len(missing.intersection(ids))) for i, ids in enumerate(shard_units(tasks, n))]
+        lacking = [(i, k) for i, k in lacking if k]
+        shown = ", ".join(f"shard {i}/{n} ({k} unit(s){'' if (i, n) in ran else ', never started'})" for i, k in lacking)
+        raise ShardsIncomplete(f"{head}: {shown}; finish them with 'eochips build {loc} --shard {lacking[0][0]}/{n}'"
+                               f"{' (and the others listed)' if len(lacking) > 1 else ''}, then run 'eochips finalize {loc}' again")
+    shown = ", ".join(f"{i}/{n}" for i, n in ran)
+    raise ShardsIncomplete(f"{head}, and shards of different counts ran ({shown}); build the rest with "
+                           f"'eochips build {loc}' (unsharded), then run 'eochips finalize {loc}' again")
 
 
 @dataclass
@@ -306,9 +350,13 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
 
     Raises
     ------
+    ShardsIncomplete
+        A sharded dataset (``state/shard-I-of-N.sqlite``) with planned units that have no result
+        yet (:func:`check_shards_done`); nothing is written.
     OutputError
-        No plan; a plan or state file is corrupt; another process writes the dataset; a file
-        cannot be written; a unit's files still differ from the state after its rebuild.
+        No plan; a plan or state file is corrupt; another process writes the dataset (or a
+        shard of it); a file cannot be written; a unit's files still differ from the state
+        after its rebuild.
     """
     from ..lock import dataset_lock
 
@@ -354,9 +402,10 @@ def _finalize(store: OutputStore) -> dict[str, Any]:
 
     plan = load_plan(store)
     check_built(store, state_path(store).exists())
+    records = _records(store, plan)
+    check_shards_done(store, plan, records)
     store.remove_temporaries()
     r = plan.recipe
-    records = _records(store, plan)
     hashes, bad = verify_files(store, records)
     if bad:  # edited or deleted since the build: build those units again (the build redoes exactly them)
         for files in bad.values():
@@ -409,15 +458,15 @@ def _plot_classes(hists: list[dict], names: dict[int, str], n_classes: int, titl
 
 
 def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> None:
-    """Write ``checksums.sha256`` over every file of the store but itself, the state and the
-    write lock; ``known`` holds sha256 already computed (the verified files of the kept units)."""
+    """Write ``checksums.sha256`` over every file of the store but itself, the states and the
+    write locks (``.eochips.lock*``: a killed shard's may remain); ``known`` holds sha256 already computed (the verified files of the kept units)."""
     from ..lock import LOCK_FILE
     from ..plan import PLAN_DIR, RUN_FILE
 
     known = known or {}
     skip = {MANIFEST, STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm", f"{PLAN_DIR}/{RUN_FILE}", LOCK_FILE}
     lines = [f"{known.get(rel) or store.sha256(rel)}  {rel}\n" for rel in store.list_files()
-             if rel not in skip and not rel.startswith(MARKERS.split("/")[0] + "/")]
+             if rel not in skip and not rel.startswith((MARKERS.split("/")[0] + "/", LOCK_FILE))]
     store.write_text(MANIFEST, "".join(lines))
 
 

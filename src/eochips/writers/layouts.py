@@ -185,7 +185,7 @@ def per_band(cfg, data, store: OutputStore, common: dict) -> tuple[dict[str, str
                 _, tr, _ = task.grid_at(task.band_resolution(spec))
                 files[rel] = write_cog(store, rel, arr[t], task.crs, tr, nodata=spec.nodata, descriptions=[f"{spec.name}@{step.date}"],
                                        scales=[spec.scale], offsets=[spec.offset + step.scenes[0].offset_dn * spec.scale],
-                                       tags={"scene_id": step.scenes[0].scene_id}, **common)
+                                       tags={"scene_id": ",".join(sc.scene_id for sc in step.scenes)}, **common)
     roles = {k: "image" for k in files}
     if data.labels is not None and cfg.labels:
         lab = write_labels(data, store, _path(cfg, _fields(data), cfg.labels), common)
@@ -237,7 +237,7 @@ def stack(cfg, data, store: OutputStore, common: dict) -> tuple[dict[str, str], 
                 desc.append(spec.name if cfg.descriptions == "band" else f"{spec.name}@{step.date}")
                 scales.append(spec.scale)
                 offsets.append(spec.offset + step.scenes[0].offset_dn * spec.scale)
-            scene_ids.append(step.scenes[0].scene_id)
+            scene_ids.extend(sc.scene_id for sc in step.scenes)  # every scene of a composited step (S1 swaths, DEM tiles)
     first = data.layers[sources[0]].read.steps[0]
     f = _fields(data, date=first.date, source=",".join(sources))
     rel = _path(cfg, f, cfg.name)
