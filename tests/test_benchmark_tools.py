@@ -1,6 +1,8 @@
 """The benchmark's own tools do what benchmarks/README.md says: a granule copy served with a
 patched tie point is the same COG at the shifted place, and the seed-density chip sets hold
-5 chips per granule, each fully inside one granule."""
+5 chips per granule, each fully inside one granule; the Clay benchmark's touched-tile bytes equal
+a brute-force pixel count summed over tifffile's TileByteCounts, and its chip windows are the
+seed's 21 x 21 row-major 512 px tiles."""
 
 from __future__ import annotations
 
