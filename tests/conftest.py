@@ -187,6 +187,16 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600):
                           timeout=timeout, env=dict(os.environ, **(env or {})))
 
 
+def clean_crop_run(stac_api: str, cdl_raster: Path, tmp: Path) -> tuple[Path, Path]:
+    """The crop recipe over the pgstac API (threads, not processes) in ``tmp``, and a clean run of
+    it: ``(recipe path, dataset folder)``; the reference of the resume and shard tests."""
+    recipe = write_recipe(tmp / "crop.yaml", crop_recipe(stac_api, cdl_raster, **{"engine.processes": False}))
+    clean = tmp / "clean"
+    proc = run_cli("run", str(recipe), "-o", str(clean), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    return recipe, clean
+
+
 def write_recipe(path: Path, data: dict) -> Path:
     import yaml
 

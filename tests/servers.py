@@ -370,3 +370,33 @@ def pgstac_api(collections: list[dict], items: list[dict]) -> Iterator[str]:
                 api.kill()
         _as_pg_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"])
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def moto_s3(*buckets: str) -> Iterator[tuple[dict, object]]:
+    """A moto S3 server on 127.0.0.1 (a free port) with ``buckets`` created; yields the client
+    environment (``AWS_*`` with the endpoint URL and test credentials) and a boto3 client."""
+    import boto3
+
+    port = free_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        deadline = time.monotonic() + 60  # the server takes a moment to listen (seconds on a loaded machine)
+        for bucket in buckets:
+            while True:
+                try:
+                    client.create_bucket(Bucket=bucket)
+                    break
+                except Exception:  # noqa: BLE001 - connection refused until it is up
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise RuntimeError(f"moto_server on port {port} did not come up (exit code {server.poll()})") from None
+                    time.sleep(0.1)
+        yield env, client
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from conftest import crop_recipe, manifest, needs_shared, run_cli, write_recipe
-from servers import free_port
+from servers import free_port, moto_s3
 
 pytestmark = needs_shared
 
@@ -88,25 +87,9 @@ def test_multi_process_cluster_gives_the_same_bytes(recipe, local_run, dask_clus
 
 @pytest.fixture(scope="module")
 def s3():
-    port = free_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import boto3
-
-        for _ in range(100):
-            try:
-                boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                             aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="eochips-test")
-                break
-            except Exception:
-                time.sleep(0.1)
+    """A moto S3 server with the bucket ``eochips-test``; yields the client environment."""
+    with moto_s3("eochips-test") as (env, _):
         yield env
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_object_storage_output_equals_local(recipe, local_run, s3, tmp_path):

@@ -703,6 +703,14 @@ INTERRUPTS = [
 ]
 
 
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT back to its default. A process started in the background
+    by a non-interactive shell (``cmd &``, as a CI runner may start the suite) inherits SIGINT
+    ignored, and Python then installs no KeyboardInterrupt handler; a terminal's Ctrl-C, which
+    this test stands for, reaches a job whose SIGINT is not ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signame, target", INTERRUPTS)
 def test_interrupt_exits_130_cleanly_and_resumes(slow, tmp_path, signame, target):
     """Ctrl-C / SIGTERM (issue item 9) during the build: exit 130, exactly one
@@ -724,7 +732,7 @@ def test_interrupt_exits_130_cleanly_and_resumes(slow, tmp_path, signame, target
     tag = f"EOCHIPS_TEST_RUN_{uuid.uuid4().hex}"
     proc = subprocess.Popen([sys.executable, "-m", "eochips.cli", "run", str(slow["recipe"]), "-o", str(out), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=dict(os.environ, **{tag: "1"}))
+                            env=dict(os.environ, **{tag: "1"}), preexec_fn=_sigint_default)
     try:
         deadline = time.monotonic() + 120
         while not ((out / "plan" / "plan.json").is_file() and list((out / "state" / "units").glob("*.json"))):

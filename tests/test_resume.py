@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from conftest import crop_recipe, manifest, needs_shared, run_cli, write_recipe
+from conftest import clean_crop_run, manifest, needs_shared, run_cli
 from eochips.writers import TMP_MARK
 
 pytestmark = needs_shared
@@ -28,12 +28,7 @@ KILL_POINTS = [
 
 @pytest.fixture(scope="module")
 def setup(stac_api, cdl_raster, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("resume")
-    recipe = write_recipe(tmp / "crop.yaml", crop_recipe(stac_api, cdl_raster, **{"engine.processes": False}))
-    clean = tmp / "clean"
-    proc = run_cli("run", str(recipe), "-o", str(clean), "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    return recipe, clean
+    return clean_crop_run(stac_api, cdl_raster, tmp_path_factory.mktemp("resume"))
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)

@@ -20,7 +20,7 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 
-from conftest import crop_recipe, manifest, needs_shared, run_cli, write_recipe
+from conftest import clean_crop_run, crop_recipe, manifest, needs_shared, run_cli, write_recipe
 
 pytestmark = needs_shared
 
@@ -29,12 +29,7 @@ FINAL = ("index.parquet", "checksums.sha256", "summary.json", "stats.json", "tra
 
 @pytest.fixture(scope="module")
 def setup(stac_api, cdl_raster, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("shards")
-    recipe = write_recipe(tmp / "crop.yaml", crop_recipe(stac_api, cdl_raster, **{"engine.processes": False}))
-    clean = tmp / "clean"
-    proc = run_cli("run", str(recipe), "-o", str(clean), "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    return recipe, clean
+    return clean_crop_run(stac_api, cdl_raster, tmp_path_factory.mktemp("shards"))
 
 
 def planned_units(out: Path) -> set[str]:
@@ -265,32 +260,11 @@ def test_bad_shard_in_the_library_and_overwrite(setup, tmp_path):
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 with the bucket ``eochips-test``; yields the client environment."""
-    import os
-    import time
-
-    from servers import free_port
+    from servers import moto_s3
 
     pytest.importorskip("s3fs")
-    port = free_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
-        for _ in range(100):
-            try:
-                client.create_bucket(Bucket="eochips-test")
-                break
-            except Exception:
-                time.sleep(0.1)
+    with moto_s3("eochips-test") as (env, _):
         yield env
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_shards_on_object_storage(setup, s3, tmp_path):

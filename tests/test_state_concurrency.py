@@ -24,7 +24,7 @@ import pytest
 
 from conftest import FMASK_RULE, crop_recipe, manifest, needs_shared, run_cli, write_recipe
 from eochips.writers import TMP_MARK
-from servers import FaultyProxy, Faults, free_port
+from servers import FaultyProxy, Faults
 
 pytestmark = needs_shared
 
@@ -481,27 +481,11 @@ def test_cog_on_a_full_disk_is_one_line(tmp_path, capfd):
 
 @pytest.fixture(scope="module")
 def s3_env():
-    pytest.importorskip("s3fs")
-    port = free_port()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import boto3
+    from servers import moto_s3
 
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
-        for _ in range(100):
-            try:
-                client.create_bucket(Bucket="eochips-state")
-                break
-            except Exception:
-                time.sleep(0.1)
+    pytest.importorskip("s3fs")
+    with moto_s3("eochips-state") as (env, client):
         yield env, client
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def _upload(client, solo: Path, prefix: str) -> str:

@@ -47,6 +47,7 @@ from ..config.models import FINALIZERS as FINALIZER_NAMES
 from ..engine import MARKERS, STATE_FILE, open_state
 from ..errors import OutputError
 from ..plan import Plan, class_names, load_plan, make_tasks
+from ..reading import error_text
 from ..registry import Registry
 from ..search import redact, redact_obj
 from ..writers import OutputStore
@@ -232,11 +233,35 @@ def _image_files(rec: dict[str, Any]) -> list[str]:
     return [f for f in sorted(rec["files"]) if roles.get(f) == "image"]
 
 
-@register("stats")
-def _stats(ctx: Context) -> None:
+def _read_image(store: OutputStore, rel: str, attempts: int = 3) -> tuple[np.ndarray, tuple, tuple]:
+    """``(band, y, x)`` pixels, band descriptions and nodata of a dataset file. From object
+    storage the object is fetched whole and decoded in memory; a body that does not decode (a
+    transfer cut short: seen once from a local S3 server) is fetched again, ``attempts`` times.
+
+    Raises
+    ------
+    OutputError
+        The file still does not decode (named).
+    """
     import rasterio
     from rasterio.io import MemoryFile
 
+    if store.is_local:
+        with rasterio.open(store.local_path(rel)) as ds:
+            return ds.read(), ds.descriptions, ds.nodatavals
+    for attempt in range(attempts):
+        data = store.read_bytes(rel)
+        try:
+            with MemoryFile(data) as mem, mem.open() as ds:
+                return ds.read(), ds.descriptions, ds.nodatavals
+        except rasterio.errors.RasterioError as exc:
+            last = exc
+    raise OutputError(f"file {rel} of {store.location!r} does not decode as a GeoTIFF after {attempts} reads "
+                      f"({error_text(last)}); check the object, then rerun 'eochips finalize'")
+
+
+@register("stats")
+def _stats(ctx: Context) -> None:
     from .stats import BandStatistics
 
     r = ctx.plan.recipe
@@ -247,11 +272,9 @@ def _stats(ctx: Context) -> None:
     for cid in ids:
         rec = ctx.records[cid]
         for rel in _image_files(rec):
-            src = store.local_path(rel) if store.is_local else None
-            with (rasterio.open(src) if src else MemoryFile(store.read_bytes(rel)).open()) as ds:
-                arr = ds.read()
-                for i, desc in enumerate(ds.descriptions):
-                    bs.add((desc or f"band{i + 1}").split("@")[0], arr[i], ds.nodatavals[i])
+            arr, descriptions, nodatas = _read_image(store, rel)
+            for i, desc in enumerate(descriptions):
+                bs.add((desc or f"band{i + 1}").split("@")[0], arr[i], nodatas[i])
         for c, n in rec["metrics"].get("label_hist", {}).items():
             hist_total[int(c)] = hist_total.get(int(c), 0) + int(n)
     names = class_names(r)
