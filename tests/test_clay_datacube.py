@@ -460,7 +460,7 @@ def test_object_storage_equals_local(run, clay, s3, tmp_path):
     def bucket_files():
         import fsspec
 
-        fs = fsspec.filesystem("s3")
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)  # not an instance made for an earlier test's endpoint
         return {p.split("datasets/clay/", 1)[1]: fs.cat_file(p) for p in fs.find("eochips-test/datasets/clay")}
 
     remote = with_env(s3, bucket_files)

@@ -100,7 +100,7 @@ def test_object_storage_output_equals_local(recipe, local_run, s3, tmp_path):
     def bucket_files():
         import fsspec
 
-        fs = fsspec.filesystem("s3")
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)  # not an instance made for an earlier test's endpoint
         return {p.split("datasets/crop/", 1)[1]: fs.cat_file(p) for p in fs.find("eochips-test/datasets/crop")}
 
     remote = with_env(s3, bucket_files)
@@ -145,7 +145,7 @@ def _assert_same_index(url: str, local_run):
     import fsspec
     import geopandas as gpd
 
-    fs = fsspec.filesystem("s3")
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)  # not an instance made for an earlier test's endpoint
     remote = gpd.read_parquet(io.BytesIO(fs.cat_file(url.removeprefix("s3://") + "/index.parquet")))
     local = gpd.read_parquet(local_run / "index.parquet")
     assert (remote.status == "kept").sum() == (local.status == "kept").sum() > 0
