@@ -526,6 +526,8 @@ class _Matcher:
             for n in self.names:
                 found[n] = _search_or_none(recipe.sources[n].search, hull)
                 _check_assets(found[n], sources[n])
+        # footprints reprojected once, not once per S2 scene tried (up to attempts x years of them)
+        self.feet = {n: [reproject_geometry(s.geometry, "EPSG:4326", EQUAL_AREA) for s in found.get(n, [])] for n in self.names}
 
     def __call__(self, scene: Scene) -> tuple[bool, dict]:
         area = reproject_geometry(scene.geometry, "EPSG:4326", EQUAL_AREA)
@@ -533,7 +535,7 @@ class _Matcher:
         groups: dict[str, list[SceneGroup]] = {}
         for n in self.names:
             cfg = self.recipe.sources[n].selection
-            ctx = SelectionContext(scene.id, area, _candidates_for_area(self.found[n], self.sources[n].profile, area), cfg,
+            ctx = SelectionContext(scene.id, area, _candidates_for_area(self.found[n], self.sources[n].profile, area, self.feet[n]), cfg,
                                    {self.ref: [(Pick(scene),)]}, n)
             try:
                 groups[n] = get_strategy(cfg.kind)(ctx)
@@ -556,11 +558,14 @@ def _search_or_none(cfg, aoi_ll) -> list[Scene]:
         return []
 
 
-def _candidates_for_area(scenes: list[Scene], profile: Profile, area_ea) -> list[Candidate]:
+def _candidates_for_area(scenes: list[Scene], profile: Profile, area_ea, feet: list | None = None) -> list[Candidate]:
+    """The scenes overlapping ``area_ea`` (equal-area CRS) with their coverage (percent) and
+    footprints, in (datetime, id) order; ``feet``: the scenes' equal-area footprints when the
+    caller already has them (the matcher asks for every candidate scene of the grid source)."""
     out = []
     a = area_ea.area
-    for s in scenes:
-        foot = reproject_geometry(s.geometry, "EPSG:4326", EQUAL_AREA)
+    for i, s in enumerate(scenes):
+        foot = feet[i] if feet is not None else reproject_geometry(s.geometry, "EPSG:4326", EQUAL_AREA)
         inter = foot.intersection(area_ea).area
         if inter > 0:
             out.append(Candidate(s, 100.0 * inter / a, foot))
