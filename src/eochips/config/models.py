@@ -871,7 +871,35 @@ class StackLayout(_Model):
         return _inside(v, LAYOUT_FIELDS, info.field_name)
 
 
-Layout = Annotated[Union[Seed001Layout, Seed000CmaskLayout, PerBandLayout, StackLayout], Field(discriminator="kind")]
+class MosaicLayout(_Model):
+    """One mosaic per AOI (reference pipeline 3, azavea/cloud-buster @fe6c339), built tile by
+    tile (``units: {kind: tile}``): per tile, the scenes of ``source`` are read one at a time in
+    priority order (primary picks before backstop ones, earliest greedy pick first), masked
+    (primary scenes only: the recipe's masks, dilated) and composited with the source's
+    ``composite`` (``first-valid`` or ``median``). Per tile the parts
+    ``tiles/{unit}-cloudless.tif`` (primary scenes), ``tiles/{unit}-cloudy.tif`` (backstop
+    scenes, unmasked) and ``tiles/{unit}-source.tif`` (uint16 bands ``cloudless_index``,
+    ``cloudy_index`` (the 1-based pick number of ``sources.csv``, 0 = none) and, with
+    ``clear_count``, ``clear_count``) are written; the ``mosaic`` finalizer assembles them into
+    the COGs ``{name}-cloudless.tif``, ``{name}-cloudy.tif`` and ``{name}-source.tif``, writes
+    ``sources.csv`` and the quicklooks ``quicklooks/{name}-cloudless.png`` and
+    ``quicklooks/{name}-source.png``."""
+
+    kind: Literal["mosaic"]
+    source: str | None = None
+    name: str = Field("{recipe}", description="File-name stem of the mosaics; field {recipe}: the recipe's name.")
+    clear_count: bool = Field(False, description="Also write per-pixel clear_count: the valid (unmasked) primary observations.")
+    quicklook: list[str] | None = Field(None, min_length=3, max_length=3, description=(
+        "Three band names (red, green, blue) for the mosaic quicklook; default the source's first three bands."))
+
+    @field_validator("name")
+    @classmethod
+    def _stem(cls, v):
+        check_template(v, {"recipe"})
+        return v
+
+
+Layout = Annotated[Union[Seed001Layout, Seed000CmaskLayout, PerBandLayout, StackLayout, MosaicLayout], Field(discriminator="kind")]
 
 
 class OutputConfig(_Model):
@@ -1033,6 +1061,19 @@ class Recipe(_Model):
             where = f"output.layout.{i}"
             for s in ([lay.source] if hasattr(lay, "source") else (lay.sources or [])):
                 source(s, f"{where}.source")
+            if lay.kind == "mosaic":
+                src = source(lay.source, f"{where}.source")
+                if self.units.kind != "tile":
+                    raise ValueError(f"{where}: a mosaic is built tile by tile; set units: {{kind: tile, size: 1024}}")
+                if len(self.output.layout) != 1:
+                    raise ValueError(f"{where}: a mosaic layout is the only layout of its recipe (its tiles are parts, not chips)")
+                if self.sources[src].composite.kind not in ("first-valid", "median"):
+                    raise ValueError(f"{where}: a mosaic composites with first-valid or median, not "
+                                     f"{self.sources[src].composite.kind!r} (sources.{src}.composite.kind)")
+                if not self.sources[src].bands:
+                    raise ValueError(f"{where}: source {src!r} has no bands to mosaic")
+                for b in lay.quicklook or []:
+                    band(f"{src}.{b}", f"{where}.quicklook")
         if self.sampling.kind == "class-balance" and (self.labels is None or (self.labels.reclass is None and self.labels.classes is None)):
             raise ValueError("sampling: class-balance needs labels with a reclass table or classes (it counts label classes)")
         for s, cfg in self.sources.items():
