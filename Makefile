@@ -39,11 +39,14 @@ $(VENV)/.bench: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps "stackstac==0.5.1"  # the Clay seed method; its pandas<3 pin would downgrade pandas
 	touch $@
 
-# eochips vs the seed method, odc-stac and the read+warp limit (benchmarks/README.md), < 20 min
-bench: $(VENV)/.bench
+# eochips vs the seed method, odc-stac and the read+warp limit (benchmarks/README.md), < 20 min;
+# then the Clay datacube and the cloud-free mosaic benchmarks (< 10 min each; the mosaic's seed
+# method runs gdalwarp: sysdeps)
+bench: $(VENV)/.bench sysdeps
 	$(VENV)/bin/eochips sample-data --output $(SAMPLE)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/clay.py
+	$(PY) benchmarks/mosaic.py
 
 clean:
 	rm -rf $(DEMO_OUT) build dist src/*.egg-info .pytest_cache

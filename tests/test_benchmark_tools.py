@@ -18,6 +18,7 @@ from rasterio.shutil import copy as rio_copy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import workload  # noqa: E402
+from conftest import needs_shared  # noqa: E402
 from server import Files  # noqa: E402
 
 
@@ -111,3 +112,45 @@ def test_clay_chip_windows_are_the_seed_tiles():
     wins = cw.chip_windows()
     assert len(wins) == 441 and wins[0] == (0, 0) and wins[1] == (0, 512) and wins[21] == (512, 0)
     assert max(r for r, _ in wins) + 512 <= 10980 < max(r for r, _ in wins) + 1024
+
+
+@needs_shared
+def test_mosaic_workload_scene_matches_its_item():
+    """A swath-edge scene of the mosaic benchmark: its item's footprint (EPSG:4326, back to UTM
+    with pyproj) holds exactly the pixels with data (B02 != 0, up to the edge pixels), SCL is 0
+    exactly where the bands are, and eo:cloud_cover is the share of SCL 8/9/10 among them."""
+    import mosaic_workload as mw
+    import shapely
+    from pyproj import Transformer
+    from rasterio.features import geometry_mask
+
+    s = next(x for x in mw.scenes() if x["tile"] == "30UVB" and x["pass"] == "B")
+    px = mw.scene_pixels(s, mw._sources())
+    assert px.shape == (5, 5490, 5490)
+    valid = px[0] != 0
+    assert ((px[1:4] != 0) == valid).all() and ((px[4] != 0) == valid).all()
+    assert 0.5 < valid.mean() < 0.99  # a partial scene
+    it = mw.item(s, {s["id"]: {"eo:cloud_cover": 0.0, "s2:nodata_pixel_percentage": 0.0}}, "http://x")
+    tr = Transformer.from_crs("EPSG:4326", mw.CRS, always_xy=True)
+    fp = shapely.transform(shapely.geometry.shape(it["geometry"]),
+                           lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    inside = geometry_mask([fp], valid.shape, mw.transform(s), invert=True)
+    edge = (inside != valid).sum()
+    assert edge < 2 * 5490  # at most about one pixel per row along the slanted edge
+    cloud = 100.0 * np.isin(px[4][valid], (8, 9, 10)).mean()
+    assert 5 < cloud < 20  # passes the recipe's search (eo:cloud_cover <= 20)
+
+
+def test_mosaic_seed_dilation_is_an_11_by_11_binary_dilation():
+    """The contenders' mask: SCL 0, 1, 3, 8, 9, 10 grown by scipy's binary dilation with an
+    11 x 11 square (outside the array not masked), valid also needs B02 != 0."""
+    import mosaic_contenders as mc
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    scl = rng.choice([0, 1, 3, 4, 5, 8, 9, 10], size=(80, 90), p=[0.002, 0.002, 0.004, 0.5, 0.484, 0.003, 0.003, 0.002])
+    b02 = rng.integers(0, 50, size=scl.shape).astype(np.uint16)
+    ref = ~ndimage.binary_dilation(np.isin(scl, [0, 1, 3, 8, 9, 10]), structure=np.ones((11, 11), bool)) & (b02 != 0)
+    got = mc.valid_mask(b02, scl)
+    assert got.dtype == bool and (got == ref).all() and 0.05 < got.mean() < 0.95
+    assert (mc.valid_mask(b02, None) == (b02 != 0)).all()
