@@ -7,8 +7,8 @@ at two AOI sizes (1x: 30 x 30 km, 4x: 60 x 60 km), all in one run (``make bench`
     python benchmarks/mosaic.py [--runs 1] [--scales 1 4] [--contenders eochips seed odc limit]
 
 The workload (``mosaic_workload.py``: eight full-size scenes of real pixels around the AOI) is
-served over HTTP by ``tests/servers.py``'s ``RangeServer`` (in this process, its threads; it
-counts the bytes it sends); the items are one static ItemCollection. Each contender is its own
+served over HTTP by ``tests/servers.py``'s ``RangeServer`` (in a child process of the harness;
+it counts the bytes it sends); the items are one static ItemCollection. Each contender is its own
 process tree, measured by ``run.measure`` (wall and CPU seconds, peak RSS of the largest process,
 of the tree summed, and the tree's PSS). eochips runs first at each scale: the others take its
 picks (``plan/plan.json`` ``selection_log``); without eochips they take ``greedy`` of
@@ -126,7 +126,7 @@ def run_one(contender: str, m: dict, scale: int, scratch: Path, picks_json: Path
         summary = out / "summary.json"
         r["summary_mosaic"] = json.loads(summary.read_text()).get("mosaic") if summary.exists() else None
     else:
-        r = measure([PY, str(HERE / "mosaic_contenders.py"), contender, str(Path(m["root"]) / "workload.json"),
+        r = measure([PY, str(HERE / "mosaic_contenders.py"), contender, m["manifest"],
                      str(scale), str(picks_json), str(out)])
         files = {p: out / f"{p}.tif" for p in ("cloudless", "cloudy", "source") if (out / f"{p}.tif").exists()}
     r.pop("stdout", None)
@@ -263,6 +263,20 @@ def agreement_table(agreement: dict) -> str:
     return md
 
 
+def machine() -> dict:
+    """Cores, CPU model, memory, Python, the 1/5/15 min load averages at the end."""
+    cpu = mem = None
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), None)
+        mem = next((round(int(ln.split()[1]) / 2**20, 1) for ln in Path("/proc/meminfo").read_text().splitlines()
+                    if ln.startswith("MemTotal")), None)
+    except OSError:
+        pass
+    return {"cores": CORES, "cpu": cpu, "memory_gb": mem, "python": sys.version.split()[0],
+            "load_avg_end": [round(x, 2) for x in os.getloadavg()]}
+
+
 def git_rev() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
@@ -272,7 +286,49 @@ def git_rev() -> str:
         return "unknown"
 
 
+class Server:
+    """``tests/servers.py``'s ``RangeServer`` on ``root`` in its own process (``mosaic.py --serve
+    ROOT``): in the harness's process its threads would wait for the GIL while the harness
+    samples the contenders' memory (an eochips run took 3x as long). ``stats()`` returns and
+    zeroes the bytes sent and the requests answered (asked over the child's stdin)."""
+
+    def __init__(self, root: Path):
+        self.proc = subprocess.Popen([PY, str(Path(__file__).resolve()), "--serve", str(root)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            raise RuntimeError(f"the range server did not start: {self.url!r}")
+
+    def stats(self) -> dict:
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def serve(root: Path) -> None:
+    """The ``--serve`` child: print the URL, then per ``stats`` line on stdin one JSON line
+    ``{"bytes", "requests"}`` (counters zeroed); stop at end of input."""
+    with RangeServer(root) as server:
+        print(server.url, flush=True)
+        for line in sys.stdin:
+            if line.strip() == "stats":
+                with server._lock:
+                    got = {"bytes": server.bytes_sent, "requests": server.requests}
+                    server.bytes_sent = server.requests = 0
+                print(json.dumps(got), flush=True)
+
+
 def main(argv=None) -> None:
+    if argv is None and sys.argv[1:2] == ["--serve"]:
+        serve(Path(sys.argv[2]))
+        return
     ap = argparse.ArgumentParser(description="eochips cloud-free mosaic benchmark")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--scales", type=int, nargs="*", default=[1, 4], choices=sorted(mw.AOI_SIDE_M))
@@ -290,8 +346,8 @@ def main(argv=None) -> None:
     picks_used: dict[str, dict] = {}
     failed: dict[str, str] = {}
     try:
-        with RangeServer(root) as server:
-            m = mw.build(root, server.url)
+        with Server(root) as server:
+            m = mw.build(root, server.url, scratch / "catalog")
             feats = json.loads(Path(m["catalog"]).read_text())["features"]
             for rnd in range(args.runs):
                 for scale in args.scales:
@@ -310,8 +366,8 @@ def main(argv=None) -> None:
                             picks = mc.greedy(ordered, shapely.box(*m["aoi"][str(scale)]))
                             picks_json.write_text(json.dumps({"source": "greedy (mosaic_contenders.py)", "picks": picks}))
                             picks_used[f"{scale}x"] = json.loads(picks_json.read_text())
-                        with server._lock:
-                            server.bytes_sent = server.requests = 0
+                        server.stats()  # zeroes the counters
+                        load = round(os.getloadavg()[0], 2)
                         try:
                             r = run_one(con, m, scale, scratch, picks_json, keep)
                         except RuntimeError as exc:  # eochips without the mosaic recipe's parts: the others still run
@@ -320,21 +376,20 @@ def main(argv=None) -> None:
                             failed[f"{scale}x"] = str(exc)[-1500:]
                             print(f"eochips failed at {scale}x: {str(exc)[-600:]}", flush=True)
                             continue
-                        with server._lock:
-                            r.update(bytes=server.bytes_sent, requests=server.requests)
+                        r.update(server.stats())
                         if con == "eochips" and r.get("picks"):
                             picks_json.write_text(json.dumps({"source": "eochips plan.json selection_log", "picks": r["picks"]}))
                             picks_used[f"{scale}x"] = {"source": "eochips plan.json selection_log", "picks": r["picks"]}
                         _, h, w = mw.output_grid(scale)
                         n_picks = len(json.loads(picks_json.read_text())["picks"]) if picks_json.exists() else len(r.get("picks") or [])
-                        r.update(contender=con, scale=scale, round=rnd, pixels=h * w, n_picks=n_picks)
+                        r.update(contender=con, scale=scale, round=rnd, pixels=h * w, n_picks=n_picks, load_avg_before=load)
                         records.append(r)
                         print(f"[{time.perf_counter() - t_start:7.1f}s] round {rnd + 1} {scale}x {con:8s} {r['wall_s']:6.1f}s "
                               f"{h * w / 1e6 / r['wall_s']:6.3f} Mpix/s rss {r['peak_rss_mb']:5.0f}/{r['peak_rss_sum_mb']:5.0f}/"
                               f"{r['peak_pss_sum_mb']:5.0f} MB sent {r['bytes'] / 1e6:7.1f} MB", flush=True)
                     if rnd == 0 and "seed" in cons:
                         for other in cons:
-                            if other != "seed":
+                            if other not in ("seed", "limit") and (keep / f"{other}-cloudless.tif").exists():
                                 agreement[f"{scale}x:{other}"] = compare(keep, scale, "seed", other)
                     shutil.rmtree(keep, ignore_errors=True)
                     picks_json.unlink(missing_ok=True)
@@ -344,9 +399,9 @@ def main(argv=None) -> None:
     tg = targets(rows)
     eo = [r for r in records if r["contender"] == "eochips" and r["round"] == 0]
     result = {
-        "machine": {"cores": CORES, "python": sys.version.split()[0], "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(),
         "git_rev": git_rev(),
-        "protocol": {"runs": args.runs, "network": "loopback (tests/servers.py RangeServer, in the harness process)",
+        "protocol": {"runs": args.runs, "network": "loopback (tests/servers.py RangeServer, its own process)",
                      "catalog": "static ItemCollection", "eochips_workers": EOCHIPS_WORKERS,
                      "output_grid": "EPSG:32630, 20 m, the AOI box", "files_build_s": round(t_files - t_start, 1),
                      "total_s": round(time.perf_counter() - t_start, 1)},
@@ -362,7 +417,12 @@ def main(argv=None) -> None:
     tmp.write_text(json.dumps(result, indent=1))
     tmp.rename(args.results / "mosaic.json")
     md = table(rows, tg) + (agreement_table(agreement) if agreement else "")
-    md += f"\ngit {result['git_rev']}, {CORES} cores, total {result['protocol']['total_s']:.0f} s\n"
+    if failed:
+        md += "\n" + "".join(f"eochips failed at {k}: `{v.strip().splitlines()[-1]}`\n" for k, v in failed.items())
+    mc_ = result["machine"]
+    loads = ", ".join(f"{r['scale']}x {r['contender']} {r['load_avg_before']}" for r in records)
+    md += (f"\ngit {result['git_rev']}; {mc_['cores']} cores ({mc_['cpu']}, {mc_['memory_gb']} GB); total "
+           f"{result['protocol']['total_s']:.0f} s; 1-min load average before each run: {loads}\n")
     (args.results / "mosaic.md").write_text(md)
     readme = HERE / "README.md"
     text = readme.read_text()

@@ -217,18 +217,23 @@ def item(scene: dict, facts: dict, base_url: str) -> dict:
             "properties": props, "assets": assets, "links": []}
 
 
-def build(root: Path, base_url: str) -> dict:
+def build(root: Path, base_url: str, dest: Path | None = None) -> dict:
     """Build (or reuse) the files under ``root`` (``benchmarks/.cache/mosaic``), write the items
-    for ``base_url`` (``root/items.json``); return the manifest (also ``root/workload.json``)."""
+    for ``base_url`` (``dest/items.json``, ``dest`` default ``root``: a run's own folder, so runs
+    on different servers do not share them); return the manifest (also ``dest/workload.json``)."""
+    root = root.resolve()
+    dest = (dest or root).resolve()
+    dest.mkdir(parents=True, exist_ok=True)
     facts = build_files(root)
     items = [item(s, facts, base_url) for s in scenes()]
-    cat = root / "items.json"
+    cat = dest / "items.json"
     cat.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
     manifest = {"root": str(root), "catalog": str(cat), "epsg": EPSG, "res": RES, "url": base_url,
                 "scenes": [{**s, **facts[s["id"]], "href": {a: f"{base_url}/{s['id']}/{a}.tif" for a in ASSETS},
                             "path": {a: str(root / s["id"] / f"{a}.tif") for a in ASSETS}} for s in scenes()],
                 "aoi": {str(k): list(aoi_box(k)) for k in AOI_SIDE_M}, "bands": list(BANDS)}
-    (root / "workload.json").write_text(json.dumps(manifest))
+    manifest["manifest"] = str(dest / "workload.json")
+    (dest / "workload.json").write_text(json.dumps(manifest))
     return manifest
 
 
