@@ -233,9 +233,9 @@ KINDS = {
     "grid": "crs, label-raster, scene",
     "units": "chip, tile",
     "sampling": "all, class-balance, random-n",
-    "masks": "bqa, fmask, onnx, qa-pixel, s2cloudless, scl",
+    "masks": "bqa, cloud-probability, fmask, onnx, qa-pixel, s2cloudless, scl",
     "filters": "fmask-bad-pct, label-fraction, mask-fraction, nan, nodata, value",
-    "layouts": "per-band, seed-000-cmask, seed-001, stack",
+    "layouts": "mosaic, per-band, seed-000-cmask, seed-001, stack",
 }
 
 ERRORS = {

@@ -50,7 +50,7 @@ from .config.models import NON_OUTPUT_FIELDS, QA_MASKS, RECIPE_VERSION
 from .errors import CatalogError, EochipsError, LabelError, OutputError, ProfileError, ReadError, RecipeError
 from .filters import Reason, label_fraction_check, plan_time_filters
 from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for_aoi, grid_from_raster, load_aoi,
-                  reproject_geometry, scene_gbox, tile_units, unit_size_px, unit_span)
+                  reproject_geometry, scene_gbox, tile_units, unit_size_px, unit_span, whole_tiles)
 from .labels import (CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, check_class_ids, default_colormap, make_reclass,
                      rasterize_vector, vector_index)
 from .profiles import BandSpec, Profile, QASpec, get_profile
@@ -227,6 +227,13 @@ def resolve_sources(recipe: Recipe) -> dict[str, SourcePlan]:
             common_fill(out[recipe.source_of(lay.source)].bands, where)
         elif lay.kind == "stack":
             cast_dtype([b for s in (lay.sources or list(out)) for b in out[s].bands], lay.dtype, where)
+        elif lay.kind == "mosaic":
+            bands = out[recipe.source_of(lay.source)].bands
+            common_fill(bands, where)
+            dtypes = sorted({b.dtype for b in bands})
+            if len(dtypes) > 1:
+                raise RecipeError(f"{where}: a mosaic's bands share one dtype (a pixel is copied with all its bands); "
+                                  f"source {recipe.source_of(lay.source)!r} has {', '.join(dtypes)}")
         elif lay.kind == "seed-000-cmask" and out[lay.source].qa.kind != "fmask":
             raise RecipeError(f"{where}: seed-000-cmask needs a source with Fmask QA; {lay.source!r} has {out[lay.source].qa.kind!r}")
     return out
@@ -724,6 +731,8 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
         if recipe.units.extent == "grid":  # units reach past the AOI: the other sources are searched over the grids too
             aoi_ll = shapely.union_all([aoi_ll] + [reproject_geometry(shapely.box(*gr.gbox.boundingbox), gr.gbox.crs.to_wkt(),
                                                                       "EPSG:4326") for gr in grids])
+    if recipe.units.kind == "tile":  # a mosaic's tiles cover the whole AOI: the last row and column are whole tiles too
+        grids = [replace(gr, gbox=whole_tiles(gr.gbox, recipe.units.size)) for gr in grids]
     units = _make_units(recipe, grids, aoi, aoi_crs)
     spec = label_spec(recipe)
     if spec is not None:
@@ -1289,6 +1298,21 @@ def refresh_hrefs(plan: Plan) -> Plan:
 # --------------------------------------------------------------------------------------
 # tasks
 
+def pick_numbers(plan: Plan, source: str) -> dict[str, int]:
+    """The 1-based pick number of each scene of ``source`` in a mosaic: its ``number`` in the
+    selection log (``greedy-coverage``), else its position among the scenes the units use, in
+    priority order (first use over the units in ``(grid, row, col)`` order)."""
+    log = getattr(plan, "selection_log", {}).get(source)
+    if log and log.get("picks"):
+        return {p["scene_id"]: int(p["number"]) for p in log["picks"]}
+    out: dict[str, int] = {}
+    for up in sorted(plan.planned, key=lambda u: u.key):
+        for grp in up.groups.get(source, []):
+            for p in grp:
+                out.setdefault(p.scene.id, len(out) + 1)
+    return out
+
+
 def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[UnitTask]:
     """One :class:`~eochips.chips.UnitTask` per planned unit, in ``(grid, row, col)`` order.
 
@@ -1298,6 +1322,13 @@ def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[Uni
     labels = label_spec(r)
     tasks = []
     model_masks = [(mi, m) for mi, m in enumerate(r.masks.sources) if m.kind not in QA_MASKS]
+    mosaic = next((lay for lay in r.output.layout if lay.kind == "mosaic"), None)
+    numbers = {r.source_of(mosaic.source): pick_numbers(plan, r.source_of(mosaic.source))} if mosaic else {}
+    aoi_geom = None
+    if mosaic is not None:
+        from .mosaic import MosaicSpec
+
+        aoi, aoi_crs = load_aoi(r.aoi)
     for up in sorted(plan.planned, key=lambda u: u.key):
         layers = []
         for name, sp in plan.sources.items():
@@ -1306,8 +1337,9 @@ def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[Uni
             for grp in up.groups.get(name, []):
                 steps.append(StepRead(tuple(
                     SceneRead(p.scene.id, p.scene.datetime.isoformat(), p.role, tuple((k, p.scene.assets[k]) for k in keys),
-                              sp.profile.offset_dn(p.scene.properties)) for p in grp)))
-            mreads = tuple(MaskRead(mi, tuple(m.bands), m.working_resolution) for mi, m in model_masks
+                              sp.profile.offset_dn(p.scene.properties), numbers.get(name, {}).get(p.scene.id, 0)) for p in grp)))
+            mreads = tuple(MaskRead(mi, tuple(m.bands), m.working_resolution,
+                                    "nearest" if m.kind == "cloud-probability" else "bilinear") for mi, m in model_masks
                            if r.source_of(m.source) == name)
             cfg = r.sources[name]
             layers.append(LayerRead(name, sp.bands, sp.qa, tuple(steps), cfg.composite, cfg.search.auth, mreads,
@@ -1321,6 +1353,12 @@ def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[Uni
             layouts=tuple(r.output.layout), resolution_groups=getattr(r.units, "resolution_groups", False),
             compress=r.output.compress, level=r.output.level, reading=r.reading, cpu_threads=cpu_threads,
         )
+        if mosaic is not None:
+            crs = g.crs.to_wkt()
+            if aoi_geom is None or aoi_geom[0] != crs:
+                aoi_geom = (crs, reproject_geometry(aoi, aoi_crs, crs))
+            clipped = aoi_geom[1].intersection(shapely.box(*g.boundingbox))
+            task = replace(task, mosaic=MosaicSpec(mosaic, r.source_of(mosaic.source), shapely.to_wkb(clipped)))
         tasks.append(replace(task, fingerprint=task_fingerprint(task)))
     return tasks
 

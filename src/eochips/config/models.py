@@ -676,7 +676,26 @@ class ONNXMask(_MaskSource):
     product_level: Literal["l1c", "l2a"] = "l1c"
 
 
-MaskSource = Annotated[Union[FmaskMask, SCLMask, QAPixelMask, BQAMask, S2CloudlessMask, ONNXMask], Field(discriminator="kind")]
+class CloudProbabilityMask(_MaskSource):
+    """A cloud-probability asset (Sentinel-2 L2A ``CLD``: percent 0..100 at 20 m, the L2A
+    product's cloud-probability layer): cloud where the probability is above ``threshold``
+    (cloud-buster @fe6c339: > 40 %), read with nearest onto the unit grid."""
+
+    kind: Literal["cloud-probability"]
+    asset: str = Field("CLD", description="Asset key of the probability layer.")
+    threshold: float = Field(40.0, ge=0, le=100, description="Cloud where the probability (percent) is above this.")
+
+    @property
+    def bands(self) -> list[str]:
+        """The asset keys read for the mask (the probability layer)."""
+        return [self.asset]
+
+    working_resolution: None = None
+    scale: float = Field(1.0, gt=0, description="Probability = DN * scale (percent).")
+
+
+MaskSource = Annotated[Union[FmaskMask, SCLMask, QAPixelMask, BQAMask, S2CloudlessMask, ONNXMask, CloudProbabilityMask],
+                       Field(discriminator="kind")]
 QA_MASKS = ("fmask", "scl", "qa-pixel", "bqa")
 """Mask kinds that decode the source's QA asset (the others read bands of their own)."""
 
@@ -1072,6 +1091,9 @@ class Recipe(_Model):
                                      f"{self.sources[src].composite.kind!r} (sources.{src}.composite.kind)")
                 if not self.sources[src].bands:
                     raise ValueError(f"{where}: source {src!r} has no bands to mosaic")
+                if self.sources[src].selection.kind not in ("greedy-coverage", "intersecting"):
+                    raise ValueError(f"{where}: a mosaic needs ONE time step of scenes: sources.{src}.selection.kind "
+                                     f"greedy-coverage (cloud-buster) or intersecting, not {self.sources[src].selection.kind!r}")
                 for b in lay.quicklook or []:
                     band(f"{src}.{b}", f"{where}.quicklook")
         if self.sampling.kind == "class-balance" and (self.labels is None or (self.labels.reclass is None and self.labels.classes is None)):
