@@ -223,6 +223,22 @@ def plan(
         for sid, sc in sorted(scenes.items(), key=lambda kv: kv[1].datetime):
             cc = sc.cloud_cover if sc.cloud_cover is not None else "-"
             out_console.print(f"  {name:10s} {sc.date}  cloud {cc:>6}  {sid}", highlight=False)
+    for name, log in p.selection_log.items():
+        _print_selection_log(name, log)
+
+
+def _print_selection_log(name: str, log: dict) -> None:
+    """The AOI-wide selection log of ``eochips plan`` (greedy-coverage): one line per pick."""
+    km2 = lambda v: "-" if v is None else f"{v / 1e6:.3f} km2"  # noqa: E731
+    out_console.print(f"selection {name}: AOI {km2(log.get('aoi_area_m2'))} x {log.get('coverage_count')}; remaining "
+                      f"{km2(log.get('remaining_primary_m2'))} after primary (stop: {log.get('stop_primary')}), "
+                      f"{km2(log.get('remaining_backstop_m2'))} after backstop (stop: {log.get('stop_backstop')})",
+                      highlight=False, markup=False, soft_wrap=True)
+    for pk in log.get("picks", []):
+        copy = "-" if pk["copy"] is None else pk["copy"]
+        out_console.print(f"  #{pk['number']:<3d} {pk['role']:8s} copy {copy}  score {pk['score'] / 1e6:12.6f} km2  remaining "
+                          f"{pk['remaining_m2'] / 1e6:12.6f} km2  {pk['scene_id']}", highlight=False, markup=False,
+                          soft_wrap=True)
 
 
 @app.command()
