@@ -100,27 +100,42 @@ def part_names(unit_id: str) -> dict[str, str]:
     return {p: f"tiles/{unit_id}-{p}.tif" for p in ("cloudless", "cloudy", "source")}
 
 
-def _scene_task(task, lay, scene, masked: bool):
-    """A one-scene, one-step view of ``task``: only the mosaic's source, and for an unmasked
-    (backstop) scene no QA and no mask-model bands."""
+def _scene_tasks(task, lay, scene, masked: bool) -> list:
+    """One-scene, one-step views of ``task`` (only the mosaic's source): the bands on the tile's
+    grid, and for a masked (primary) scene its QA and mask-model bands on the tile's grid grown by
+    a halo of ``masks.dilation`` pixels on every side (same pixel edges), so that a cloud just
+    outside the tile grows into it exactly as in a whole-scene dilation (:func:`_crop` removes
+    the halo). The band pixels are those of a chip on the same grid, whatever the dilation."""
     from .chips import StepRead
 
-    one = replace(lay, steps=(StepRead((scene,)),), composite=CompositeConfig(),
-                  qa=lay.qa if masked else None, mask_reads=lay.mask_reads if masked else ())
-    masks = MasksConfig(sources=[m for m in task.masks.sources if (m.source or lay.source) == lay.source]) if masked else MasksConfig()
-    return replace(task, layers=(one,), masks=masks.model_copy(update={"dilation": 0}))
+    step = (StepRead((scene,)),)
+    bands = replace(task, layers=(replace(lay, steps=step, composite=CompositeConfig(), qa=None, mask_reads=()),),
+                    masks=MasksConfig())
+    if not masked or not (lay.qa is not None or lay.mask_reads):
+        return [bands]
+    masks = MasksConfig(sources=[m for m in task.masks.sources if (m.source or lay.source) == lay.source])
+    d = task.masks.dilation
+    a = Affine(*task.transform) * Affine.translation(-d, -d)
+    qa = replace(task, layers=(replace(lay, steps=step, composite=CompositeConfig(), bands=()),),
+                 masks=masks.model_copy(update={"dilation": 0}), transform=tuple(a)[:6],
+                 shape=(task.shape[0] + 2 * d, task.shape[1] + 2 * d))
+    return [bands, qa]
 
 
-def scene_mask(task, layer) -> np.ndarray:
-    """``(y, x)`` bool: the scene's masked pixels (cloud-buster: the union of every mask source's
-    cloud, shadow, snow and nodata classes, then dilated by ``task.masks.dilation`` pixels as a
-    ``(2n + 1)`` square). ``layer`` is the scene's :class:`~eochips.chips.LayerData` with
+def _crop(a: np.ndarray, d: int) -> np.ndarray:
+    """``a`` without its ``d`` px halo on the last two axes."""
+    return a[..., d:a.shape[-2] - d, d:a.shape[-1] - d] if d else a
+
+
+def scene_mask(task, layer, d: int) -> np.ndarray:
+    """``(y, x)`` bool on ``task``'s grid: the scene's masked pixels (cloud-buster: the union of
+    every mask source's cloud, shadow, snow and nodata classes, then dilated by ``d`` pixels as
+    a ``(2d + 1)`` square). ``layer`` is the scene's :class:`~eochips.chips.LayerData` with
     ``masks`` filled (one step)."""
-    if not layer.masks:
+    if layer is None or not layer.masks:
         return np.zeros(task.shape, bool)
     m = layer.masks[0]
     out = m.cloud | m.shadow | m.snow | m.nodata
-    d = task.masks.dilation
     if d > 0 and out.any():
         from scipy.ndimage import binary_dilation
 
@@ -219,19 +234,25 @@ def build_tile(task) -> "UnitResult":  # noqa: F821 - chips.UnitResult
         for sc in scenes:
             if not needed(sc):
                 continue
-            reads = _BatchRead([_scene_task(task, lay, sc, sc.role != "backstop")], {}).wait()
-            retries.extend(reads.retries[0])
-            got = _warp_unit(reads, 0)
-            if isinstance(got, ReadError):
-                raise got
-            layer = got[spec.source]
-            image = _image(layer)
-            if sc.role == "backstop":
-                backstop.add(image, None, sc.pick)
+            reads = [_BatchRead([sub], {}) for sub in _scene_tasks(task, lay, sc, sc.role != "backstop")]
+            got = []
+            for r in reads:
+                r.wait()
+                retries.extend(r.retries[0])
+                got.append(_warp_unit(r, 0))
+            err = next((g for g in got if isinstance(g, ReadError)), None)
+            if err is not None:
+                raise err
+            image = _image(got[0][spec.source])
+            if sc.role == "backstop" or len(got) == 1:
+                masked = None if sc.role == "backstop" else scene_mask(task, None, 0)
+                (backstop if sc.role == "backstop" else primary).add(image, masked, sc.pick)
             else:
-                unit_masks(reads.tasks[0], got)
-                primary.add(image, scene_mask(task, layer), sc.pick)
-            del got, layer, image
+                sub = reads[1].tasks[0]
+                unit_masks(sub, got[1])
+                d = task.masks.dilation
+                primary.add(image, _crop(scene_mask(sub, got[1][spec.source], d), d), sc.pick)
+            del got, image
     except ReadError as exc:
         return UnitResult(task.unit_id, "failed", "io", str(exc), retries=len(retries), fingerprint=task.fingerprint)
     img_p, idx_p, count = primary.result()

@@ -1,0 +1,280 @@
+"""The cloud-free mosaic (reference pipeline 3, cloud-buster) on real Sentinel-2 L2A pixels.
+
+The 5 Exeter dates (three CRSs, real SCL) are served by the Range HTTP server and a pgstac STAC
+API. Two dates are cut to part of their area (pixels outside a box set to 0, the items' footprints
+computed from what is left, marked ``eochips:derived_from``) so that scenes cover the AOI partially
+and the first-valid order matters. The mosaic's pixels are compared with an independent numpy
+first-valid over the scenes warped with rasterio in the test and masked with scipy; the source
+index with ``sources.csv``; a crash between tiles and a rerun give identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.warp import Resampling, reproject
+from scipy.ndimage import binary_dilation
+from shapely.geometry import mapping, shape
+
+from conftest import needs_shared, run_cli, write_recipe
+from realdata import S2_BANDS, S2_EXETER, footprint, proj_fields, write_cog
+
+pytestmark = needs_shared
+
+BANDS = ["blue", "green", "red", "nir"]  # PC sentinel-2-l2a: B02, B03, B04, B08
+SCL_MASKED = [0, 1, 3, 8, 9, 10]  # cloud-buster's SCL classes
+TILE = 128
+RES = 20
+CRS = "EPSG:32630"
+FINALIZERS = ["index", "summary", "manifest"]
+# (date prefix, fraction box in the file's pixel space kept: x0, y0, x1, y1); the other dates are whole
+CUTS = {"2024-06-02": (0.0, 0.0, 0.55, 1.0), "2024-08-01": (0.35, 0.0, 1.0, 0.6)}
+
+
+def _items(dst: Path) -> list[dict]:
+    """Per-band COGs and PC-style items of the 5 real dates; the dates of CUTS keep only their box."""
+    from datetime import datetime, timezone
+
+    dst.mkdir(parents=True, exist_ok=True)
+    items = []
+    for f in sorted(S2_EXETER.glob("*.tif")):
+        with rasterio.open(f) as ds:
+            arr = ds.read()
+            dt = datetime.strptime(ds.tags()["datetime"][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+            crs, tr = ds.crs, ds.transform
+        cut = CUTS.get(f"{dt:%Y-%m-%d}")
+        if cut:
+            h, w = arr.shape[1:]
+            keep = np.zeros((h, w), bool)
+            keep[int(cut[1] * h):int(cut[3] * h), int(cut[0] * w):int(cut[2] * w)] = True
+            arr = np.where(keep, arr, 0)
+        iid = f"S2X_MSIL2A_{dt:%Y%m%dT%H%M%S}_EXETER"
+        valid = arr[0] != 0
+        assets = {}
+        for i, band in enumerate(S2_BANDS):
+            name = f"{iid}_{band}.tif"
+            write_cog(dst / name, arr[i], crs, tr, "uint16" if band != "SCL" else "uint8", 0)
+            assets[band] = {"href": name, "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                            "roles": ["data"], **proj_fields(crs, tr, arr.shape[1:])}
+        foot = footprint(valid, crs, tr)
+        scl = arr[4][valid]
+        props = {"datetime": dt.strftime("%Y-%m-%dT%H:%M:%SZ"), "platform": "Sentinel-2",
+                 "eo:cloud_cover": round(100.0 * float(np.isin(scl, (8, 9, 10)).mean()), 3),
+                 "s2:processing_baseline": "05.10", "s2:mgrs_tile": "30UVB",
+                 "eochips:derived_from": f"shared/data/real/s2l2a_multitemporal_exeter/{f.name}"
+                                         + (f" (pixels outside the fraction box {cut} set to 0)" if cut else ""),
+                 "eochips:assumed": ["s2:processing_baseline", "s2:mgrs_tile"]}
+        items.append({"type": "Feature", "stac_version": "1.0.0", "id": iid, "collection": "sentinel-2-l2a",
+                      "geometry": mapping(foot), "bbox": list(foot.bounds), "properties": props, "links": [],
+                      "assets": assets})
+    return items
+
+
+@pytest.fixture(scope="module")
+def exeter(tmp_path_factory):
+    """``(api url, items, asset folder, range server)`` of the cut Exeter dates in pgstac."""
+    from servers import RangeServer, pg_available, pgstac_api
+
+    reason = pg_available()
+    if reason:
+        pytest.skip(reason)
+    d = tmp_path_factory.mktemp("mosaic")
+    items = _items(d / "assets")
+    with RangeServer(d / "assets") as srv:
+        served = json.loads(json.dumps(items))
+        for it in served:
+            for a in it["assets"].values():
+                a["href"] = f"{srv.url}/{a['href']}"
+        col = {"type": "Collection", "stac_version": "1.0.0", "id": "sentinel-2-l2a", "description": "S2 L2A (Exeter, real pixels)",
+               "license": "proprietary", "links": [],
+               "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [["2015-01-01T00:00:00Z", None]]}}}
+        with pgstac_api([col], served) as url:
+            yield url, items, d / "assets", srv
+
+
+def _aoi(items) -> shapely.Polygon:
+    whole = shapely.union_all([shape(it["geometry"]) for it in items])
+    c = whole.centroid
+    return shapely.box(c.x - 0.03, c.y - 0.018, c.x + 0.03, c.y + 0.018)
+
+
+def mosaic_recipe(url: str, aoi, **over) -> dict:
+    r = {
+        "version": 2, "name": "exe", "aoi": {"geometry": mapping(aoi)},
+        "sources": {"s2": {
+            "search": {"catalog": url, "collections": ["sentinel-2-l2a"], "cloud_cover": {"max": 100},
+                       "sortby": ["-properties.datetime"], "max_items": 1024},
+            "profile": "sentinel-2-l2a-pc", "bands": BANDS, "resampling": "nearest",
+            "selection": {"kind": "greedy-coverage", "coverage_count": 3, "max_uncovered_m2": 0, "backstop": True, "max_selections": 3},
+            "composite": {"kind": "first-valid"}}},
+        "grid": {"kind": "crs", "crs": CRS, "resolution": RES},
+        "units": {"kind": "tile", "size": TILE},
+        "masks": {"sources": [{"kind": "scl", "source": "s2", "cloud_classes": [8, 9, 10], "shadow_classes": [3],
+                               "nodata_classes": [0, 1], "snow_classes": []}], "dilation": 5},
+        "output": {"layout": {"kind": "mosaic", "source": "s2", "clear_count": True}},
+        "dataset": {"finalizers": FINALIZERS},
+        "engine": {"workers": 2, "processes": False},
+    }
+    from eochips.config import set_dotted
+
+    for k, v in over.items():
+        r = set_dotted(r, k, v)
+    return r
+
+
+def _grid(out: Path):
+    """``(transform, (h, w))`` of the whole mosaic from the tile parts (tile 0, 0 is the origin)."""
+    parts = sorted((out / "tiles").glob("*-cloudless.tif"))
+    rows = cols = 0
+    for p in parts:
+        _, r, c = p.name.split("-")[0].split("_")
+        rows, cols = max(rows, int(r) + 1), max(cols, int(c) + 1)
+    with rasterio.open(out / "tiles" / "tile_000_000-cloudless.tif") as ds:
+        return ds.transform, (rows * TILE, cols * TILE)
+
+
+def _parts(out: Path, product: str, bands: int, dtype) -> np.ndarray:
+    """The tile parts of ``product`` placed into one array (independent of the mosaic finalizer)."""
+    _, (h, w) = _grid(out)
+    full = np.zeros((bands, h, w), dtype)
+    for p in (out / "tiles").glob(f"*-{product}.tif"):
+        _, r, c = p.name.split("-")[0].split("_")
+        with rasterio.open(p) as ds:
+            full[:, int(r) * TILE:(int(r) + 1) * TILE, int(c) * TILE:(int(c) + 1) * TILE] = ds.read()
+    return full
+
+
+def _warp(path: Path, tr, shape_) -> np.ndarray:
+    with rasterio.open(path) as src:
+        dst = np.zeros(shape_, src.dtypes[0])
+        reproject(rasterio.band(src, 1), dst, dst_transform=tr, dst_crs=CRS, resampling=Resampling.nearest,
+                  src_nodata=0, dst_nodata=0)
+    return dst
+
+
+def _warp_tiles(path: Path, tr, shape_) -> np.ndarray:
+    """``path`` warped tile by tile onto the mosaic grid (each TILE x TILE tile its own reproject,
+    as a chip grid: GDAL's approximate transformer makes a nearest pick near a pixel edge depend
+    on the warped extent)."""
+    out = np.zeros(shape_, np.uint16)
+    for r in range(shape_[0] // TILE):
+        for c in range(shape_[1] // TILE):
+            t = tr * rasterio.Affine.translation(c * TILE, r * TILE)
+            out[r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE] = _warp(path, t, (TILE, TILE))
+    return out
+
+
+def _reference(items, assets: Path, picks: list[dict], tr, shape_, median: bool = False):
+    """numpy first-valid (or median) of the picks on the mosaic grid: ``(cloudless, index, count, cloudy, cloudy_index)``."""
+    by_id = {it["id"]: it for it in items}
+    pc = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08"}
+    out = {"primary": (np.zeros((4,) + shape_, np.uint16), np.zeros(shape_, np.uint16)),
+           "backstop": (np.zeros((4,) + shape_, np.uint16), np.zeros(shape_, np.uint16))}
+    count = np.zeros(shape_, np.uint16)
+    obs = []
+    for p in picks:
+        it = by_id[p["scene_id"]]
+        img = np.stack([_warp_tiles(assets / it["assets"][pc[b]]["href"], tr, shape_) for b in BANDS])
+        valid = (img != 0).all(0)
+        if p["role"] == "primary":
+            # the scene's SCL over the mosaic and 5 px beyond it: clouds just outside still grow inside
+            halo = (shape_[0] + 10, shape_[1] + 10)
+            scl = _warp(assets / it["assets"]["SCL"]["href"], tr * rasterio.Affine.translation(-5, -5), halo)
+            masked = binary_dilation(np.isin(scl, SCL_MASKED), np.ones((11, 11), bool))[5:-5, 5:-5]
+            valid &= ~masked
+            count += valid
+            obs.append(np.where(valid, img, np.nan))
+        image, index = out[p["role"]]
+        take = valid & (index == 0)
+        image[:, take] = img[:, take]
+        index[take] = p["number"]
+    if median and obs:
+        with np.errstate(all="ignore"):
+            med = np.nanmedian(np.stack(obs), axis=0)
+        image = np.where(np.isnan(med), 0, np.rint(med)).astype(np.uint16)
+        out["primary"] = (image, np.where(count > 0, 65535, 0).astype(np.uint16))
+    return out["primary"][0], out["primary"][1], count, out["backstop"][0], out["backstop"][1]
+
+
+@pytest.fixture(scope="module")
+def built(exeter, tmp_path_factory):
+    url, items, assets, srv = exeter
+    d = tmp_path_factory.mktemp("built")
+    recipe = write_recipe(d / "mosaic.yaml", mosaic_recipe(url, _aoi(items)))
+    out = d / "out"
+    proc = run_cli("run", str(recipe), "-o", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return recipe, out, items, assets
+
+
+def test_mosaic_equals_numpy_first_valid(built):
+    recipe, out, items, assets = built
+    log = json.loads((out / "plan" / "plan.json").read_text())["selection_log"]["s2"]
+    picks = log["picks"]
+    assert [p["role"] for p in picks].count("primary") >= 2 and "backstop" in [p["role"] for p in picks]
+    tr, shape_ = _grid(out)
+    cloudless, index, count, cloudy, cloudy_index = _reference(items, assets, picks, tr, shape_)
+    got = _parts(out, "cloudless", 4, np.uint16)
+    src = _parts(out, "source", 3, np.uint16)
+    assert (index > 0).mean() > 0.5 and len(np.unique(index)) >= 3, "the AOI is filled from several picks"
+    np.testing.assert_array_equal(src[0], index)
+    np.testing.assert_array_equal(got, cloudless)
+    np.testing.assert_array_equal(src[2], count)
+    np.testing.assert_array_equal(src[1], cloudy_index)
+    np.testing.assert_array_equal(_parts(out, "cloudy", 4, np.uint16), cloudy)
+
+
+def test_source_index_matches_sources_csv(built):
+    recipe, out, items, assets = built
+    rows = list(csv.DictReader((out / "sources.csv").open()))
+    log = json.loads((out / "plan" / "plan.json").read_text())["selection_log"]["s2"]
+    assert [(int(r["number"]), r["scene_id"], r["role"]) for r in rows] == [(p["number"], p["scene_id"], p["role"]) for p in log["picks"]]
+    src = _parts(out, "source", 3, np.uint16)
+    numbers = {int(r["number"]): r for r in rows}
+    assert set(np.unique(src[0])) - {0} <= {n for n, r in numbers.items() if r["role"] == "primary"}
+    assert set(np.unique(src[1])) - {0} <= {n for n, r in numbers.items() if r["role"] == "backstop"}
+    # each pixel's index names a scene whose own (warped) pixels are the mosaic's
+    got = _parts(out, "cloudless", 4, np.uint16)
+    tr, shape_ = _grid(out)
+    by_id = {it["id"]: it for it in items}
+    for n in set(np.unique(src[0])) - {0}:
+        it = by_id[numbers[n]["scene_id"]]
+        blue = _warp_tiles(assets / it["assets"]["B02"]["href"], tr, shape_)
+        np.testing.assert_array_equal(got[0][src[0] == n], blue[src[0] == n])
+
+
+def test_mosaic_median(exeter, tmp_path):
+    url, items, assets, srv = exeter
+    recipe = write_recipe(tmp_path / "m.yaml", mosaic_recipe(url, _aoi(items), **{"sources.s2.composite.kind": "median"}))
+    out = tmp_path / "out"
+    proc = run_cli("run", str(recipe), "-o", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    picks = json.loads((out / "plan" / "plan.json").read_text())["selection_log"]["s2"]["picks"]
+    tr, shape_ = _grid(out)
+    cloudless, index, count, _, _ = _reference(items, assets, picks, tr, shape_, median=True)
+    np.testing.assert_array_equal(_parts(out, "cloudless", 4, np.uint16), cloudless)
+    src = _parts(out, "source", 3, np.uint16)
+    np.testing.assert_array_equal(src[0], index)
+    np.testing.assert_array_equal(src[2], count)
+
+
+def test_crash_between_tiles_and_rerun_is_identical(built, tmp_path):
+    recipe, clean, _, _ = built
+    out = tmp_path / "out"
+    env = {"EOCHIPS_FAILPOINT": "build:after-record@2"}
+    proc = run_cli("run", str(recipe), "-o", str(out), "--no-progress", env=env)
+    assert proc.returncode != 0
+    done = {p.name for p in (out / "tiles").glob("*.tif")}
+    assert 0 < len(done) < len(list((clean / "tiles").glob("*.tif")))
+    proc = run_cli("run", str(recipe), "-o", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads((out / "summary.json").read_text())
+    assert state["kept"] == json.loads((clean / "summary.json").read_text())["kept"]
+    for f in sorted((clean / "tiles").glob("*.tif")) + sorted(clean.glob("exe-*.tif")):
+        assert (out / f.relative_to(clean)).read_bytes() == f.read_bytes(), f.name
