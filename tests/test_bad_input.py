@@ -49,7 +49,7 @@ CASES = {
     "repeated band": (*_set(**{"sources.hls.bands": ["blue", "blue"]}), "recipe field 'sources.hls.bands': band name(s) ['blue'] repeated"),
     "unknown band": (*_set(**{"sources.hls.bands": ["blue", "nir77"]}), "band 'nir77' is not in profile 'hls-s30'"),
     "unknown profile": (*_set(**{"sources.hls.profile": "hls-s31"}), "unknown profile 'hls-s31'"),
-    "unknown selection kind": (*_set(**{"sources.hls.selection.kind": "best"}), "recipe field 'sources.hls.selection.kind': unknown kind 'best'; valid: all, first-middle-last, intersecting, least-cloudy, least-cloudy-per-year, nearest-in-time, seeded-by-date"),
+    "unknown selection kind": (*_set(**{"sources.hls.selection.kind": "best"}), "recipe field 'sources.hls.selection.kind': unknown kind 'best'; valid: all, first-middle-last, greedy-coverage, intersecting, least-cloudy, least-cloudy-per-year, nearest-in-time, seeded-by-date"),
     "first-middle-last of 2": (*_set(**{"sources.hls.selection.min_scenes": 2}), "recipe field 'sources.hls.selection.min_scenes': Input should be greater than or equal to 3"),
     "bad auth value": (*_set(**{"sources.hls.search.auth": "password"}), "recipe field 'sources.hls.search.auth': Input should be 'none', 'earthdata' or 'planetary-computer'"),
     "reversed dates": (*_set(**{"sources.hls.search.datetime": "2021-07-31/2021-06-01"}), "start '2021-07-31' is after end '2021-06-01'"),

@@ -229,7 +229,7 @@ def _two_sources(data: dict) -> dict:
 
 # The valid kinds of each tagged variant, typed again from the models' docstrings.
 KINDS = {
-    "selection": "all, first-middle-last, intersecting, least-cloudy, least-cloudy-per-year, nearest-in-time, seeded-by-date",
+    "selection": "all, first-middle-last, greedy-coverage, intersecting, least-cloudy, least-cloudy-per-year, nearest-in-time, seeded-by-date",
     "grid": "crs, label-raster, scene",
     "units": "chip, tile",
     "sampling": "all, class-balance, random-n",
@@ -267,7 +267,7 @@ ERRORS = {
         "recipe field 'dataset.split.seeds': unknown key; valid keys: kind, seed, train_fraction"),
     "unknown key, search": ({"sources.hls.search.catalogue": "x.json"},
         "recipe field 'sources.hls.search.catalogue': unknown key; valid keys: auth, auth_hosts, catalog, cloud_cover, collections, "
-        "datetime, filter, id_pattern, max_items, max_retries, page_size, sortby"),
+        "date_pattern, datetime, filter, id_pattern, max_items, max_retries, page_size, sortby"),
     "unknown key, band spec": ({"sources.hls.bands": [{"name": "blue", "resampl": "nearest"}]},
         "recipe field 'sources.hls.bands.0.resampl': unknown key; valid keys: asset, dtype, index, name, nodata, offset, "
         "resampling, resolution, scale"),

@@ -449,3 +449,28 @@ def test_greedy_coverage_config_bounds(pc_cat, tmp_path):
         rec = write_recipe(tmp_path / "r.yaml", recipe(pc_cat, PC_AOI, sel))
         proc = run_cli("plan", str(rec), "-o", str(tmp_path / "out"), "--dry-run")
         assert proc.returncode == 2 and f"sources.s2.selection.{where}" in proc.stderr, proc.stderr
+
+
+def test_aoi_of_two_features_is_one_union(es_cat, es_items):
+    """An AOI FeatureCollection of two overlapping boxes: the selection covers their union
+    (one log, AOI area = the union's), not each feature on its own."""
+    from shapely.geometry import mapping
+
+    a, b = box(-40.0, -4.70, -39.85, -4.45), box(-39.90, -4.65, -39.75, -4.50)
+    data = recipe(es_cat, ES_AOI, {"coverage_count": 2}, profile="sentinel-2-l2a-earthsearch", crs="EPSG:32724")
+    data["aoi"] = {"geometry": {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": mapping(g)} for g in (a, b)]}}
+    log = plan_of(data).selection_log["s2"]
+    ref = reference(es_items, shapely.union(a, b), coverage_count=2)
+    assert_log_equals(log, ref)
+    assert log["aoi_area_m2"] < to_ea(a).area + to_ea(b).area  # the overlap counted once
+
+
+def test_greedy_coverage_is_not_a_scene_grid_choice(pc_cat, tmp_path):
+    data = recipe(pc_cat, PC_AOI)
+    data["grid"] = {"kind": "scene", "source": "s2"}
+    data["units"] = {"kind": "chip", "size": 128}
+    proc = run_cli("plan", str(write_recipe(tmp_path / "r.yaml", data)), "-o", str(tmp_path / "out"), "--dry-run")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: recipe field 'sources.s2.selection.kind': greedy-coverage chooses scenes for the "
+                                   "whole AOI, not the scenes of a scene grid; use grid: {kind: crs, ...} for it")
