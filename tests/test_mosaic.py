@@ -23,7 +23,7 @@ from scipy.ndimage import binary_dilation
 from shapely.geometry import mapping, shape
 
 from conftest import needs_shared, run_cli, write_recipe
-from realdata import S2_BANDS, S2_EXETER, footprint, proj_fields, write_cog
+from realdata import REAL, S2_BANDS, S2_EXETER, footprint, proj_fields, write_cog
 
 pytestmark = needs_shared
 
@@ -76,6 +76,30 @@ def _items(dst: Path) -> list[dict]:
     return items
 
 
+SGA = REAL / "s2l2a_native_scl_34SGA"
+
+
+def _item_34sga(dst: Path) -> dict:
+    """The real full tile S2A_34SGA_20200318 (B04, B08 at 100 m, SCL at 200 m, 89.8 % cloud), its
+    item's metadata as recorded, hrefs to copies of the files (the recorded host is fake)."""
+    import shutil
+
+    it = json.loads((SGA / "item.json").read_text())
+    (dst / "34SGA").mkdir(parents=True, exist_ok=True)
+    assets = {}
+    for k in ("B04", "B08", "SCL"):
+        shutil.copyfile(SGA / f"{k}.tif", dst / "34SGA" / f"{k}.tif")
+        # the files are the tile decimated 10x: the recorded 10/20 m proj:transform and proj:shape do not apply
+        assets[k] = {key: v for key, v in it["assets"][k].items() if key not in ("proj:transform", "proj:shape")}
+        assets[k]["href"] = f"34SGA/{k}.tif"
+    it["properties"] = {k: v for k, v in it["properties"].items() if k not in ("proj:transform", "proj:shape")}
+    it["properties"]["eochips:derived_from"] = "shared/data/real/s2l2a_native_scl_34SGA (decimated 10x; proj:transform/shape dropped)"
+    it["assets"] = assets
+    it["collection"] = "sentinel-2-l2a"
+    it["links"] = []
+    return it
+
+
 @pytest.fixture(scope="module")
 def exeter(tmp_path_factory):
     """``(api url, items, asset folder, range server)`` of the cut Exeter dates in pgstac."""
@@ -85,7 +109,7 @@ def exeter(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     d = tmp_path_factory.mktemp("mosaic")
-    items = _items(d / "assets")
+    items = _items(d / "assets") + [_item_34sga(d / "assets")]
     with RangeServer(d / "assets") as srv:
         served = json.loads(json.dumps(items))
         for it in served:
@@ -99,7 +123,7 @@ def exeter(tmp_path_factory):
 
 
 def _aoi(items) -> shapely.Polygon:
-    whole = shapely.union_all([shape(it["geometry"]) for it in items])
+    whole = shapely.union_all([shape(it["geometry"]) for it in items if "EXETER" in it["id"]])
     c = whole.centroid
     return shapely.box(c.x - 0.03, c.y - 0.018, c.x + 0.03, c.y + 0.018)
 
@@ -136,7 +160,7 @@ def _grid(out: Path):
         _, r, c = p.name.split("-")[0].split("_")
         rows, cols = max(rows, int(r) + 1), max(cols, int(c) + 1)
     with rasterio.open(out / "tiles" / "tile_000_000-cloudless.tif") as ds:
-        return ds.transform, (rows * TILE, cols * TILE)
+        return ds.transform, (rows * ds.height, cols * ds.width)
 
 
 def _parts(out: Path, product: str, bands: int, dtype) -> np.ndarray:
@@ -146,7 +170,8 @@ def _parts(out: Path, product: str, bands: int, dtype) -> np.ndarray:
     for p in (out / "tiles").glob(f"*-{product}.tif"):
         _, r, c = p.name.split("-")[0].split("_")
         with rasterio.open(p) as ds:
-            full[:, int(r) * TILE:(int(r) + 1) * TILE, int(c) * TILE:(int(c) + 1) * TILE] = ds.read()
+            n = ds.height
+            full[:, int(r) * n:(int(r) + 1) * n, int(c) * n:(int(c) + 1) * n] = ds.read()
     return full
 
 
@@ -173,6 +198,7 @@ def _warp_tiles(path: Path, tr, shape_) -> np.ndarray:
 def _reference(items, assets: Path, picks: list[dict], tr, shape_, median: bool = False):
     """numpy first-valid (or median) of the picks on the mosaic grid: ``(cloudless, index, count, cloudy, cloudy_index)``."""
     by_id = {it["id"]: it for it in items}
+    assert all("EXETER" in p["scene_id"] for p in picks), "the AOI over Exeter picks only the Exeter scenes"
     pc = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08"}
     out = {"primary": (np.zeros((4,) + shape_, np.uint16), np.zeros(shape_, np.uint16)),
            "backstop": (np.zeros((4,) + shape_, np.uint16), np.zeros(shape_, np.uint16))}
@@ -397,3 +423,45 @@ def test_onnx_csmask_masks_the_mosaic(tmp_path):
     expect = np.where(valid & ~masked, 1, 0)
     assert 0.001 < masked[valid].mean() < 0.9
     np.testing.assert_array_equal(index, expect)
+
+
+def test_native_full_tile_with_scl(exeter, tmp_path):
+    """A mosaic of one real full Sentinel-2 tile (34SGA, 89.8 % cloud) on its own 100 m grid: the
+    masked pixels are the SCL classes 0, 1, 3, 8, 9, 10 (SCL at 200 m, nearest) grown 11 x 11 with
+    scipy; every other pixel is the tile's own value."""
+    from eochips.geo import reproject_geometry
+
+    url, items, assets, srv = exeter
+    utm = "EPSG:32634"
+    box = shapely.box(710060.0, 3500300.0, 799660.0, 3589900.0)  # inside the tile, on its 100 m pixel edges
+    r = mosaic_recipe(url, reproject_geometry(box, utm, "EPSG:4326"), **{
+        "sources.s2.bands": ["red", "nir"], "grid": {"kind": "crs", "crs": utm, "resolution": 100, "origin": [710060.0, 3589900.0]},
+        "units.size": 256, "output.layout.clear_count": False})
+    recipe = write_recipe(tmp_path / "sga.yaml", r)
+    out = tmp_path / "out"
+    proc = run_cli("run", str(recipe), "-o", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    picks = json.loads((out / "plan" / "plan.json").read_text())["selection_log"]["s2"]["picks"]
+    assert [(p["scene_id"], p["role"]) for p in picks] == [("S2A_34SGA_20200318_0_L2A", "primary")]
+    tr, shape_ = _grid(out)
+    got = _parts(out, "cloudless", 2, np.uint16)
+    index = _parts(out, "source", 2, np.uint16)[0]
+    # the tile's own pixels: the mosaic grid is the tile's 100 m grid offset by whole pixels
+    col0, row0 = int((710060.0 - 699960.0) // 100), int((3600000.0 - 3589900.0) // 100)
+    bands = []
+    for k in ("B04", "B08"):
+        with rasterio.open(SGA / f"{k}.tif") as ds:
+            a = np.zeros(shape_, np.uint16)
+            win = ds.read(1)[row0:row0 + shape_[0], col0:col0 + shape_[1]]
+            a[:win.shape[0], :win.shape[1]] = win
+            bands.append(a)
+    with rasterio.open(SGA / "SCL.tif") as ds:
+        scl2 = np.repeat(np.repeat(ds.read(1), 2, axis=0), 2, axis=1)  # 200 m -> 100 m, nearest
+    pad = np.zeros((shape_[0] + 10, shape_[1] + 10), np.uint8)  # SCL with the 5 px halo around the mosaic
+    win = scl2[row0 - 5:row0 + shape_[0] + 5, col0 - 5:col0 + shape_[1] + 5]
+    pad[:win.shape[0], :win.shape[1]] = win
+    masked = binary_dilation(np.isin(pad, SCL_MASKED), np.ones((11, 11), bool))[5:-5, 5:-5]
+    valid = (bands[0] != 0) & (bands[1] != 0) & ~masked
+    assert 0.01 < valid.mean() < 0.5, "a cloudy tile (89.8 % cloud, then dilated): some clear pixels, most masked"
+    np.testing.assert_array_equal(index, np.where(valid, 1, 0))
+    np.testing.assert_array_equal(got, np.where(valid, np.stack(bands), 0))
