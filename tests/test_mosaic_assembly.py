@@ -315,5 +315,60 @@ def test_a_part_of_another_grid_is_refused(tmp_path):
     _write(out / rel, cloudless[:, :N, :N], crs, transform, 0, BANDS)  # tile (0, 0)'s pixels and place
     with pytest.raises(OutputError, match=r"mosaic part tiles/tile_002_002-cloudy.tif: transform .* is not the tile's"):
         _finalize(ctx)
-    assert not (out / "exeter-mosaic-cloudy.tif").exists()
+    assert not list(out.glob("exeter-mosaic-*"))
     assert not [p for p in out.rglob("*") if ".eochips-tmp-" in p.name]
+
+
+@needs_shared
+def test_mosaic_from_object_storage_equals_local(tmp_path, monkeypatch):
+    """Parts in a (moto) S3 bucket are fetched to a local staging folder: the same bytes as a local finalize."""
+    pytest.importorskip("s3fs")
+    import s3fs
+    from servers import moto_s3
+
+    from eochips.dataset import Context
+    from eochips.writers import OutputStore
+
+    local = tmp_path / "local"
+    ctx, _ = _dataset(local)
+    _finalize(ctx)
+    with moto_s3("eochips-mosaic") as (env, client):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        s3fs.S3FileSystem.clear_instance_cache()  # not an instance made for another test's endpoint
+        for p in sorted((local / "tiles").iterdir()):
+            client.upload_file(str(p), "eochips-mosaic", f"ds/tiles/{p.name}")
+        remote = Context(OutputStore("s3://eochips-mosaic/ds"), ctx.plan, ctx.records, ctx.kept)
+        summary = _finalize(remote)
+        names = [f"exeter-mosaic-{p}.tif" for p in ("cloudless", "cloudy", "source")] + [
+            "sources.csv", "quicklooks/exeter-mosaic-cloudless.png", "quicklooks/exeter-mosaic-source.png", "summary.json"]
+        got = {n: client.get_object(Bucket="eochips-mosaic", Key=f"ds/{n}")["Body"].read() for n in names}
+        listed = [o["Key"] for o in client.list_objects_v2(Bucket="eochips-mosaic", Prefix="ds/")["Contents"]]
+    assert got == {n: (local / n).read_bytes() for n in names}
+    assert summary["mosaic"] == ctx.summary["mosaic"]
+    assert not [k for k in listed if ".eochips-tmp-" in k or k.endswith(".vrt")]
+    assert not list(remote.store.staging.glob("eochips-mosaic-*"))  # the fetched parts are gone
+
+
+@needs_shared
+def test_no_kept_tile_gives_empty_mosaics_and_a_missing_part_is_named(tmp_path):
+    from eochips.errors import OutputError
+
+    out = tmp_path / "none"
+    everything = {(r, c) for r in range(ROWS) for c in range(COLS)}
+    ctx, _ = _dataset(out, missing=everything)
+    summary = _finalize(ctx)
+    with rasterio.open(out / "exeter-mosaic-cloudless.tif") as ds:
+        assert ds.shape == (ROWS * N, COLS * N) and ds.nodata == 0 and ds.dtypes[0] == "uint16"
+        assert not ds.read().any()
+    with rasterio.open(out / "exeter-mosaic-source.tif") as ds:
+        assert not ds.read().any() and ds.nodata is None
+    m = summary["mosaic"]
+    assert m["aoi_pixels"] == 0 and m["empty_share"] is None and m["tiles_missing"] == ROWS * COLS - 1
+
+    out = tmp_path / "lost"
+    ctx, _ = _dataset(out)
+    del ctx.records["tile_003_001"]["files"]["tiles/tile_003_001-source.tif"]
+    with pytest.raises(OutputError, match="kept tile tile_003_001 has no part tiles/tile_003_001-source.tif"):
+        _finalize(ctx)
+    assert not list(out.glob("exeter-mosaic-*")) and not (out / "sources.csv").exists()  # nothing written
