@@ -372,3 +372,15 @@ def test_no_kept_tile_gives_empty_mosaics_and_a_missing_part_is_named(tmp_path):
     with pytest.raises(OutputError, match="kept tile tile_003_001 has no part tiles/tile_003_001-source.tif"):
         _finalize(ctx)
     assert not list(out.glob("exeter-mosaic-*")) and not (out / "sources.csv").exists()  # nothing written
+
+
+@needs_shared
+def test_a_plan_without_selection_log_is_refused(tmp_path):
+    from eochips.errors import OutputError
+
+    out = tmp_path / "ds"
+    ctx, _ = _dataset(out)
+    ctx.plan.selection_log = {}
+    with pytest.raises(OutputError, match="has no selection log of source 's2'"):
+        _finalize(ctx)
+    assert not list(out.glob("exeter-mosaic-*")) and not (out / "sources.csv").exists()

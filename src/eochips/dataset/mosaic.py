@@ -24,10 +24,11 @@ grid by a VRT written here (the parts in unit order; a tile that is not kept, dr
 failed, is a hole: nodata for the image products, 0 for the index bands), converted by GDAL's
 COG driver: 512 px tiles, the recipe's ``output.compress`` / ``level`` (predictor 2 for
 integers, 3 for floats), overviews halving down to :data:`MIN_OVERVIEW_PX` with ``NEAREST``
-for every product. Nearest as cloud-buster (``gdalwarp``/``gdal_translate`` without ``-r``
-throughout): each overview pixel of an image is a real observation of one scene, the same
-pixel the index overview names. GDAL streams the VRT through its block cache (:data:`CACHE_MB`, :data:`GDAL_LIMITS`), so
-memory does not grow with the AOI; the quicklooks read an overview.
+for every product. Nearest as the seed's merge (it warps every scene with nearest,
+``../shared/specs/recipes.md`` section 3): each overview pixel of an image is a real observation
+of one scene, the same pixel the index overview names. GDAL streams the VRT through its block
+cache (:data:`CACHE_MB`, :data:`GDAL_LIMITS`), so memory does not grow with the AOI; the
+quicklooks read an overview.
 
 The files are rebuilt on every finalize, written under a temporary name and renamed (the
 :class:`~eochips.writers.OutputStore`), and are byte-identical for the same parts (the COG
@@ -614,7 +615,14 @@ def mosaic_summary(plan, records: dict[str, dict[str, Any]], kept: Iterable[str]
 @register("mosaic")
 def _mosaic(ctx: Context) -> None:
     """Assemble the mosaics, ``sources.csv`` and the quicklooks (module docstring); a no-op for a
-    recipe without a mosaic layout (so the default finalizer list serves chip recipes too)."""
+    recipe without a mosaic layout (so the default finalizer list serves chip recipes too).
+
+    Raises
+    ------
+    OutputError
+        The plan has no selection log of the mosaic's source (``plan.selection_log``); a part
+        is missing or does not fit (:func:`assemble_mosaic`); a file cannot be written.
+    """
     import tempfile
 
     plan = ctx.plan
@@ -629,6 +637,11 @@ def _mosaic(ctx: Context) -> None:
     grid = MosaicGrid.of_plan(plan)
     by_id = {u.id: u for u in plan.units}
     units = [(uid, by_id[uid].unit.row, by_id[uid].unit.col, by_id[uid].unit.gbox, ctx.records[uid]["files"]) for uid in ctx.kept]
+    log = (getattr(plan, "selection_log", None) or {}).get(src)
+    if not log:
+        raise OutputError(f"the plan in {ctx.store.location!r} has no selection log of source {src!r} (the greedy picks "
+                          f"that sources.csv and the source index name); plan again with this eochips version "
+                          f"(eochips run RECIPE -o {ctx.store.location} --overwrite)")
     scratch = ctx.store.staging if not ctx.store.is_local else None
     with tempfile.TemporaryDirectory(prefix="eochips-mosaic-", dir=scratch) as tmp:
         local = Path(tmp)
@@ -636,9 +649,7 @@ def _mosaic(ctx: Context) -> None:
                                   compress=r.output.compress, level=r.output.level, local_dir=local,
                                   empty=(specs[0].dtype, specs[0].nodata))
         files = mosaic_files(name)
-        log = (getattr(plan, "selection_log", None) or {}).get(src) or {}
-        rgb = [bands.index(b) + 1 for b in layout.quicklook] if layout.quicklook else [1, 2, 3][:len(bands)]
-        rgb = (rgb * 3)[:3]  # a 1- or 2-band source: grey
+        rgb = [bands.index(b) + 1 for b in layout.quicklook] if layout.quicklook else [1, 2, 3] if len(bands) >= 3 else [1, 1, 1]
         ql = {f"quicklooks/{name}-cloudless.png": rgb_quicklook(local_mosaic(ctx.store, files["cloudless"], local), rgb),
               f"quicklooks/{name}-source.png": source_quicklook(local_mosaic(ctx.store, files["source"], local),
                                                                 log.get("picks") or [])}
