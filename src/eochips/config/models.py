@@ -977,7 +977,7 @@ class RandomSplit(_Model):
 
 
 Split = Annotated[Union[RandomSplit], Field(discriminator="kind")]
-FINALIZERS = ("index", "split", "stats", "plots", "tables", "summary", "manifest")
+FINALIZERS = ("index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest")
 
 
 class DatasetConfig(_Model):
