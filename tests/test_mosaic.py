@@ -32,7 +32,7 @@ SCL_MASKED = [0, 1, 3, 8, 9, 10]  # cloud-buster's SCL classes
 TILE = 128
 RES = 20
 CRS = "EPSG:32630"
-FINALIZERS = ["index", "summary", "manifest"]
+FINALIZERS = ["index", "mosaic", "summary", "manifest"]
 # (date prefix, fraction box in the file's pixel space kept: x0, y0, x1, y1); the other dates are whole
 CUTS = {"2024-06-02": (0.0, 0.0, 0.55, 1.0), "2024-08-01": (0.35, 0.0, 1.0, 0.6)}
 
