@@ -384,3 +384,44 @@ def test_a_plan_without_selection_log_is_refused(tmp_path):
     with pytest.raises(OutputError, match="has no selection log of source 's2'"):
         _finalize(ctx)
     assert not list(out.glob("exeter-mosaic-*")) and not (out / "sources.csv").exists()
+
+
+@needs_shared
+def test_through_finalize(tmp_path, monkeypatch):
+    """eochips.dataset.finalize on a dataset folder: the plan written by write_plan, the units'
+    completion markers and the state, the parts beside them; the same files as the Context runs."""
+    import eochips.dataset as dataset
+    from eochips.chips import UnitResult
+    from eochips.engine import open_state, write_marker
+    from eochips.plan import make_tasks, write_plan
+
+    out = tmp_path / "ds"
+    ctx, (cloudless, *_rest) = _dataset(out)
+    ctx.plan.recipe = ctx.plan.recipe.model_copy(update={"dataset": ctx.plan.recipe.dataset.model_copy(
+        update={"finalizers": ["index", "mosaic", "summary", "manifest"]})})
+    write_plan(ctx.plan, ctx.store)
+    fps = {t.unit_id: t.fingerprint for t in make_tasks(ctx.plan, ctx.store)}
+    for uid, rec in ctx.records.items():
+        if rec["status"] != "dropped":
+            write_marker(str(out), UnitResult(uid, rec["status"], rec["code"], rec["reason"], rec["files"], rec["metrics"],
+                                              0, fps[uid]))
+    open_state(ctx.store, fps).close()
+    real_load = dataset.load_plan
+
+    def with_log(store):  # the selection log as the greedy-coverage plan records it (plan.json's selection_log)
+        plan = real_load(store)
+        if not getattr(plan, "selection_log", None):
+            plan.selection_log = {"s2": LOG}
+        return plan
+
+    monkeypatch.setattr(dataset, "load_plan", with_log)
+    summary = dataset.finalize(out)
+    assert summary["kept"] == 23 and summary["failed"] == 1 and summary["mosaic"]["picks"] == {"primary": 3, "backstop": 2}
+    with rasterio.open(out / "exeter-mosaic-cloudless.tif") as ds:
+        np.testing.assert_array_equal(ds.read(), np.where(_holes(cloudless.shape[1:])[None], 0, cloudless))
+    listed = dict(reversed(line.split("  ")) for line in (out / "checksums.sha256").read_text().splitlines())
+    assert {"exeter-mosaic-cloudless.tif", "exeter-mosaic-cloudy.tif", "exeter-mosaic-source.tif", "sources.csv",
+            "quicklooks/exeter-mosaic-cloudless.png", "quicklooks/exeter-mosaic-source.png", "index.parquet"} <= set(listed)
+    first = (out / "exeter-mosaic-source.tif").read_bytes()
+    dataset.finalize(out)  # finalize again: rebuilt, identical
+    assert (out / "exeter-mosaic-source.tif").read_bytes() == first
