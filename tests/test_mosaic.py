@@ -254,6 +254,37 @@ def test_mosaic_equals_numpy_first_valid(built):
     np.testing.assert_array_equal(src[2], count)
     np.testing.assert_array_equal(src[1], cloudy_index)
     np.testing.assert_array_equal(_parts(out, "cloudy", 4, np.uint16), cloudy)
+    # the assembled COGs hold the same pixels, are valid COGs with overviews and declare their fill
+    from rio_cogeo.cogeo import cog_validate
+
+    for name, ref in (("exe-cloudless.tif", cloudless), ("exe-cloudy.tif", cloudy), ("exe-source.tif", np.stack([index, cloudy_index, count]))):
+        ok, errors, _ = cog_validate(str(out / name), strict=True)
+        assert ok, (name, errors)
+        with rasterio.open(out / name) as ds:
+            a = ds.read()
+            assert ds.overviews(1) and ds.transform == tr and ds.crs == rasterio.CRS.from_string(CRS)
+            assert ds.nodata == (None if name == "exe-source.tif" else 0)
+        np.testing.assert_array_equal(a, ref[:, :a.shape[1], :a.shape[2]])
+        assert a.shape[1:] == shape_
+    # the report: shares of the AOI's pixels (pixel centres inside, rasterio) per pick, numpy counts
+    from rasterio.features import geometry_mask
+
+    from eochips.geo import reproject_geometry
+
+    aoi = reproject_geometry(_aoi(items), "EPSG:4326", CRS)
+    inside = geometry_mask([aoi], out_shape=shape_, transform=tr, invert=True)
+    summ = json.loads((out / "summary.json").read_text())["mosaic"]
+    assert summ["aoi_pixels"] == int(inside.sum())
+    for k, v in summ["pixel_share"]["cloudless"].items():
+        assert v == pytest.approx((index[inside] == int(k)).mean(), abs=1e-6)
+    filled = np.where(index > 0, index, cloudy_index)
+    assert summ["empty_share"] == pytest.approx((index[inside] == 0).mean(), abs=1e-6)
+    assert summ["empty_filled_share"] == pytest.approx((filled[inside] == 0).mean(), abs=1e-6)
+    roles = [p["role"] for p in picks]
+    assert summ["picks"] == {"primary": 3, "backstop": roles.count("backstop")} and roles.count("backstop") >= 1
+    assert summ["remaining_primary_m2"] == pytest.approx(log["remaining_primary_m2"])
+    assert 0 < summ["remaining_primary_pct"] < 100 and summ["aoi_area_m2"] == pytest.approx(log["aoi_area_m2"])
+    assert (out / "quicklooks" / "exe-cloudless.png").stat().st_size > 1000
 
 
 def test_source_index_matches_sources_csv(built):
@@ -465,3 +496,35 @@ def test_native_full_tile_with_scl(exeter, tmp_path):
     assert 0.01 < valid.mean() < 0.5, "a cloudy tile (89.8 % cloud, then dilated): some clear pixels, most masked"
     np.testing.assert_array_equal(index, np.where(valid, 1, 0))
     np.testing.assert_array_equal(got, np.where(valid, np.stack(bands), 0))
+
+
+# --------------------------------------------------------------------------------------
+# recipes that cannot make a mosaic: refused before anything is searched or written
+
+BAD = {
+    "chip units": ({"units": {"kind": "chip", "size": 64}}, "a mosaic is built tile by tile; set units: {kind: tile"),
+    "later-on-top": ({"sources.s2.composite.kind": "later-on-top"}, "composites with first-valid or median, not 'later-on-top'"),
+    "not greedy": ({"sources.s2.selection": {"kind": "all"}}, "set sources.s2.selection.kind to greedy-coverage"),
+    "no mosaic finalizer": ({"dataset.finalizers": ["index", "summary", "manifest"]}, "dataset.finalizers must include 'mosaic'"),
+    "unknown quicklook band": ({"output.layout.quicklook": ["red", "green", "swir"]}, "source 's2' has no band 'swir'"),
+    "second layout": ({"output.layout": [{"kind": "mosaic", "source": "s2"}, {"kind": "stack"}]}, "the only layout of its recipe"),
+    "bad name template": ({"output.layout.name": "{unit}-x"}, "unknown field(s) ['unit']"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_mosaic_recipes_exit_2(case, tmp_path):
+    over, message = BAD[case]
+    aoi = shapely.box(-3.53, 50.70, -3.49, 50.73)
+    recipe = write_recipe(tmp_path / "r.yaml", mosaic_recipe("http://127.0.0.1:9/stac", aoi, **over))
+    proc = run_cli("run", str(recipe), "-o", str(tmp_path / "out"), "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_bands_of_different_dtypes_are_refused(exeter, tmp_path):
+    url, items, assets, srv = exeter
+    r = mosaic_recipe(url, _aoi(items), **{"sources.s2.bands": ["blue", {"name": "scl", "asset": "SCL", "dtype": "uint8", "nodata": 0}]})
+    proc = run_cli("run", str(write_recipe(tmp_path / "r.yaml", r)), "-o", str(tmp_path / "out"), "--no-progress")
+    assert proc.returncode == 2 and "need one dtype and one nodata; got dtypes ['uint16', 'uint8']" in proc.stderr, proc.stderr

@@ -54,7 +54,8 @@ def _recipe(name="exeter-mosaic", clear_count=False):
         "sources": {"s2": {"search": {"catalog": "http://127.0.0.1:9/stac", "collections": ["sentinel-2-l2a"]},
                            "profile": {"name": "s2-exeter", "bands": {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08"},
                                        "dtype": "uint16", "nodata": 0},
-                           "bands": BANDS, "composite": {"kind": "first-valid"}, "resampling": "nearest"}},
+                           "bands": BANDS, "composite": {"kind": "first-valid"}, "resampling": "nearest",
+                           "selection": {"kind": "greedy-coverage"}}},
         "grid": {"kind": "crs", "crs": "EPSG:3035", "resolution": 20}, "units": {"kind": "tile", "size": N},
         "output": {"layout": {"kind": "mosaic", "clear_count": clear_count, "quicklook": ["red", "green", "blue"]}},
         "dataset": {"finalizers": ["mosaic", "summary", "manifest"]},
@@ -173,7 +174,7 @@ def test_mosaic_assembles_parts_into_cogs(tmp_path):
             assert ds.descriptions == desc
             assert ds.nodata == nodata
             assert ds.block_shapes[0] == (512, 512)
-            assert ds.overviews(1) == [2]  # 320 px: one level down to <= 256 px
+            assert ds.overviews(1) == [2, 4]  # 320 px: two levels down to <= 128 px
             assert ds.profile["compress"] == "deflate"
             ovr = ds.read(out_shape=(ds.count, 160, 160))
         fill = 0

@@ -28,8 +28,9 @@ dtype and fill) and ``tiles/{unit}-source.tif`` (uint16 ``cloudless_index``, ``c
 the 1-based pick number of ``sources.csv``, 0 = no valid pick; for a median, ``cloudless_index``
 is 65535 where at least one observation is valid, as a median pixel has no single source;
 ``clear_count`` with ``clear_count: true`` or a median). The unit's metrics hold
-``mosaic_pixels``: per mosaic, the count of the tile's pixels inside the AOI (pixel-centre rule)
-by pick number (string keys, ``"0"`` = empty).
+``mosaic_pixels``: per mosaic (``cloudless``, ``cloudy``, and ``filled``: the cloudless mosaic
+with its holes filled by the cloudy one), the count of the tile's pixels inside the AOI
+(pixel-centre rule) by pick number (string keys, ``"0"`` = empty).
 
 Only I/O fails a tile (a :class:`~eochips.errors.ReadError` or
 :class:`~eochips.errors.OutputError`); a rerun rebuilds only the tiles without a marker.
@@ -267,7 +268,8 @@ def build_tile(task) -> "UnitResult":  # noqa: F821 - chips.UnitResult
         return UnitResult(task.unit_id, "failed", "io", str(exc), retries=len(retries), fingerprint=task.fingerprint)
     inside = _aoi_inside(spec, task)
     metrics = _metrics(task, UnitData(task, {}))
-    metrics["mosaic_pixels"] = {"cloudless": _counts(idx_p, inside), "cloudy": _counts(idx_b, inside)}
+    metrics["mosaic_pixels"] = {"cloudless": _counts(idx_p, inside), "cloudy": _counts(idx_b, inside),
+                                "filled": _counts(np.where(idx_p > 0, idx_p, idx_b), inside)}
     metrics["scenes_read"] = primary.comp.n_scenes + backstop.comp.n_scenes
     metrics.update(extra)
     return UnitResult(task.unit_id, "kept", "", "", files, metrics, retries=len(retries), fingerprint=task.fingerprint)

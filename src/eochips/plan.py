@@ -235,13 +235,8 @@ def resolve_sources(recipe: Recipe) -> dict[str, SourcePlan]:
             common_fill(out[recipe.source_of(lay.source)].bands, where)
         elif lay.kind == "stack":
             cast_dtype([b for s in (lay.sources or list(out)) for b in out[s].bands], lay.dtype, where)
-        elif lay.kind == "mosaic":
-            bands = out[recipe.source_of(lay.source)].bands
-            common_fill(bands, where)
-            dtypes = sorted({b.dtype for b in bands})
-            if len(dtypes) > 1:
-                raise RecipeError(f"{where}: a mosaic's bands share one dtype (a pixel is copied with all its bands); "
-                                  f"source {recipe.source_of(lay.source)!r} has {', '.join(dtypes)}")
+        elif lay.kind == "mosaic":  # a pixel is copied with all its bands: one dtype, one fill
+            common_fill(out[recipe.source_of(lay.source)].bands, where)
         elif lay.kind == "seed-000-cmask" and out[lay.source].qa.kind != "fmask":
             raise RecipeError(f"{where}: seed-000-cmask needs a source with Fmask QA; {lay.source!r} has {out[lay.source].qa.kind!r}")
     return out
@@ -1365,17 +1360,8 @@ def refresh_hrefs(plan: Plan) -> Plan:
 
 def pick_numbers(plan: Plan, source: str) -> dict[str, int]:
     """The 1-based pick number of each scene of ``source`` in a mosaic: its ``number`` in the
-    selection log (``greedy-coverage``), else its position among the scenes the units use, in
-    priority order (first use over the units in ``(grid, row, col)`` order)."""
-    log = getattr(plan, "selection_log", {}).get(source)
-    if log and log.get("picks"):
-        return {p["scene_id"]: int(p["number"]) for p in log["picks"]}
-    out: dict[str, int] = {}
-    for up in sorted(plan.planned, key=lambda u: u.key):
-        for grp in up.groups.get(source, []):
-            for p in grp:
-                out.setdefault(p.scene.id, len(out) + 1)
-    return out
+    selection log of ``greedy-coverage`` (``plan.json`` ``selection_log``; ``sources.csv``)."""
+    return {p["scene_id"]: int(p["number"]) for p in plan.selection_log.get(source, {}).get("picks", [])}
 
 
 def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[UnitTask]:

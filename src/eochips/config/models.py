@@ -1122,9 +1122,12 @@ class Recipe(_Model):
                                      f"{self.sources[src].composite.kind!r} (sources.{src}.composite.kind)")
                 if not self.sources[src].bands:
                     raise ValueError(f"{where}: source {src!r} has no bands to mosaic")
-                if self.sources[src].selection.kind not in ("greedy-coverage", "intersecting"):
-                    raise ValueError(f"{where}: a mosaic needs ONE time step of scenes: sources.{src}.selection.kind "
-                                     f"greedy-coverage (cloud-buster) or intersecting, not {self.sources[src].selection.kind!r}")
+                if self.sources[src].selection.kind != "greedy-coverage":
+                    raise ValueError(f"{where}: a mosaic's scenes are chosen once over the AOI: set sources.{src}.selection.kind "
+                                     f"to greedy-coverage (cloud-buster), not {self.sources[src].selection.kind!r}")
+                if "mosaic" not in self.dataset.finalizers:
+                    raise ValueError(f"{where}: dataset.finalizers must include 'mosaic' (it assembles the tiles into the "
+                                     f"mosaic files); got {self.dataset.finalizers}")
                 for b in lay.quicklook or []:
                     band(f"{src}.{b}", f"{where}.quicklook")
         if self.sampling.kind == "class-balance" and (self.labels is None or (self.labels.reclass is None and self.labels.classes is None)):

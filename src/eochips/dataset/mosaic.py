@@ -61,7 +61,7 @@ CLEAR_BAND = "clear_count"
 SOURCES_CSV = "sources.csv"
 CSV_COLUMNS = ("number", "scene_id", "role", "datetime", "score", "cloud_cover", "remaining_m2")
 BLOCK_PX = 512
-MIN_OVERVIEW_PX = 256
+MIN_OVERVIEW_PX = 128
 """Overviews halve the mosaic until its longer side is at most this (at least one level when larger)."""
 QUICKLOOK_PX = 1024
 """Longer side of a quicklook's image, pixels (the full mosaic when smaller)."""
