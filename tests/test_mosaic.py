@@ -221,7 +221,10 @@ def _reference(items, assets: Path, picks: list[dict], tr, shape_, median: bool 
         image[:, take] = img[:, take]
         index[take] = p["number"]
     if median and obs:
-        with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # pixels without a valid observation: NaN, as meant
             med = np.nanmedian(np.stack(obs), axis=0)
         image = np.where(np.isnan(med), 0, np.rint(med)).astype(np.uint16)
         out["primary"] = (image, np.where(count > 0, 65535, 0).astype(np.uint16))
