@@ -229,13 +229,13 @@ def _two_sources(data: dict) -> dict:
 
 # The valid kinds of each tagged variant, typed again from the models' docstrings.
 KINDS = {
-    "selection": "all, first-middle-last, intersecting, least-cloudy, least-cloudy-per-year, nearest-in-time, seeded-by-date",
+    "selection": "all, first-middle-last, greedy-coverage, intersecting, least-cloudy, least-cloudy-per-year, nearest-in-time, seeded-by-date",
     "grid": "crs, label-raster, scene",
     "units": "chip, tile",
     "sampling": "all, class-balance, random-n",
-    "masks": "bqa, fmask, onnx, qa-pixel, s2cloudless, scl",
+    "masks": "bqa, cloud-probability, fmask, onnx, qa-pixel, s2cloudless, scl",
     "filters": "fmask-bad-pct, label-fraction, mask-fraction, nan, nodata, value",
-    "layouts": "per-band, seed-000-cmask, seed-001, stack",
+    "layouts": "mosaic, per-band, seed-000-cmask, seed-001, stack",
 }
 
 ERRORS = {
@@ -267,7 +267,7 @@ ERRORS = {
         "recipe field 'dataset.split.seeds': unknown key; valid keys: kind, seed, train_fraction"),
     "unknown key, search": ({"sources.hls.search.catalogue": "x.json"},
         "recipe field 'sources.hls.search.catalogue': unknown key; valid keys: auth, auth_hosts, catalog, cloud_cover, collections, "
-        "datetime, filter, id_pattern, max_items, max_retries, page_size, sortby"),
+        "date_pattern, datetime, filter, id_pattern, max_items, max_retries, page_size, sortby"),
     "unknown key, band spec": ({"sources.hls.bands": [{"name": "blue", "resampl": "nearest"}]},
         "recipe field 'sources.hls.bands.0.resampl': unknown key; valid keys: asset, dtype, index, name, nodata, offset, "
         "resampling, resolution, scale"),
@@ -432,7 +432,7 @@ def test_model_kinds_match_the_registries():
     for name, (union, registry) in pairs.items():
         assert kinds(union) == set(registry) == set(KINDS[name].split(", ")), name
     assert kinds(m.Split) == set(SPLITS) == {"random"}
-    assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "summary", "manifest"}
+    assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest"}
 
 
 # --------------------------------------------------------------------------------------
@@ -455,4 +455,4 @@ def test_builtin_recipe_round_trips(name, tmp_path, monkeypatch):
 
 
 def test_builtin_recipe_list():
-    assert builtin_recipes() == ["clay-datacube", "demo", "hls-crop-classification", "hls-gap-filling"]
+    assert builtin_recipes() == ["clay-datacube", "cloud-free-mosaic", "demo", "hls-crop-classification", "hls-gap-filling"]

@@ -52,6 +52,8 @@ class SceneRead:
         ``(asset key, href)`` pairs; signed at read time on the worker (never credentials here).
     offset_dn
         Extra DN offset of the scene (-1000 for Sentinel-2 baseline >= 04.00), written as metadata.
+    pick
+        The scene's 1-based pick number in a mosaic (``sources.csv``); 0 elsewhere.
     """
 
     scene_id: str
@@ -59,6 +61,7 @@ class SceneRead:
     role: str = "primary"
     hrefs: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     offset_dn: int = 0
+    pick: int = 0
 
     def href(self, asset: str) -> str:
         return dict(self.hrefs)[asset]
@@ -90,6 +93,7 @@ class MaskRead:
     mask: int
     assets: tuple[str, ...]
     resolution: float | None
+    resampling: str = "bilinear"
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,9 @@ class UnitTask:
         I/O settings; threads for warps and writes in this worker (its share of the cores).
     fingerprint
         sha256 of everything that decides the unit's bytes (state and resume compare it).
+    mosaic
+        A :class:`~eochips.mosaic.MosaicSpec` for a tile of a mosaic (built by
+        :func:`eochips.mosaic.build_tile`), else None.
     """
 
     unit_id: str
@@ -179,6 +186,7 @@ class UnitTask:
     reading: ReadingConfig = ReadingConfig()
     cpu_threads: int = 1
     fingerprint: str = ""
+    mosaic: Any = None
 
     @cached_property
     def gbox(self):
@@ -205,12 +213,16 @@ def task_fingerprint(task: UnitTask) -> str:
     parts = {
         "id": task.unit_id, "crs": task.crs, "transform": task.transform, "shape": task.shape,
         "layers": [(lay.source, [b.__dict__ for b in lay.bands], lay.qa.__dict__ if lay.qa else None,
-                    [[(s.scene_id, s.role, s.offset_dn, [k for k, _ in s.hrefs]) for s in st.scenes] for st in lay.steps],
-                    lay.composite.model_dump(), [m.__dict__ for m in lay.mask_reads]) for lay in task.layers],
+                    [[(s.scene_id, s.role, s.offset_dn, [k for k, _ in s.hrefs]) + ((s.pick,) if s.pick else ())
+                      for s in st.scenes] for st in lay.steps],
+                    lay.composite.model_dump(), [{k: v for k, v in m.__dict__.items() if (k, v) != ("resampling", "bilinear")}
+                                                 for m in lay.mask_reads]) for lay in task.layers],
         "labels": repr(task.labels), "masks": task.masks.model_dump(mode="json"),
         "filters": [f.model_dump(mode="json") for f in task.filters], "layouts": [x.model_dump(mode="json") for x in task.layouts],
         "rg": task.resolution_groups, "compress": task.compress, "level": task.level,
     }
+    if task.mosaic is not None:
+        parts["mosaic"] = [task.mosaic.layout.model_dump(mode="json"), task.mosaic.source, task.mosaic.aoi_wkb.hex()]
     text = json.dumps(parts, sort_keys=True, default=str).replace("NaN", '"nan"')
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -283,7 +295,7 @@ def _jobs(task: UnitTask) -> list[_Job]:
                                      lay.auth))
                 for mr in lay.mask_reads:
                     for ki, asset in enumerate(mr.assets):
-                        jobs.append(_Job(li, ti, si, ("mask", mr.mask, ki), asset, 1, "bilinear", None, "float32",
+                        jobs.append(_Job(li, ti, si, ("mask", mr.mask, ki), asset, 1, mr.resampling, None, "float32",
                                          mr.resolution, lay.auth))
     return jobs
 
@@ -637,6 +649,10 @@ def process_batch(tasks: list[UnitTask], group: int = 16) -> list[UnitResult]:
     list of UnitResult
         One per task, in order; a unit whose asset cannot be read is ``failed`` alone.
     """
+    if tasks and tasks[0].mosaic is not None:  # tiles of a mosaic stream their scenes one by one
+        from .mosaic import process_mosaic_batch
+
+        return process_mosaic_batch(tasks)
     results: list[UnitResult] = []
     caches: dict[str, TileCache] = {}  # tiles carry over from one group to the next
     groups = [tasks[g:g + group] for g in range(0, len(tasks), group)]

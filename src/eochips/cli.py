@@ -97,6 +97,7 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
     for key in sorted(k for k in summary if k.endswith("_match_rate")):
         t.add_row(f"{key[:-len('_match_rate')]} match rate (years)",
                   f"{summary[key]:.0%} ({summary['years_matched']} of {summary['years_tried']} years tried)")
+    _mosaic_rows(t, summary.get("mosaic"))
     if summary.get("unknown_label_codes"):
         t.add_row("unknown label codes (pixels)", json.dumps(summary["unknown_label_codes"]))
     if "build" in summary:
@@ -110,6 +111,20 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
                   highlight=False, markup=False, soft_wrap=True)
     for cid, reason in sorted(summary.get("failed_reasons", {}).items())[:10]:
         err.print(f"failed {cid}: {redact(reason)}", highlight=False, markup=False)
+
+
+def _mosaic_rows(t: Table, m: dict[str, Any] | None) -> None:
+    """The summary's mosaic section (eochips.dataset.mosaic.mosaic_summary) as three rows."""
+    if not m:
+        return
+
+    def pct(v):
+        return "-" if v is None else f"{v:.2f} %"
+
+    t.add_row("mosaic picks (primary / backstop)", f"{m['picks']['primary']} / {m['picks']['backstop']}")
+    t.add_row("AOI uncovered after primary / backstop", f"{pct(m['remaining_primary_pct'])} / {pct(m['remaining_backstop_pct'])}")
+    share = (lambda v: "-" if v is None else f"{100 * v:.2f} %")
+    t.add_row("mosaic empty (cloudless / filled by cloudy)", f"{share(m['empty_share'])} / {share(m['empty_filled_share'])}")
 
 
 def _exit_code(summary: dict[str, Any]) -> int:
@@ -223,6 +238,22 @@ def plan(
         for sid, sc in sorted(scenes.items(), key=lambda kv: kv[1].datetime):
             cc = sc.cloud_cover if sc.cloud_cover is not None else "-"
             out_console.print(f"  {name:10s} {sc.date}  cloud {cc:>6}  {sid}", highlight=False)
+    for name, log in p.selection_log.items():
+        _print_selection_log(name, log)
+
+
+def _print_selection_log(name: str, log: dict) -> None:
+    """The AOI-wide selection log of ``eochips plan`` (greedy-coverage): one line per pick."""
+    km2 = lambda v: "-" if v is None else f"{v / 1e6:.3f} km2"  # noqa: E731
+    out_console.print(f"selection {name}: AOI {km2(log.get('aoi_area_m2'))} x {log.get('coverage_count')}; remaining "
+                      f"{km2(log.get('remaining_primary_m2'))} after primary (stop: {log.get('stop_primary')}), "
+                      f"{km2(log.get('remaining_backstop_m2'))} after backstop (stop: {log.get('stop_backstop')})",
+                      highlight=False, markup=False, soft_wrap=True)
+    for pk in log.get("picks", []):
+        copy = "-" if pk["copy"] is None else pk["copy"]
+        out_console.print(f"  #{pk['number']:<3d} {pk['role']:8s} copy {copy}  score {pk['score'] / 1e6:12.6f} km2  remaining "
+                          f"{pk['remaining_m2'] / 1e6:12.6f} km2  {pk['scene_id']}", highlight=False, markup=False,
+                          soft_wrap=True)
 
 
 @app.command()

@@ -207,6 +207,11 @@ class _Accumulator:
         if priority is not None:
             self._last_priority = priority
 
+    def covered(self) -> bool:
+        """True when every pixel has at least one valid observation (a first-valid result
+        cannot change any more)."""
+        return bool(self._count.all())
+
     def result(self) -> Composite:
         """The composite of the scenes added so far (copies; adding more later does not
         change it). With no scene added: all nodata, ``count`` 0, ``index`` -1."""

@@ -415,6 +415,13 @@ def unit_span(grid: Grid, size: int, aoi_grid: BaseGeometry) -> tuple[int, int, 
     return r0, r1, c0, c1
 
 
+def whole_tiles(gbox: GeoBox, size: int) -> GeoBox:
+    """``gbox`` grown at its right and bottom edges to a whole number of ``size`` px tiles (same
+    CRS, origin and pixel size): a mosaic's tiles then reach the AOI's far edges."""
+    h, w = gbox.shape
+    return GeoBox((-(-h // size) * size, -(-w // size) * size), gbox.affine, gbox.crs)
+
+
 def tile_units(grid: Grid, size: int, aoi_grid: BaseGeometry, min_fraction: float = 1.0) -> list[Unit]:
     """All units of ``grid`` whose area inside ``aoi_grid`` (the AOI in the grid's CRS) is at least
     ``min_fraction`` of theirs (1.0: fully inside, to 1e-9 of their area); the grid's remainder

@@ -28,6 +28,11 @@ output byte, so a rerun with other workers keeps the manifest; the grids; the su
 ``units.parquet`` (typed columns, EPSG:4326 geometry plus each unit's CRS and transform;
 streamed in record batches of :data:`UNIT_BATCH` units) and ``scenes.parquet`` (the scenes per
 source, hrefs with credentials redacted).
+
+Selection ``greedy-coverage`` (cloud-buster) runs once over the whole AOI, not per unit: each
+unit gets the picks whose footprint touches it, in pick order and with their roles, and the
+plan keeps the strategy's log per source (``Plan.selection_log``, ``selection_log`` in
+``plan.json``).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from .config.models import NON_OUTPUT_FIELDS, QA_MASKS, RECIPE_VERSION
 from .errors import CatalogError, EochipsError, LabelError, OutputError, ProfileError, ReadError, RecipeError
 from .filters import Reason, label_fraction_check, plan_time_filters
 from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for_aoi, grid_from_raster, load_aoi,
-                  reproject_geometry, scene_gbox, tile_units, unit_size_px, unit_span)
+                  reproject_geometry, scene_gbox, tile_units, unit_size_px, unit_span, whole_tiles)
 from .labels import (CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, check_class_ids, default_colormap, make_reclass,
                      rasterize_vector, vector_index)
 from .profiles import BandSpec, Profile, QASpec, get_profile
@@ -138,6 +143,9 @@ class Plan:
     scenes: dict[str, dict[str, Scene]]
     sources: dict[str, SourcePlan]
     match_report: list[dict] = field(default_factory=list)
+    selection_log: dict[str, dict] = field(default_factory=dict)
+    """Per source with an AOI-wide selection (``greedy-coverage``): its log (the strategy's notes:
+    picks with scores, roles and remaining areas; see :func:`~eochips.selection.strategies.greedy_coverage`)."""
 
     @property
     def planned(self) -> list[UnitPlan]:
@@ -227,6 +235,8 @@ def resolve_sources(recipe: Recipe) -> dict[str, SourcePlan]:
             common_fill(out[recipe.source_of(lay.source)].bands, where)
         elif lay.kind == "stack":
             cast_dtype([b for s in (lay.sources or list(out)) for b in out[s].bands], lay.dtype, where)
+        elif lay.kind == "mosaic":  # a pixel is copied with all its bands: one dtype, one fill
+            common_fill(out[recipe.source_of(lay.source)].bands, where)
         elif lay.kind == "seed-000-cmask" and out[lay.source].qa.kind != "fmask":
             raise RecipeError(f"{where}: seed-000-cmask needs a source with Fmask QA; {lay.source!r} has {out[lay.source].qa.kind!r}")
     return out
@@ -629,20 +639,66 @@ def _assign_tiles(scenes: list[Scene], profile: Profile, units: list[UnitPlan], 
     return by_tile, tile_of
 
 
-def _select(recipe: Recipe, name: str, sp: SourcePlan, scenes: list[Scene], units: list[UnitPlan], grids: list[Grid]) -> None:
-    """Choose each live unit's time steps of source ``name`` (drops units without acceptable scenes)."""
+def _select(recipe: Recipe, name: str, sp: SourcePlan, scenes: list[Scene], units: list[UnitPlan], grids: list[Grid],
+            aoi_ea=None) -> dict | None:
+    """Choose each live unit's time steps of source ``name`` (drops units without acceptable scenes).
+
+    ``aoi_ea``: the AOI in the equal-area CRS, for the AOI-wide strategies (``greedy-coverage``,
+    :func:`_select_aoi`), whose log is returned; None for the others."""
     cfg = recipe.sources[name].selection
     strategy = get_strategy(cfg.kind)
     live = [u for u in units if u.status == "planned"]
+    if cfg.kind in AOI_WIDE:
+        return _select_aoi(strategy, cfg, name, sp, scenes, live, grids, aoi_ea)
     if not live:
-        return
+        return None
     per = getattr(cfg, "per", "unit")
     if per == "grid":
         _select_per_grid(strategy, cfg, name, sp, scenes, live, grids)
-        return
+        return None
     by_tile, tile_of = _assign_tiles(scenes, sp.profile, live, grids) if per == "tile" else ({}, {})
     for start in range(0, len(live), SELECT_BATCH):  # footprints and coverage a batch at a time: flat memory
         _select_batch(strategy, cfg, name, sp, scenes, live[start:start + SELECT_BATCH], grids, by_tile, tile_of)
+    return None
+
+
+AOI_WIDE = {"greedy-coverage"}
+"""Selection kinds run once over the whole AOI (:func:`_select_aoi`)."""
+
+
+def _select_aoi(strategy, cfg, name: str, sp: SourcePlan, scenes: list[Scene], live: list[UnitPlan], grids: list[Grid],
+                aoi_ea) -> dict:
+    """One selection over the whole AOI (``aoi_ea``, equal-area CRS); each live unit gets the
+    picks whose equal-area footprint overlaps its polygon (intersection area > 0), in pick order
+    with their roles, as one time step; a unit touching no pick is dropped (``selection``).
+    Returns the strategy's log (``ctx.notes``)."""
+    ctx = SelectionContext("aoi", aoi_ea, _candidates_for_area(scenes, sp.profile, aoi_ea), cfg, {}, name)
+    try:
+        picks = [p for grp in strategy(ctx) for p in grp]
+    except SelectionFailed as exc:
+        for up in live:
+            up.drop(Reason("selection", f"source {name!r}: {exc}"))
+        return ctx.notes
+    feet = {c.scene.id: c.footprint for c in ctx.candidates}
+    for start in range(0, len(live), SELECT_BATCH):
+        batch = live[start:start + SELECT_BATCH]
+        polys = _unit_polygons_ea(batch, grids)
+        tree = shapely.STRtree(polys)
+        touched: list[list[Pick]] = [[] for _ in batch]
+        for p in picks:  # in pick order: each unit's list keeps it
+            foot = feet[p.scene.id]
+            idx = tree.query(foot, predicate="intersects")
+            if idx.size:
+                areas = shapely.area(shapely.intersection(polys[idx], foot))
+                for i in idx[areas > 0]:
+                    touched[int(i)].append(p)
+        for up, got in zip(batch, touched):
+            if got:
+                up.groups[name] = [tuple(got)]
+            else:
+                up.drop(Reason("selection", f"source {name!r}: {cfg.kind}: none of the {len(picks)} picked scene(s) "
+                                            f"touches the unit"))
+    return ctx.notes
 
 
 def _select_per_grid(strategy, cfg, name: str, sp: SourcePlan, scenes: list[Scene], live: list[UnitPlan],
@@ -716,6 +772,10 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
     elif g.kind == "crs":
         grids = [Grid(0, "", grid_for_aoi(g.crs, g.resolution, g.origin, aoi, aoi_crs))]
     else:
+        sel = recipe.sources[g.source].selection.kind
+        if sel in AOI_WIDE:
+            raise RecipeError(f"recipe field 'sources.{g.source}.selection.kind': {sel} chooses scenes for the whole AOI, "
+                              f"not the scenes of a scene grid; use grid: {{kind: crs, ...}} for it")
         sp = sources[g.source]
         found[g.source] = search(recipe.sources[g.source].search, aoi_ll)
         _check_assets(found[g.source], sp)
@@ -724,7 +784,12 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
         if recipe.units.extent == "grid":  # units reach past the AOI: the other sources are searched over the grids too
             aoi_ll = shapely.union_all([aoi_ll] + [reproject_geometry(shapely.box(*gr.gbox.boundingbox), gr.gbox.crs.to_wkt(),
                                                                       "EPSG:4326") for gr in grids])
+    if recipe.units.kind == "tile":  # a mosaic's tiles cover the whole AOI: the last row and column are whole tiles too
+        grids = [replace(gr, gbox=whole_tiles(gr.gbox, recipe.units.size)) for gr in grids]
     units = _make_units(recipe, grids, aoi, aoi_crs)
+    selection_log: dict[str, dict] = {}
+    aoi_ea = reproject_geometry(aoi, aoi_crs, EQUAL_AREA) if any(
+        c.selection.kind in AOI_WIDE for c in recipe.sources.values()) else None
     spec = label_spec(recipe)
     if spec is not None:
         _scan_labels(recipe, spec, units, grids)
@@ -748,9 +813,11 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
             continue
         found[name] = search(cfg.search, aoi_ll)  # unsigned: signed hrefs never reach the plan files
         _check_assets(found[name], sources[name])
-        _select(recipe, name, sources[name], found[name], units, grids)
+        log = _select(recipe, name, sources[name], found[name], units, grids, aoi_ea)
+        if log is not None:
+            selection_log[name] = log
     scenes = {name: {s.id: s for s in found[name]} for name in recipe.sources}  # every scene found (provenance)
-    plan = Plan(recipe, grids, units, scenes, sources, report if g.kind == "scene" else [])
+    plan = Plan(recipe, grids, units, scenes, sources, report if g.kind == "scene" else [], selection_log)
     from .dataset.checks import check_plan
 
     check_plan(plan)
@@ -1036,6 +1103,7 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
         written.append(f"{PLAN_DIR}/{RUN_FILE}")
         doc = {"version": RECIPE_VERSION, "recipe": recipe,
                "match_report": plan.match_report,
+               "selection_log": plan.selection_log,
                "source_order": list(plan.recipe.sources),  # the JSON is key-sorted; order decides layers and fingerprints
                "grids": [{"index": g.index, "name": g.name, "tile": g.tile, "date": g.date, "crs": g.gbox.crs.to_wkt(),
                           "transform": list(tuple(g.gbox.affine)[:6]), "shape": list(g.gbox.shape)} for g in plan.grids],
@@ -1198,6 +1266,7 @@ def load_plan(store: OutputStore) -> Plan:
         grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"],
                       g.get("date")) for g in doc["grids"]]
         match_report = list(doc.get("match_report") or [])
+        selection_log = dict(doc.get("selection_log") or {})  # older plans: none
     except EochipsError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -1238,7 +1307,7 @@ def load_plan(store: OutputStore) -> Plan:
         return units
 
     units = _plan_file(store, "units.parquet", parse_units)
-    return Plan(recipe, grids, units, scenes, sources, match_report)
+    return Plan(recipe, grids, units, scenes, sources, match_report, selection_log)
 
 
 def _unit_shape(recipe: Recipe, grid: Grid, cache: dict) -> int:
@@ -1283,11 +1352,17 @@ def refresh_hrefs(plan: Plan) -> Plan:
     for u in plan.units:
         groups = {s: [tuple(Pick(scenes[s][p.scene.id], p.role) for p in grp) for grp in gs] for s, gs in u.groups.items()}
         units.append(replace(u, groups=groups))
-    return Plan(plan.recipe, plan.grids, units, scenes, plan.sources, plan.match_report)
+    return Plan(plan.recipe, plan.grids, units, scenes, plan.sources, plan.match_report, plan.selection_log)
 
 
 # --------------------------------------------------------------------------------------
 # tasks
+
+def pick_numbers(plan: Plan, source: str) -> dict[str, int]:
+    """The 1-based pick number of each scene of ``source`` in a mosaic: its ``number`` in the
+    selection log of ``greedy-coverage`` (``plan.json`` ``selection_log``; ``sources.csv``)."""
+    return {p["scene_id"]: int(p["number"]) for p in plan.selection_log.get(source, {}).get("picks", [])}
+
 
 def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[UnitTask]:
     """One :class:`~eochips.chips.UnitTask` per planned unit, in ``(grid, row, col)`` order.
@@ -1298,6 +1373,13 @@ def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[Uni
     labels = label_spec(r)
     tasks = []
     model_masks = [(mi, m) for mi, m in enumerate(r.masks.sources) if m.kind not in QA_MASKS]
+    mosaic = next((lay for lay in r.output.layout if lay.kind == "mosaic"), None)
+    numbers = {r.source_of(mosaic.source): pick_numbers(plan, r.source_of(mosaic.source))} if mosaic else {}
+    aoi_geom = None
+    if mosaic is not None:
+        from .mosaic import MosaicSpec
+
+        aoi, aoi_crs = load_aoi(r.aoi)
     for up in sorted(plan.planned, key=lambda u: u.key):
         layers = []
         for name, sp in plan.sources.items():
@@ -1306,8 +1388,9 @@ def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[Uni
             for grp in up.groups.get(name, []):
                 steps.append(StepRead(tuple(
                     SceneRead(p.scene.id, p.scene.datetime.isoformat(), p.role, tuple((k, p.scene.assets[k]) for k in keys),
-                              sp.profile.offset_dn(p.scene.properties)) for p in grp)))
-            mreads = tuple(MaskRead(mi, tuple(m.bands), m.working_resolution) for mi, m in model_masks
+                              sp.profile.offset_dn(p.scene.properties), numbers.get(name, {}).get(p.scene.id, 0)) for p in grp)))
+            mreads = tuple(MaskRead(mi, tuple(m.bands), m.working_resolution,
+                                    "nearest" if m.kind == "cloud-probability" else "bilinear") for mi, m in model_masks
                            if r.source_of(m.source) == name)
             cfg = r.sources[name]
             layers.append(LayerRead(name, sp.bands, sp.qa, tuple(steps), cfg.composite, cfg.search.auth, mreads,
@@ -1321,6 +1404,12 @@ def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[Uni
             layouts=tuple(r.output.layout), resolution_groups=getattr(r.units, "resolution_groups", False),
             compress=r.output.compress, level=r.output.level, reading=r.reading, cpu_threads=cpu_threads,
         )
+        if mosaic is not None:
+            crs = g.crs.to_wkt()
+            if aoi_geom is None or aoi_geom[0] != crs:
+                aoi_geom = (crs, reproject_geometry(aoi, aoi_crs, crs))
+            clipped = aoi_geom[1].intersection(shapely.box(*g.boundingbox))
+            task = replace(task, mosaic=MosaicSpec(mosaic, r.source_of(mosaic.source), shapely.to_wkb(clipped)))
         tasks.append(replace(task, fingerprint=task_fingerprint(task)))
     return tasks
 

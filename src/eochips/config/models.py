@@ -203,7 +203,8 @@ class SearchConfig(_Model):
     ItemCollection / Catalog JSON or a stac-geoparquet file). Both kinds apply the same item
     filter (:mod:`eochips.search`): collections, AOI intersection, datetime, ``filter`` (a
     CQL2 expression, text or JSON, evaluated with the ``cql2`` package on static items and
-    sent to APIs that implement the Filter extension), ``cloud_cover`` and ``id_pattern``;
+    sent to APIs that implement the Filter extension), ``cloud_cover``, ``id_pattern`` and
+    ``date_pattern`` (on the item's UTC date ``YYYY-MM-DD``);
     then the same order (``sortby``, default datetime then id) and the same ``max_items``
     cut, so an API and a static copy of it give the same scenes.
     """
@@ -214,6 +215,9 @@ class SearchConfig(_Model):
     filter: str | dict[str, Any] | None = Field(None, description="CQL2 text or CQL2 JSON over item properties, e.g. \"s2:nodata_pixel_percentage <= 20\".")
     cloud_cover: CloudCover = Field(default_factory=CloudCover)
     id_pattern: str | None = Field(None, description="Regular expression an item id must match (e.g. a tile id).")
+    date_pattern: str | None = Field(None, description=(
+        "Regular expression the item's UTC date YYYY-MM-DD must match (re.search), e.g. '-0[67]-' for June and July "
+        "(cloud-buster's date regexp)."))
     sortby: list[str] | None = Field(None, description="Sort fields, e.g. ['-properties.datetime'] (newest first); default datetime, id.")
     page_size: int = Field(100, gt=0, le=10000, description="Items per API page.")
     max_items: int | None = Field(None, gt=0, description="Keep the first this many items in `sortby` order.")
@@ -268,7 +272,7 @@ class SearchConfig(_Model):
                 raise ValueError(f"sort field {f!r} is not [+|-]name, e.g. '-properties.datetime'")
         return v
 
-    @field_validator("id_pattern")
+    @field_validator("id_pattern", "date_pattern")
     @classmethod
     def _id_regex(cls, v):
         return _regex(v)
@@ -439,9 +443,36 @@ class NearestInTimeSelection(_Model):
         "sliver gaps (0.01 % on Planetary Computer's S1 RTC frames), so an exact cover would add every frame."))
 
 
+class GreedyCoverageSelection(_Model):
+    """cloud-buster's greedy multi-coverage choice (azavea/cloud-buster @fe6c339,
+    ``cloudbuster/filter.py`` ``filter_response``), over the whole AOI (the union of its
+    features) in the equal-area CRS, areas in m^2.
+
+    Keep ``coverage_count`` copies of the AOI as "remaining" areas; repeatedly score every
+    (scene, copy) pair as area(footprint ∩ remaining copy) x (1 - cloud / 100), take the best
+    (ties: the first in the search order of the seed, newest first), subtract its footprint from
+    that copy only and remove the scene; stop when the remaining area summed over the copies is
+    <= ``max_uncovered_m2``, when no scene is left, when the best score is <= 0, or after exactly
+    ``max_selections`` picks (the seed allowed one more). Then, with ``backstop``, the same
+    scoring against ONE fresh AOI copy with the scenes left: those picks have role ``backstop``
+    (not cloud-masked; they fill holes). One time step: primary picks first, then backstop, in
+    pick order. The rule in full: :func:`eochips.selection.strategies.greedy_coverage`.
+    """
+
+    kind: Literal["greedy-coverage"]
+    coverage_count: int = Field(3, gt=0, description="Copies of the AOI to cover (the seed's coverage_count).")
+    max_uncovered_m2: float = Field(6.15e6, ge=0, description=(
+        "Stop when the remaining area (summed over the copies; of the one copy in the backstop stage) is at most this, "
+        "m^2 of the equal-area CRS; the default is the seed's max_uncovered 5e-4 square degrees at the equator "
+        "(5e-4 x 111.32 km x 110.57 km = 6.15 km^2)."))
+    backstop: bool = Field(True, description="Run the backstop stage after the primary one.")
+    max_selections: int | None = Field(None, gt=0, description=(
+        "Stop the primary stage after exactly this many picks (backstop picks are not counted); none: no limit."))
+
+
 Selection = Annotated[
     Union[FirstMiddleLastSelection, LeastCloudySelection, SeededByDateSelection, AllSelection, IntersectingSelection,
-          LeastCloudyPerYearSelection, NearestInTimeSelection],
+          LeastCloudyPerYearSelection, NearestInTimeSelection, GreedyCoverageSelection],
     Field(discriminator="kind"),
 ]
 
@@ -676,7 +707,26 @@ class ONNXMask(_MaskSource):
     product_level: Literal["l1c", "l2a"] = "l1c"
 
 
-MaskSource = Annotated[Union[FmaskMask, SCLMask, QAPixelMask, BQAMask, S2CloudlessMask, ONNXMask], Field(discriminator="kind")]
+class CloudProbabilityMask(_MaskSource):
+    """A cloud-probability asset (Sentinel-2 L2A ``CLD``: percent 0..100 at 20 m, the L2A
+    product's cloud-probability layer): cloud where the probability is above ``threshold``
+    (cloud-buster @fe6c339: > 40 %), read with nearest onto the unit grid."""
+
+    kind: Literal["cloud-probability"]
+    asset: str = Field("CLD", description="Asset key of the probability layer.")
+    threshold: float = Field(40.0, ge=0, le=100, description="Cloud where the probability (percent) is above this.")
+
+    @property
+    def bands(self) -> list[str]:
+        """The asset keys read for the mask (the probability layer)."""
+        return [self.asset]
+
+    working_resolution: None = None
+    scale: float = Field(1.0, gt=0, description="Probability = DN * scale (percent).")
+
+
+MaskSource = Annotated[Union[FmaskMask, SCLMask, QAPixelMask, BQAMask, S2CloudlessMask, ONNXMask, CloudProbabilityMask],
+                       Field(discriminator="kind")]
 QA_MASKS = ("fmask", "scl", "qa-pixel", "bqa")
 """Mask kinds that decode the source's QA asset (the others read bands of their own)."""
 
@@ -927,7 +977,7 @@ class RandomSplit(_Model):
 
 
 Split = Annotated[Union[RandomSplit], Field(discriminator="kind")]
-FINALIZERS = ("index", "split", "stats", "plots", "tables", "summary", "manifest")
+FINALIZERS = ("index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest")
 
 
 class DatasetConfig(_Model):
@@ -1072,6 +1122,12 @@ class Recipe(_Model):
                                      f"{self.sources[src].composite.kind!r} (sources.{src}.composite.kind)")
                 if not self.sources[src].bands:
                     raise ValueError(f"{where}: source {src!r} has no bands to mosaic")
+                if self.sources[src].selection.kind != "greedy-coverage":
+                    raise ValueError(f"{where}: a mosaic's scenes are chosen once over the AOI: set sources.{src}.selection.kind "
+                                     f"to greedy-coverage (cloud-buster), not {self.sources[src].selection.kind!r}")
+                if "mosaic" not in self.dataset.finalizers:
+                    raise ValueError(f"{where}: dataset.finalizers must include 'mosaic' (it assembles the tiles into the "
+                                     f"mosaic files); got {self.dataset.finalizers}")
                 for b in lay.quicklook or []:
                     band(f"{src}.{b}", f"{where}.quicklook")
         if self.sampling.kind == "class-balance" and (self.labels is None or (self.labels.reclass is None and self.labels.classes is None)):

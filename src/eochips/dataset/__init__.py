@@ -17,7 +17,11 @@ finalizer      writes (at the dataset root)
                over the classes present, normalised to sum 1, 0 for class 0 and absent classes)
 ``plots``      ``class_distribution_{split}.png``: pixels per class
 ``tables``     the tables layouts ask for (seed 000's ``fmask_tracker.csv``)
-``summary``    ``summary.json``: counts by status and reason code, dates, unknown label codes
+``mosaic``     a mosaic recipe's ``{name}-cloudless.tif``, ``-cloudy.tif``, ``-source.tif`` (COGs assembled
+               from the tiles' parts), ``sources.csv`` and ``quicklooks/``
+               (:mod:`eochips.dataset.mosaic`); nothing for other recipes
+``summary``    ``summary.json``: counts by status and reason code, dates, unknown label codes; for a
+               mosaic recipe its ``mosaic`` section (:func:`eochips.dataset.mosaic.mosaic_summary`)
 ``manifest``   ``checksums.sha256`` (sha256sum format, sorted paths, every file but itself, the
                state (``state.sqlite``, the ``state/`` completion markers) and ``plan/run.json``)
 =============  ===================================================================================
@@ -329,8 +333,16 @@ def summarize(ctx: Context) -> dict[str, Any]:
         "failed": len(failed), "failed_reasons": failed, "train": len(ctx.train), "validation": len(ctx.val),
         "scenes": sum(len(v) for v in plan.scenes.values()), "grids": len(plan.grids), "unknown_label_codes": unknown,
         "selected_dates": sorted({d[:10] for row in ctx.rows if row["status"] == "kept" for d in row["datetimes"]}),
-        **match_summary(plan),
+        **match_summary(plan), **_mosaic_section(ctx),
     }
+
+
+def _mosaic_section(ctx: Context) -> dict[str, Any]:
+    """``{"mosaic": ...}`` for a mosaic recipe (:func:`eochips.dataset.mosaic.mosaic_summary`), else empty."""
+    from .mosaic import mosaic_summary
+
+    section = mosaic_summary(ctx.plan, ctx.records, ctx.kept)
+    return {"mosaic": section} if section else {}
 
 
 def match_summary(plan: Plan) -> dict[str, Any]:
@@ -492,5 +504,7 @@ def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> N
              if rel not in skip and not rel.startswith((MARKERS.split("/")[0] + "/", LOCK_FILE))]
     store.write_text(MANIFEST, "".join(lines))
 
+
+from . import mosaic as _mosaic  # noqa: E402,F401 - registers the "mosaic" finalizer
 
 assert set(FINALIZERS) == set(FINALIZER_NAMES), "every finalizer name of the config has a function"

@@ -1,16 +1,17 @@
 """QA layers and cloud masks: decoders of the products' QA assets, mask models, and the
 registry the recipe's ``masks.sources`` kinds resolve to.
 
-=================  ===============================  =================================================
-kind               reads                            rule (source)
-=================  ===============================  =================================================
-``fmask``          the source's QA asset (uint8)    HLS v2.0 Fmask bits (HLS user guide v2.0, table 9)
-``scl``            the source's QA asset (uint8)    Sentinel-2 L2A SCL classes (ESA Sen2Cor spec)
-``qa-pixel``       the source's QA asset (uint16)   Landsat C2 QA_PIXEL bits (USGS LSDS-1619)
-``bqa``            the source's QA asset (uint16)   Landsat 8 C1 BQA bits (USGS C1 QA band page)
-``s2cloudless``    ``bands`` at working resolution  s2cloudless (Sentinel Hub), L1C reflectance
-``onnx``           ``bands`` at working resolution  ukis-csmask or a user ``.onnx`` model
-=================  ===============================  =================================================
+=====================  ===============================  =================================================
+kind                   reads                            rule (source)
+=====================  ===============================  =================================================
+``fmask``              the source's QA asset (uint8)    HLS v2.0 Fmask bits (HLS user guide v2.0, table 9)
+``scl``                the source's QA asset (uint8)    Sentinel-2 L2A SCL classes (ESA Sen2Cor spec)
+``qa-pixel``           the source's QA asset (uint16)   Landsat C2 QA_PIXEL bits (USGS LSDS-1619)
+``bqa``                the source's QA asset (uint16)   Landsat 8 C1 BQA bits (USGS C1 QA band page)
+``s2cloudless``        ``bands`` at working resolution  s2cloudless (Sentinel Hub), L1C reflectance
+``onnx``               ``bands`` at working resolution  ukis-csmask or a user ``.onnx`` model
+``cloud-probability``  its ``asset`` (CLD), nearest     > ``threshold`` percent (cloud-buster: 40)
+=====================  ===============================  =================================================
 
 Decoders take the QA of one time step on the unit grid (read with nearest) and return a
 :class:`MaskSet`; models take ``(band, y, x)`` reflectance 0..1 at their working resolution.
@@ -56,7 +57,14 @@ def _onnx(cfg, refl: np.ndarray, nodata: np.ndarray) -> MaskSet:
     return clean(m.cloud, m.shadow, m.snow, m.nodata | nodata)
 
 
-MODEL_MASKS: dict[str, Callable[[Any, np.ndarray, np.ndarray], MaskSet]] = {"s2cloudless": _s2cloudless, "onnx": _onnx}
+def _cloud_probability(cfg, prob: np.ndarray, nodata: np.ndarray) -> MaskSet:
+    cloud = prob[0] > cfg.threshold  # CLD 0 is "0 % probability", not fill
+    none = np.zeros(cloud.shape, bool)
+    return MaskSet(cloud, none, none.copy(), none.copy())
+
+
+MODEL_MASKS: dict[str, Callable[[Any, np.ndarray, np.ndarray], MaskSet]] = {
+    "s2cloudless": _s2cloudless, "onnx": _onnx, "cloud-probability": _cloud_probability}
 """Mask kinds that run a model on bands of their own:
 ``(config, reflectance (band, y, x) float32 0..1, nodata (y, x) bool) -> MaskSet``."""
 

@@ -6,7 +6,8 @@ Both backends apply the same steps to the same item dicts:
 2. the item filter: ``search.filter`` (CQL2 text or JSON) AND the ``cloud_cover`` bounds,
    evaluated with the ``cql2`` package (an item without a property the filter compares does
    not match, as in SQL and pgstac);
-3. ``id_pattern``;
+3. ``id_pattern`` (``re.search`` on the item id) and ``date_pattern`` (``re.search`` on the
+   item's UTC date ``YYYY-MM-DD``: cloud-buster's date regexp);
 4. the order ``sortby`` (default datetime then id; id always breaks ties);
 5. the first ``max_items``.
 
@@ -76,6 +77,7 @@ class ItemMatcher:
         f = item_filter(cfg)
         self.expr = cql2.Expr(f) if f is not None else None
         self.id_re = re.compile(cfg.id_pattern) if cfg.id_pattern else None
+        self.date_re = re.compile(cfg.date_pattern) if cfg.date_pattern else None
 
     def __call__(self, item: Mapping[str, Any]) -> bool:
         coll = item.get("collection")
@@ -97,6 +99,8 @@ class ItemMatcher:
             except Exception:  # noqa: BLE001 - cql2: "could not reduce" = a compared property is missing
                 return False
         if self.id_re is not None and not self.id_re.search(str(item.get("id"))):
+            return False
+        if self.date_re is not None and not self.date_re.search(when.strftime("%Y-%m-%d")):
             return False
         return True
 

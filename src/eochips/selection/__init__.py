@@ -54,7 +54,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Pick:
-    """A chosen scene and its role in its group (``primary``; later issues add ``backstop``)."""
+    """A chosen scene and its role in its group: ``primary``, or ``backstop`` (greedy-coverage's
+    hole fillers, not cloud-masked, below every primary scene)."""
 
     scene: Scene
     role: str = "primary"

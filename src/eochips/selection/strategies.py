@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from . import (Candidate, Pick, SceneGroup, SelectionContext, SelectionFailed, by_date, coverage_fallback,
                covering, one_each, register)
 
@@ -211,3 +213,130 @@ def _coverage(union, area, total: float) -> float:
     import shapely
 
     return 100.0 * shapely.intersection(union, area).area / total if total > 0 else 0.0
+
+
+def seed_order(cands: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates in cloud-buster's search order, newest first: datetime descending, then id
+    ascending (the stated stable order that breaks score ties in :func:`greedy_coverage`)."""
+    by_id = sorted(cands, key=lambda c: c.scene.id)
+    return sorted(by_id, key=lambda c: c.scene.datetime, reverse=True)  # stable: ids stay ascending within a datetime
+
+
+def _clear_fraction(c: Candidate) -> float:
+    """``1 - eo:cloud_cover / 100``; an unknown cloud cover counts as 100 % (fraction 0)."""
+    return 0.0 if c.scene.cloud_cover is None else 1.0 - float(c.scene.cloud_cover) / 100.0
+
+
+def _greedy_stage(pool: list[Candidate], copies: list, clear: dict[str, float], max_uncovered: float,
+                  limit: int | None) -> tuple[list[tuple[Candidate, int, float, float]], str]:
+    """One stage of :func:`greedy_coverage`: picks ``(candidate, copy, score, remaining after)``
+    and the stop reason. ``pool`` (in seed order) and ``copies`` are consumed in place."""
+    import shapely
+
+    # score[i][j] of pool[i] against copy j; a copy's column is recomputed only when that copy shrinks,
+    # and a pair once at 0 stays at 0 (remaining areas only shrink)
+    scores = [[shapely.intersection(c.footprint, cp).area * clear[c.scene.id] for cp in copies] for c in pool]
+    picks: list[tuple[Candidate, int, float, float]] = []
+    while True:
+        remaining = sum(cp.area for cp in copies)
+        if remaining <= max_uncovered:
+            return picks, "covered"
+        if limit is not None and len(picks) == limit:
+            return picks, "max_selections"
+        if not pool:
+            return picks, "no_candidates"
+        best, bi, bj = 0.0, -1, -1
+        for i, row in enumerate(scores):
+            for j, s in enumerate(row):
+                if s > best:  # strict: ties go to the first (scene order, copy index)
+                    best, bi, bj = s, i, j
+        if bi < 0:
+            return picks, "no_score"
+        c = pool.pop(bi)
+        scores.pop(bi)
+        copies[bj] = shapely.difference(copies[bj], c.footprint)
+        for i, cand in enumerate(pool):
+            if scores[i][bj] > 0:
+                scores[i][bj] = shapely.intersection(cand.footprint, copies[bj]).area * clear[cand.scene.id]
+        picks.append((c, bj, best, sum(cp.area for cp in copies)))
+
+
+@register("greedy-coverage")
+def greedy_coverage(ctx: SelectionContext) -> list[SceneGroup]:
+    """cloud-buster's greedy multi-coverage choice (azavea/cloud-buster @fe6c339,
+    ``cloudbuster/filter.py`` ``filter_response``), over ``ctx.area``: the AOI union in the
+    equal-area CRS (areas in m^2), footprints ``Candidate.footprint`` in the same CRS.
+
+    Order: the candidates in the seed's search order, newest first (datetime descending, then
+    id ascending: :func:`seed_order`). Score of (scene, copy) = area(footprint ∩ remaining copy)
+    x (1 - eo:cloud_cover / 100); an unknown cloud cover counts as 100 % (score 0: such a scene
+    is never picked, where the seed would fail on it).
+
+    Primary stage: ``coverage_count`` copies of the area. Repeat: stop when the summed remaining
+    area is <= ``max_uncovered_m2`` (``covered``), after exactly ``max_selections`` picks
+    (``max_selections``; the seed allowed one more), when no scene is left (``no_candidates``),
+    or when the best score is <= 0 (``no_score``); else pick the pair of highest score (ties: the
+    first in (scene order, copy index) order, as the seed's strict ``>`` scan), subtract the
+    footprint from that copy only, remove the scene. Backstop stage (``backstop``): the same
+    against ONE fresh copy of the area with the scenes left, the same stop rules on that copy's
+    area; ``max_selections`` counts primary picks only (the seed counted both stages together,
+    so a full primary stage left no backstop). Returns ONE time step: the primary picks then the
+    backstop ones (role ``backstop``), each in pick order.
+
+    ``ctx.notes`` gets the selection log: ``aoi_area_m2``, ``coverage_count``,
+    ``max_uncovered_m2``, ``candidates`` (how many), ``picks`` (per pick: ``number`` 1-based
+    over both stages, ``scene_id``, ``datetime`` (ISO 8601 UTC), ``role``, ``score`` (m^2),
+    ``copy`` (0-based; None for backstop), ``cloud_cover``, ``remaining_m2``: the stage's summed
+    remaining area after the pick), ``remaining_primary_m2``, ``remaining_backstop_m2`` (None
+    without the stage), ``stop_primary``, ``stop_backstop`` (a stop reason above, or
+    ``disabled``).
+
+    Raises
+    ------
+    SelectionFailed
+        No primary pick at all (no scene intersects the area, or every score is 0).
+    """
+    from ..geo import EQUAL_AREA, reproject_geometry
+
+    cfg, area = ctx.config, ctx.area
+    if area is None:
+        raise SelectionFailed("greedy-coverage: no area to cover")
+    pool = []
+    for c in seed_order(ctx.candidates):
+        if c.footprint is None:
+            c = Candidate(c.scene, c.coverage, reproject_geometry(c.scene.geometry, "EPSG:4326", EQUAL_AREA))
+        pool.append(c)
+    clear = {c.scene.id: _clear_fraction(c) for c in pool}
+    notes = ctx.notes
+    notes.update(aoi_area_m2=area.area, coverage_count=cfg.coverage_count, max_uncovered_m2=cfg.max_uncovered_m2,
+                 candidates=len(pool), picks=[], remaining_primary_m2=None, remaining_backstop_m2=None,
+                 stop_primary=None, stop_backstop="disabled")
+    copies = [area] * cfg.coverage_count
+    primary, notes["stop_primary"] = _greedy_stage(pool, copies, clear, cfg.max_uncovered_m2, cfg.max_selections)
+    notes["remaining_primary_m2"] = sum(cp.area for cp in copies)
+    if not primary:
+        raise SelectionFailed(_no_pick_reason(notes["stop_primary"], pool, notes["aoi_area_m2"], cfg))
+    backstop: list = []
+    if cfg.backstop:
+        one = [area]
+        backstop, notes["stop_backstop"] = _greedy_stage(pool, one, clear, cfg.max_uncovered_m2, None)
+        notes["remaining_backstop_m2"] = one[0].area
+    for role, stage in (("primary", primary), ("backstop", backstop)):
+        for c, j, score, rem in stage:
+            notes["picks"].append({"number": len(notes["picks"]) + 1, "scene_id": c.scene.id,
+                                   "datetime": c.scene.datetime.isoformat().replace("+00:00", "Z"), "role": role,
+                                   "score": score, "copy": j if role == "primary" else None,
+                                   "cloud_cover": c.scene.cloud_cover, "remaining_m2": rem})
+    return [tuple(Pick(c.scene) for c, *_ in primary) + tuple(Pick(c.scene, "backstop") for c, *_ in backstop)]
+
+
+def _no_pick_reason(stop: str, pool: list[Candidate], aoi_m2: float, cfg) -> str:
+    """Why the primary stage of :func:`greedy_coverage` picked nothing."""
+    if stop == "covered":
+        return (f"greedy-coverage: the AOI ({aoi_m2:.6g} m^2 x coverage_count {cfg.coverage_count}) is already within "
+                f"max_uncovered_m2 ({cfg.max_uncovered_m2:g} m^2); nothing to pick")
+    if not pool:
+        return "greedy-coverage: no scene intersects the AOI"
+    unknown = sum(1 for c in pool if c.scene.cloud_cover is None)
+    why = f" ({unknown} of them without eo:cloud_cover, which counts as 100 %)" if unknown else ""
+    return f"greedy-coverage: none of the {len(pool)} scene(s) over the AOI scores above 0{why}"

@@ -292,3 +292,31 @@ def write_quicklook(data, store: OutputStore) -> dict[str, str]:
     rel = f"quicklooks/{task.unit_id}.png"
     store.write_bytes(rel, buf.getvalue())
     return {rel: hashlib.sha256(buf.getvalue()).hexdigest()}
+
+
+@register("mosaic")
+def mosaic(cfg, tile, store: OutputStore, common: dict) -> tuple[dict[str, str], dict]:
+    """The parts of one mosaic tile (:class:`eochips.mosaic.MosaicTile`, contract in
+    :class:`~eochips.config.models.MosaicLayout`): ``tiles/{unit}-cloudless.tif`` and
+    ``tiles/{unit}-cloudy.tif`` (``(band, y, x)``, the bands' dtype, fill and scale/offset; tag
+    ``picks`` = ``number:scene_id`` of the stage's picks) and ``tiles/{unit}-source.tif``
+    (uint16 ``cloudless_index``, ``cloudy_index`` [, ``clear_count``], no fill: 0 = none)."""
+    from ..mosaic import part_names
+
+    task = tile.task
+    lay = task.layer(task.mosaic.source)
+    bands = lay.bands
+    fill = common_fill(bands, "output.layout mosaic")
+    parts = part_names(task.unit_id)
+    files: dict[str, str] = {}
+    for product in ("cloudless", "cloudy"):
+        files[parts[product]] = write_cog(
+            store, parts[product], tile.images[product], task.crs, task.transform, nodata=fill,
+            descriptions=[b.name for b in bands], scales=[b.scale for b in bands], offsets=[b.offset for b in bands],
+            tags={"picks": ",".join(f"{sc.pick}:{sc.scene_id}" for sc in tile.picks[product])}, **common)
+    src = [tile.cloudless_index, tile.cloudy_index] + ([tile.clear_count] if tile.clear_count is not None else [])
+    desc = ["cloudless_index", "cloudy_index"] + (["clear_count"] if tile.clear_count is not None else [])
+    files[parts["source"]] = write_cog(store, parts["source"], np.stack(src).astype(np.uint16), task.crs, task.transform,
+                                       descriptions=desc, **common)
+    roles = {parts["cloudless"]: "image", parts["cloudy"]: "image", parts["source"]: "index"}
+    return files, {"file_roles": roles}
