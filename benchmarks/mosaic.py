@@ -41,6 +41,7 @@ from servers import RangeServer  # noqa: E402
 CONTENDERS = ["eochips", "seed", "odc", "limit"]
 EOCHIPS_WORKERS = 2  # eochips' default on this 2-core machine (one per core)
 RECIPE_NAME = "mosaic"
+COMMON = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}  # the profile's band names (the recipe's quicklook)
 
 
 def recipe(m: dict, scale: int) -> dict:
@@ -54,7 +55,7 @@ def recipe(m: dict, scale: int) -> dict:
             "search": {"catalog": m["catalog"], "collections": ["sentinel-2-l2a"], "cloud_cover": {"max": 20},
                        "sortby": ["-properties.datetime"], "max_items": 1024, "auth": "none"},
             "profile": "sentinel-2-l2a-pc",
-            "bands": [{"name": b, "asset": b, "resolution": mw.RES} for b in m["bands"]],
+            "bands": [{"name": COMMON[b], "asset": b, "resolution": mw.RES} for b in m["bands"]],
             "resampling": "nearest",
             "selection": {"kind": "greedy-coverage", "coverage_count": 3, "max_uncovered_m2": 6.15e6, "backstop": True,
                           "max_selections": None},
@@ -119,7 +120,9 @@ def run_one(contender: str, m: dict, scale: int, scratch: Path, picks_json: Path
         import yaml
 
         rp.write_text(yaml.safe_dump(recipe(m, scale), sort_keys=False))
-        env = dict(os.environ, EOCHIPS_STATE_DIR=str(scratch / "state"))
+        # a state folder of its own per run (eochips uses it only for object-storage outputs)
+        state = Path(tempfile.mkdtemp(prefix="state-", dir=scratch))
+        env = dict(os.environ, EOCHIPS_STATE_DIR=str(state))
         r = measure(eochips_cmd(rp, out), env)
         r["picks"] = plan_picks(out)
         files = eochips_outputs(out)
