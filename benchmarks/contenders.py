@@ -153,7 +153,7 @@ def run_odc(w: Workload, out: Path) -> int:
     import pystac
     from odc.geo.geobox import GeoBox
 
-    odc.stac.configure_rio(cloud_defaults=True, GDAL_HTTP_MERGE_CONSECUTIVE_RANGES="YES", GDAL_CACHEMAX=128)
+    odc.stac.configure_rio(cloud_defaults=True, GDAL_HTTP_MERGE_CONSECUTIVE_RANGES="YES", GDAL_CACHEMAX=128 << 20)
     cat = json.loads((Path(w.m["root"]) / f"items-{w.net}.json").read_text())
     by_id = {f["id"]: f for f in cat["features"]}
     kept = 0

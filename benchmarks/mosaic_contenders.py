@@ -48,7 +48,7 @@ HALO = KERNEL // 2
 THREADS = 4
 OUTSIDE = 255  # odc's SCL fill outside a scene
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif",
-            "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES", "GDAL_CACHEMAX": 256, "VSI_CACHE": "FALSE"}
+            "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES", "GDAL_CACHEMAX": 256 << 20, "VSI_CACHE": "FALSE"}
 
 
 # --------------------------------------------------------------------------------------

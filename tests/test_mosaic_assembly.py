@@ -225,7 +225,7 @@ def test_sources_csv_and_summary(tmp_path):
     cl, cy = source[0][kept], source[1][kept]
     total = kept.sum()
     assert m["aoi_area_m2"] == 4.096e7 and m["source"] == "s2"
-    assert m["remaining_primary_m2"] == 4.0e6 and m["remaining_primary_pct"] == pytest.approx(100 * 4.0e6 / 4.096e7)
+    assert m["remaining_primary_m2"] == 4.0e6 and m["remaining_primary_pct"] == pytest.approx(100 * 4.0e6 / (3 * 4.096e7))
     assert m["remaining_backstop_m2"] == 0.0 and m["remaining_backstop_pct"] == 0.0
     assert m["picks"] == {"primary": 3, "backstop": 2}
     assert m["aoi_pixels"] == total

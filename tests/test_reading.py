@@ -86,3 +86,18 @@ def test_missing_asset_is_a_permanent_read_error(cog_server):
     with pytest.raises(ReadError) as exc:
         read_onto(f"{cog_server.url}/does-not-exist.tif", "EPSG:32630", (30, 0, 0, 0, -30, 0), (8, 8), max_retries=1)
     assert "does-not-exist.tif" in str(exc.value) and type(exc.value) is ReadError
+
+
+def test_gdal_block_cache_is_megabytes_not_bytes():
+    """rasterio hands GDAL_CACHEMAX to GDALSetCacheMax64 in BYTES: the read env's 128 (MiB) once
+    gave GDAL a 128-byte block cache (every block decoded again on each read)."""
+    import rasterio
+    from rasterio._env import get_gdal_config
+
+    from eochips.config import ReadingConfig
+    from eochips.reading import gdal_env, read_env
+
+    with rasterio.Env(**gdal_env()):
+        assert get_gdal_config("GDAL_CACHEMAX") == 128 * 2**20
+    with rasterio.Env(**read_env(ReadingConfig(gdal_cachemax_mb=64))):
+        assert get_gdal_config("GDAL_CACHEMAX") == 64 * 2**20

@@ -128,15 +128,35 @@ def _crop(a: np.ndarray, d: int) -> np.ndarray:
     return a[..., d:a.shape[-2] - d, d:a.shape[-1] - d] if d else a
 
 
-def scene_mask(task, layer, d: int) -> np.ndarray:
+def raster_frame(reads) -> np.ndarray:
+    """``(y, x)`` bool on the grid of a one-unit read: the pixels inside the scene's raster (the
+    extent of the first source window read; the window is the part of the raster the grid
+    needs). Outside it the warp's fill is "no raster", not the scene's own no-data class."""
+    from rasterio.warp import Resampling, reproject
+
+    task = reads.tasks[0]
+    win = next((w for w in reads.sources[0] if w is not None), None)
+    out = np.zeros(task.shape, np.uint8)
+    if win is not None:
+        reproject(np.ones(win.data.shape, np.uint8), out, src_transform=win.transform, src_crs=win.crs, src_nodata=None,
+                  dst_transform=Affine(*task.transform), dst_crs=task.crs, dst_nodata=0, resampling=Resampling.nearest)
+    return out.astype(bool)
+
+
+def scene_mask(task, layer, d: int, frame: np.ndarray | None = None) -> np.ndarray:
     """``(y, x)`` bool on ``task``'s grid: the scene's masked pixels (cloud-buster: the union of
     every mask source's cloud, shadow, snow and nodata classes, then dilated by ``d`` pixels as
     a ``(2d + 1)`` square). ``layer`` is the scene's :class:`~eochips.chips.LayerData` with
-    ``masks`` filled (one step)."""
+    ``masks`` filled (one step). Only pixels inside ``frame`` (the scene's raster,
+    :func:`raster_frame`) are grown: as in the seed, which masks each scene on its own raster
+    before warping it, the raster's edge does not eat into the scene (its own no-data class
+    inside the raster, e.g. SCL 0 beyond the swath edge, does)."""
     if layer is None or not layer.masks:
         return np.zeros(task.shape, bool)
     m = layer.masks[0]
     out = m.cloud | m.shadow | m.snow | m.nodata
+    if frame is not None:
+        out &= frame
     if d > 0 and out.any():
         from scipy.ndimage import binary_dilation
 
@@ -236,10 +256,12 @@ def build_tile(task) -> "UnitResult":  # noqa: F821 - chips.UnitResult
             if not needed(sc):
                 continue
             reads = [_BatchRead([sub], {}) for sub in _scene_tasks(task, lay, sc, sc.role != "backstop")]
-            got = []
-            for r in reads:
+            got, frame = [], None
+            for k, r in enumerate(reads):
                 r.wait()
                 retries.extend(r.retries[0])
+                if k == 1:
+                    frame = raster_frame(r)
                 got.append(_warp_unit(r, 0))
             err = next((g for g in got if isinstance(g, ReadError)), None)
             if err is not None:
@@ -252,7 +274,7 @@ def build_tile(task) -> "UnitResult":  # noqa: F821 - chips.UnitResult
                 sub = reads[1].tasks[0]
                 unit_masks(sub, got[1])
                 d = task.masks.dilation
-                primary.add(image, _crop(scene_mask(sub, got[1][spec.source], d), d), sc.pick)
+                primary.add(image, _crop(scene_mask(sub, got[1][spec.source], d, frame), d), sc.pick)
             del got, image
     except ReadError as exc:
         return UnitResult(task.unit_id, "failed", "io", str(exc), retries=len(retries), fingerprint=task.fingerprint)

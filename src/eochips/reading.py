@@ -58,7 +58,7 @@ DEFAULT_GDAL_ENV: dict[str, str | int | bool] = {
     "GDAL_HTTP_TIMEOUT": 60,
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "VSI_CACHE": "FALSE",  # its cached-file layer re-sends a failed range itself (a second retry layer)
-    "GDAL_CACHEMAX": 128,
+    "GDAL_CACHEMAX": 128 << 20,  # bytes: rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64 (128 would be 128 bytes)
 }
 
 # rasterio's in-memory datasets (used by reproject on arrays) read their transform before it is set
@@ -77,8 +77,9 @@ _FORMAT = ("not recognized as being in a supported file format", "not a TIFF", "
 
 
 def gdal_env(cachemax_mb: int = 128, extra: Mapping[str, str] | None = None) -> dict:
-    """The GDAL options of a read (defaults above, plus credentials in ``extra``)."""
-    env = dict(DEFAULT_GDAL_ENV, GDAL_CACHEMAX=cachemax_mb)
+    """The GDAL options of a read (defaults above, plus credentials in ``extra``); the block
+    cache is ``cachemax_mb`` MiB, given to rasterio in bytes (its ``GDAL_CACHEMAX`` is bytes)."""
+    env = dict(DEFAULT_GDAL_ENV, GDAL_CACHEMAX=int(cachemax_mb) << 20)
     env.update(extra or {})
     return env
 

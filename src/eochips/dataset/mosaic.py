@@ -563,8 +563,9 @@ def mosaic_summary(plan, records: dict[str, dict[str, Any]], kept: Iterable[str]
     """The summary's ``mosaic`` section (empty dict for a recipe without a mosaic layout).
 
     Keys: ``source``, ``aoi_area_m2``; ``remaining_primary_m2`` / ``_pct`` and
-    ``remaining_backstop_m2`` / ``_pct`` (the selection's uncovered area after each stage, m^2
-    and % of the AOI, from ``plan.selection_log[source]``); ``picks`` (count per role);
+    ``remaining_backstop_m2`` / ``_pct`` (the selection's uncovered area after each stage, m^2,
+    summed over the stage's AOI copies, and % of those copies' area: ``coverage_count`` x the
+    AOI for the primary stage, the AOI for the backstop, from ``plan.selection_log[source]``); ``picks`` (count per role);
     ``aoi_pixels`` (the kept tiles' pixels inside the AOI); ``pixel_share`` ``{"cloudless":
     {"0": share, "1": ...}, "cloudy": {...}}`` (share of ``aoi_pixels`` from each pick number,
     "0" = empty) summed from the kept units' ``metrics["mosaic_pixels"]``; ``empty_share``
@@ -579,8 +580,8 @@ def mosaic_summary(plan, records: dict[str, dict[str, Any]], kept: Iterable[str]
     log = (getattr(plan, "selection_log", None) or {}).get(src) or {}
     aoi = log.get("aoi_area_m2")
 
-    def pct(v):
-        return round(100.0 * v / aoi, 6) if v is not None and aoi else None
+    def pct(v, copies: int = 1):  # of the stage's target: coverage_count AOI copies (primary), one (backstop)
+        return round(100.0 * v / (aoi * copies), 6) if v is not None and aoi else None
 
     kept = list(kept)
     counts: dict[str, dict[str, int]] = {"cloudless": {}, "cloudy": {}, "filled": {}}
@@ -598,7 +599,7 @@ def mosaic_summary(plan, records: dict[str, dict[str, Any]], kept: Iterable[str]
     roles = Counter(p.get("role") for p in log.get("picks") or [])
     return {
         "source": src, "aoi_area_m2": aoi,
-        "remaining_primary_m2": rp, "remaining_primary_pct": pct(rp),
+        "remaining_primary_m2": rp, "remaining_primary_pct": pct(rp, int(log.get("coverage_count") or 1)),
         "remaining_backstop_m2": rb, "remaining_backstop_pct": pct(rb),
         "picks": {"primary": roles.get("primary", 0), "backstop": roles.get("backstop", 0)},
         "aoi_pixels": total,
