@@ -161,3 +161,19 @@ def test_mask_filters_and_quicklooks_in_a_recipe(stac_api, cdl_raster, hls_dir, 
         else:
             assert row.reason_code == "nodata" and row.nodata_pixels > 0
     assert checked["kept"] > 0 and checked["cloud"] > 0
+
+
+def test_grow_equals_binary_dilation_with_a_square():
+    """The separable dilation equals scipy's binary_dilation with the (2n+1)^2 square, edges included."""
+    from scipy.ndimage import binary_dilation
+
+    from eochips.qa.masks import grow
+
+    rng = np.random.default_rng(7)
+    for p, n in ((0.001, 5), (0.05, 5), (0.3, 2), (0.01, 1)):
+        m = rng.random((257, 311)) < p
+        m[0, :7] = m[:, -1] = True  # touching the array's edges
+        ref = binary_dilation(m, np.ones((2 * n + 1, 2 * n + 1), bool))
+        np.testing.assert_array_equal(grow(m, n), ref)
+        assert grow(m, n).sum() > m.sum()
+    assert grow(np.zeros((4, 4), bool), 5).sum() == 0
