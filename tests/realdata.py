@@ -61,7 +61,7 @@ def proj_fields(crs, transform, shape) -> dict:
     return out
 
 
-def build_s2_exeter(dst: Path) -> list[dict]:
+def build_s2_exeter(dst: Path, cuts: dict[str, tuple[float, float, float, float]] | None = None) -> list[dict]:
     """Per-band COGs and STAC items of the 5 real Sentinel-2 L2A dates over Exeter (PC
     ``sentinel-2-l2a``, warped to 20 m by vrtility in three CRSs: EPSG:27700, UTM 30N and a
     local LAEA), with Planetary Computer asset keys.
@@ -70,7 +70,9 @@ def build_s2_exeter(dst: Path) -> list[dict]:
     ``eo:cloud_cover`` (percent of valid pixels with SCL 8, 9 or 10; the SCL was bilinear-warped,
     so in-between codes exist: they count as what they read), ``s2:nodata_pixel_percentage``.
     Assumed (not in the files): ``s2:processing_baseline`` 05.10 (the baseline of 2024 L2A
-    products) and ``s2:mgrs_tile`` 30UVB (Exeter).
+    products) and ``s2:mgrs_tile`` 30UVB (Exeter). ``cuts`` maps a date ``YYYY-MM-DD`` to a
+    fraction box ``(x0, y0, x1, y1)`` of the file's pixels that date keeps (the rest set to 0, the
+    footprint computed from what is left, said in ``eochips:derived_from``): partial coverage.
     """
     import rasterio
     from shapely.geometry import mapping
@@ -82,6 +84,12 @@ def build_s2_exeter(dst: Path) -> list[dict]:
             arr = ds.read()
             dt = datetime.strptime(ds.tags()["datetime"][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
             crs, tr, shape = ds.crs, ds.transform, (ds.height, ds.width)
+        cut = (cuts or {}).get(f"{dt:%Y-%m-%d}")
+        if cut:
+            h, w = arr.shape[1:]
+            keep = np.zeros((h, w), bool)
+            keep[int(cut[1] * h):int(cut[3] * h), int(cut[0] * w):int(cut[2] * w)] = True
+            arr = np.where(keep, arr, 0)
         tag = f.stem.split("_")[-1] if "EPSG" in f.stem or "UTM" in f.stem else "LAEA"
         iid = f"S2X_MSIL2A_{dt:%Y%m%dT%H%M%S}_EXETER_{tag}"
         valid = arr[0] != 0
@@ -101,7 +109,8 @@ def build_s2_exeter(dst: Path) -> list[dict]:
                 "eo:cloud_cover": round(100.0 * float(np.isin(scl, SCL_CLOUD).mean()), 3),
                 "s2:nodata_pixel_percentage": round(100.0 * float((~valid).mean()), 3),
                 "s2:processing_baseline": "05.10", "s2:mgrs_tile": "30UVB",
-                "eochips:derived_from": f"shared/data/real/s2l2a_multitemporal_exeter/{f.name}",
+                "eochips:derived_from": f"shared/data/real/s2l2a_multitemporal_exeter/{f.name}"
+                                        + (f" (pixels outside the fraction box {cut} set to 0)" if cut else ""),
                 "eochips:assumed": ["s2:processing_baseline", "s2:mgrs_tile"],
             },
             "links": [], "assets": assets,

@@ -23,7 +23,7 @@ from scipy.ndimage import binary_dilation
 from shapely.geometry import mapping, shape
 
 from conftest import needs_shared, run_cli, write_recipe
-from realdata import REAL, S2_BANDS, S2_EXETER, footprint, proj_fields, write_cog
+from realdata import REAL, build_s2_exeter
 
 pytestmark = needs_shared
 
@@ -35,45 +35,6 @@ CRS = "EPSG:32630"
 FINALIZERS = ["index", "mosaic", "summary", "manifest"]
 # (date prefix, fraction box in the file's pixel space kept: x0, y0, x1, y1); the other dates are whole
 CUTS = {"2024-06-02": (0.0, 0.0, 0.55, 1.0), "2024-08-01": (0.35, 0.0, 1.0, 0.6)}
-
-
-def _items(dst: Path) -> list[dict]:
-    """Per-band COGs and PC-style items of the 5 real dates; the dates of CUTS keep only their box."""
-    from datetime import datetime, timezone
-
-    dst.mkdir(parents=True, exist_ok=True)
-    items = []
-    for f in sorted(S2_EXETER.glob("*.tif")):
-        with rasterio.open(f) as ds:
-            arr = ds.read()
-            dt = datetime.strptime(ds.tags()["datetime"][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
-            crs, tr = ds.crs, ds.transform
-        cut = CUTS.get(f"{dt:%Y-%m-%d}")
-        if cut:
-            h, w = arr.shape[1:]
-            keep = np.zeros((h, w), bool)
-            keep[int(cut[1] * h):int(cut[3] * h), int(cut[0] * w):int(cut[2] * w)] = True
-            arr = np.where(keep, arr, 0)
-        iid = f"S2X_MSIL2A_{dt:%Y%m%dT%H%M%S}_EXETER"
-        valid = arr[0] != 0
-        assets = {}
-        for i, band in enumerate(S2_BANDS):
-            name = f"{iid}_{band}.tif"
-            write_cog(dst / name, arr[i], crs, tr, "uint16" if band != "SCL" else "uint8", 0)
-            assets[band] = {"href": name, "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                            "roles": ["data"], **proj_fields(crs, tr, arr.shape[1:])}
-        foot = footprint(valid, crs, tr)
-        scl = arr[4][valid]
-        props = {"datetime": dt.strftime("%Y-%m-%dT%H:%M:%SZ"), "platform": "Sentinel-2",
-                 "eo:cloud_cover": round(100.0 * float(np.isin(scl, (8, 9, 10)).mean()), 3),
-                 "s2:processing_baseline": "05.10", "s2:mgrs_tile": "30UVB",
-                 "eochips:derived_from": f"shared/data/real/s2l2a_multitemporal_exeter/{f.name}"
-                                         + (f" (pixels outside the fraction box {cut} set to 0)" if cut else ""),
-                 "eochips:assumed": ["s2:processing_baseline", "s2:mgrs_tile"]}
-        items.append({"type": "Feature", "stac_version": "1.0.0", "id": iid, "collection": "sentinel-2-l2a",
-                      "geometry": mapping(foot), "bbox": list(foot.bounds), "properties": props, "links": [],
-                      "assets": assets})
-    return items
 
 
 SGA = REAL / "s2l2a_native_scl_34SGA"
@@ -109,7 +70,7 @@ def exeter(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     d = tmp_path_factory.mktemp("mosaic")
-    items = _items(d / "assets") + [_item_34sga(d / "assets")]
+    items = build_s2_exeter(d / "assets", CUTS) + [_item_34sga(d / "assets")]
     with RangeServer(d / "assets") as srv:
         served = json.loads(json.dumps(items))
         for it in served:
