@@ -543,7 +543,7 @@ def source_quicklook(path: str | os.PathLike, picks: Sequence[dict[str, Any]], m
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.02 + 2 * panel / (2 * panel + 3.2), 0.5),
                fontsize=7, frameon=False)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})  # tight: long scene ids stay whole
     return buf.getvalue()
 
 
