@@ -39,13 +39,16 @@ Only I/O fails a tile (a :class:`~eochips.errors.ReadError` or
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from affine import Affine
 
 from .config import CompositeConfig, MasksConfig
 from .errors import OutputError, ReadError
+
+if TYPE_CHECKING:
+    from .chips import UnitResult
 
 PART_LEVEL = 1
 """DEFLATE/ZSTD level of the tile parts (the assembled mosaics use ``output.level``): parts are
@@ -156,7 +159,7 @@ def scene_mask(task, layer, d: int, frame: np.ndarray | None = None) -> np.ndarr
     :func:`raster_frame`) are grown: as in the seed, which masks each scene on its own raster
     before warping it, the raster's edge does not eat into the scene (its own no-data class
     inside the raster, e.g. SCL 0 beyond the swath edge, does)."""
-    if layer is None or not layer.masks:
+    if not layer.masks:
         return np.zeros(task.shape, bool)
     m = layer.masks[0]
     out = m.cloud | m.shadow | m.snow | m.nodata
@@ -196,7 +199,6 @@ class _Stage:
     def __init__(self, kind: str, shape, dtype, nodata, index: bool):
         from .composite import get_compositor
 
-        self.kind = kind
         self.comp = get_compositor(kind)(shape, dtype, nodata, index=index)
         self.numbers: list[int] = []
 
@@ -218,7 +220,7 @@ class _Stage:
         return res.image, index, res.count
 
 
-def build_tile(task) -> "UnitResult":  # noqa: F821 - chips.UnitResult
+def build_tile(task) -> UnitResult:
     """Build one mosaic tile (see the module docstring) and write its parts.
 
     Parameters
@@ -271,16 +273,13 @@ def build_tile(task) -> "UnitResult":  # noqa: F821 - chips.UnitResult
             err = next((g for g in got if isinstance(g, ReadError)), None)
             if err is not None:
                 raise err
-            image = _image(got[0][spec.source])
-            if sc.role == "backstop" or len(got) == 1:
-                masked = None if sc.role == "backstop" else scene_mask(task, None, 0)
-                (backstop if sc.role == "backstop" else primary).add(image, masked, sc.pick)
-            else:
-                sub = reads[1].tasks[0]
+            masked = None  # a backstop scene, or a source without masks
+            if len(got) == 2:  # the QA / mask bands on the halo grid
+                sub, d = reads[1].tasks[0], task.masks.dilation
                 unit_masks(sub, got[1])
-                d = task.masks.dilation
-                primary.add(image, _crop(scene_mask(sub, got[1][spec.source], d, frame), d), sc.pick)
-            del got, image
+                masked = _crop(scene_mask(sub, got[1][spec.source], d, frame), d)
+            (backstop if sc.role == "backstop" else primary).add(_image(got[0][spec.source]), masked, sc.pick)
+            del got, masked
     except ReadError as exc:
         return UnitResult(task.unit_id, "failed", "io", str(exc), retries=len(retries), fingerprint=task.fingerprint)
     img_p, idx_p, count = primary.result()
