@@ -142,8 +142,9 @@ class UnitTask:
     crs, transform, shape
         The unit's grid: CRS (WKT), affine ``(a, b, c, d, e, f)`` in CRS units (metres), and
         ``(height, width)`` in pixels.
-    tile, grid_name
-        The unit's MGRS tile (if known) and its grid's name (a scene id on scene grids).
+    tile, grid_name, product
+        The unit's MGRS tile (if known), its grid's name (a scene id on scene grids) and its
+        grid scene's product name (:func:`eochips.geo.product_name`; else the grid's name).
     n
         The unit's 1-based row-major position among its grid's windows (the ``{n}`` of file names).
     layers
@@ -174,6 +175,7 @@ class UnitTask:
     out: str
     tile: str | None = None
     grid_name: str = ""
+    product: str = ""
     n: int = 0
     labels: LabelSpec | None = None
     label_bounds: tuple[float, float, float, float] | None = None

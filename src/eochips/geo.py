@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -221,6 +222,25 @@ def _densify_step(geom: BaseGeometry) -> float:
 # --------------------------------------------------------------------------------------
 # grids
 
+_PRODUCT_SUFFIX = re.compile(r"_\d{8}T\d{6}(\.SAFE)?$")
+
+
+def product_name(scene_id: str, properties: Mapping) -> str:
+    """The product name of a scene: its ``s2:product_uri`` (Earth Search v1, Planetary Computer)
+    or ``sentinel:product_id`` (Earth Search v0) without the trailing ``_<YYYYMMDDTHHMMSS>[.SAFE]``
+    (the product discriminator), else the item id.
+
+    BigEarthNet v2 names a patch ``{product}_{x}_{y}`` this way (kai-tub/bigearthnet-pipeline,
+    ``migrations/V1_2__sentinel2_tables.sql``), e.g. ``S2A_MSIL2A_20170617T113321_N9999_R080_T29UPU``
+    from ``S2A_MSIL2A_20170617T113321_N9999_R080_T29UPU_20230623T084520.SAFE``.
+    """
+    for key in ("s2:product_uri", "sentinel:product_id"):
+        uri = properties.get(key)
+        if isinstance(uri, str) and _PRODUCT_SUFFIX.search(uri):
+            return _PRODUCT_SUFFIX.sub("", uri)
+    return scene_id
+
+
 @dataclass(frozen=True)
 class Grid:
     """One grid of a plan: a GeoBox and where it came from.
@@ -237,6 +257,8 @@ class Grid:
         The MGRS tile of a scene grid (the AOI tile list's id, else the profile's), if known.
     date
         The scene date (YYYY-MM-DD, UTC) of a scene grid, else None.
+    product
+        The product name of a scene grid's scene (:func:`product_name`), else None.
     """
 
     index: int
@@ -244,6 +266,7 @@ class Grid:
     gbox: GeoBox
     tile: str | None = None
     date: str | None = None
+    product: str | None = None
 
     @property
     def crs_wkt(self) -> str:

@@ -55,7 +55,7 @@ from .config.models import NON_OUTPUT_FIELDS, QA_MASKS, RECIPE_VERSION
 from .errors import CatalogError, EochipsError, LabelError, OutputError, ProfileError, ReadError, RecipeError
 from .filters import Reason, label_fraction_check, plan_time_filters
 from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for_aoi, grid_from_raster, load_aoi,
-                  reproject_geometry, scene_gbox, tile_units, unit_size_px, unit_span, whole_tiles)
+                  product_name, reproject_geometry, scene_gbox, tile_units, unit_size_px, unit_span, whole_tiles)
 from .labels import (CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, check_class_ids, default_colormap, make_reclass,
                      rasterize_vector, vector_index)
 from .profiles import BandSpec, Profile, QASpec, get_profile
@@ -404,7 +404,8 @@ def _sample(recipe: Recipe, units: list[UnitPlan]) -> None:
 def _unit_id(template: str, grid: Grid, row: int, col: int, size: int) -> str:
     # a scene grid's name is an item id, a tile comes from item properties: both sanitised (safe_name)
     return template.format(row=row, col=col, grid=safe_name(grid.name), tile=safe_name(grid.tile or ""),
-                           date=grid_date(grid), n=window_number(grid, size, row, col))
+                           date=grid_date(grid), n=window_number(grid, size, row, col),
+                           product=safe_name(grid.product or grid.name))
 
 
 def grid_date(grid: Grid):
@@ -496,7 +497,7 @@ def _scene_grids(recipe: Recipe, sp: SourcePlan, scenes: list[Scene], aoi, aoi_c
             if g.resolution is not None:
                 gbox = at_resolution(gbox, g.resolution, "grid.resolution")
             grids.append(Grid(len(grids), scene.id, gbox, tile or sp.profile.tile_of(scene.id, scene.properties),
-                              scene.datetime.strftime("%Y-%m-%d")))
+                              scene.datetime.strftime("%Y-%m-%d"), product_name(scene.id, scene.properties)))
             chosen.append(scene)
     if not grids:
         raise CatalogError(f"grid: no scene of source {g.source!r} can give the grid ({'; '.join(failures)})")
@@ -1105,7 +1106,7 @@ def write_plan(plan: Plan, store: OutputStore) -> None:
                "match_report": plan.match_report,
                "selection_log": plan.selection_log,
                "source_order": list(plan.recipe.sources),  # the JSON is key-sorted; order decides layers and fingerprints
-               "grids": [{"index": g.index, "name": g.name, "tile": g.tile, "date": g.date, "crs": g.gbox.crs.to_wkt(),
+               "grids": [{"index": g.index, "name": g.name, "tile": g.tile, "date": g.date, "product": g.product, "crs": g.gbox.crs.to_wkt(),
                           "transform": list(tuple(g.gbox.affine)[:6]), "shape": list(g.gbox.shape)} for g in plan.grids],
                "sources": {n: {"bands": [_band_json(b) for b in sp.bands], "qa": sp.qa.__dict__ if sp.qa else None}
                            for n, sp in plan.sources.items()},
@@ -1264,7 +1265,7 @@ def load_plan(store: OutputStore) -> Plan:
             data["sources"] = {n: data["sources"][n] for n in order}
         recipe = parse_recipe(data)  # "nan" fills (JSON has no NaN) validate back to float NaN
         grids = [Grid(g["index"], g["name"], GeoBox(tuple(g["shape"]), _affine(g["transform"]), g["crs"]), g["tile"],
-                      g.get("date")) for g in doc["grids"]]
+                      g.get("date"), g.get("product")) for g in doc["grids"]]
         match_report = list(doc.get("match_report") or [])
         selection_log = dict(doc.get("selection_log") or {})  # older plans: none
     except EochipsError:
@@ -1399,6 +1400,7 @@ def make_tasks(plan: Plan, store: OutputStore, cpu_threads: int = 1) -> list[Uni
         task = UnitTask(
             unit_id=up.id, key=up.key, crs=g.crs.to_wkt(), transform=tuple(g.affine)[:6], shape=tuple(g.shape),
             layers=tuple(layers), out=store.location, tile=up.tile, grid_name=plan.grids[up.unit.grid].name,
+            product=plan.grids[up.unit.grid].product or plan.grids[up.unit.grid].name,
             n=window_number(plan.grids[up.unit.grid], g.shape[1], up.unit.row, up.unit.col), labels=labels,
             label_bounds=_grid_bounds(plan.grids[up.unit.grid]), masks=r.masks, filters=tuple(r.filters),
             layouts=tuple(r.output.layout), resolution_groups=getattr(r.units, "resolution_groups", False),

@@ -96,9 +96,10 @@ def _instant(part: str, is_end: bool):
     return dt.astimezone(timezone.utc)
 
 
-UNIT_ID_FIELDS = {"row", "col", "grid", "tile", "date", "n"}
+UNIT_ID_FIELDS = {"row", "col", "grid", "tile", "date", "n", "product"}
 """Fields of ``units.id``: chip row/col, the grid (a scene id), tile, the grid scene's ``date``
-(a date: ``{date:%Y%m%d}``) and ``n``, the 1-based row-major position of the chip among the
+(a date: ``{date:%Y%m%d}``), ``product`` (the grid scene's ``s2:product_uri`` without the trailing
+``_<timestamp>.SAFE``, else its id: BigEarthNet's patch names) and ``n``, the 1-based row-major position of the chip among the
 grid's windows (Clay's tile.py counter). A template needs ``{row}`` and ``{col}``, or ``{n}``."""
 
 
@@ -849,9 +850,9 @@ class LabelsConfig(_Model):
 # --------------------------------------------------------------------------------------
 # output layouts
 
-LAYOUT_FIELDS = {"unit", "grid", "tile", "band", "source", "step", "date", "n"}
+LAYOUT_FIELDS = {"unit", "grid", "tile", "band", "source", "step", "date", "n", "product"}
 """The fields of the per-band and stack layouts' file-name templates (``date`` is a date:
-``{date}`` gives YYYY-MM-DD, ``{date:%Y%m%d}`` any strftime form; ``n`` as in ``units.id``)."""
+``{date}`` gives YYYY-MM-DD, ``{date:%Y%m%d}`` any strftime form; ``n`` and ``product`` as in ``units.id``)."""
 
 
 def _inside(v: str | None, fields: set[str], field: str) -> str | None:

@@ -162,7 +162,8 @@ def _fields(data, **kw) -> dict[str, Any]:
     if isinstance(kw.get("date"), str):
         kw["date"] = date.fromisoformat(kw["date"][:10])
     # grid (a scene id) and tile come from the catalog's items: sanitised to a plain name part
-    return {"unit": task.unit_id, "grid": safe_name(task.grid_name), "tile": safe_name(task.tile or ""), "n": task.n, **kw}
+    return {"unit": task.unit_id, "grid": safe_name(task.grid_name), "tile": safe_name(task.tile or ""), "n": task.n,
+            "product": safe_name(task.product or task.grid_name), **kw}
 
 
 def _path(cfg, fields: dict[str, Any], name: str) -> str:
