@@ -43,7 +43,7 @@ CASES = {
     "chip larger than grid": (*_set(**{"units.size": 500}), "recipe field 'units.size': 500 px is larger than the grid (224 x 192 px)"),
     "size in metres not whole pixels": (*_set(**{"units.size": None, "units.size_m": 1000}), "1000 m is not a whole number of 30 m pixels"),
     "bad unit id template": (*_set(**{"units.id": "chip_{row}"}), "recipe field 'units.id': template 'chip_{row}' must contain {col}, {row}"),
-    "unknown unit id field": (*_set(**{"units.id": "{rows}_{col}"}), "uses unknown field(s) ['rows']; valid: col, date, grid, n, row, tile"),
+    "unknown unit id field": (*_set(**{"units.id": "{rows}_{col}"}), "uses unknown field(s) ['rows']; valid: col, date, grid, n, product, row, tile"),
     "no sources": (*_set(sources={}), "recipe field 'sources': Dictionary should have at least 1 item"),
     "bands not a list": (*_set(**{"sources.hls.bands": "blue"}), "recipe field 'sources.hls.bands': Input should be a valid list"),
     "repeated band": (*_set(**{"sources.hls.bands": ["blue", "blue"]}), "recipe field 'sources.hls.bands': band name(s) ['blue'] repeated"),

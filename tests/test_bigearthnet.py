@@ -136,7 +136,8 @@ def test_product_name_of_real_items(file):
 
     from eochips.geo import product_name
 
-    feats = json.loads((REAL / "stac_items" / file).read_text())["features"]
+    doc = json.loads((REAL / "stac_items" / file).read_text())
+    feats = doc["features"] if isinstance(doc, dict) else doc
     for it in feats:
         uri = it["properties"]["s2:product_uri"]
         got = product_name(it["id"], it["properties"])

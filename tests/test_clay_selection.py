@@ -211,7 +211,7 @@ CLAY_CASES = {
     "match to an unknown source": (["sources.s1.selection.relative_to=s3"], "unknown source 's3'", "sources: s2, s1, dem"),
     "per-year without a scene grid": (["grid={kind: crs, crs: 'EPSG:32630', resolution: 10}"], "least-cloudy-per-year chooses the scenes of a scene grid", "grid:"),
     "cover out of range": (["sources.s1.selection.cover=0"], "sources.s1.selection.cover", "greater than 0"),
-    "unknown unit id field": (["units.id='{tile}_{m}'"], "unknown field(s) ['m']", "valid: col, date, grid, n, row, tile"),
+    "unknown unit id field": (["units.id='{tile}_{m}'"], "unknown field(s) ['m']", "valid: col, date, grid, n, product, row, tile"),
 }
 
 

@@ -349,7 +349,7 @@ ERRORS = {
     "unit id without col": ({"units.id": "chip_{row}"},
         "recipe field 'units.id': template 'chip_{row}' must contain {col}, {row} (names must be unique) (got 'chip_{row}')"),
     "unit id with an unknown field": ({"units.id": "{rows}_{col}"},
-        "recipe field 'units.id': template '{rows}_{col}' uses unknown field(s) ['rows']; valid: col, date, grid, n, row, tile "
+        "recipe field 'units.id': template '{rows}_{col}' uses unknown field(s) ['rows']; valid: col, date, grid, n, product, row, tile "
         "(got '{rows}_{col}')"),
     "unit id with a slash": ({"units.id": "{tile}/{row}_{col}"},
         "recipe field 'units.id': template '{tile}/{row}_{col}' must not contain '/' (got '{tile}/{row}_{col}')"),
