@@ -41,10 +41,11 @@ SETUP_REASONS: dict[str, str] = {
 """Drop reason code -> the likely cause, for the codes that point at the setup."""
 
 
-def _split_cfg(recipe) -> tuple[bool, float]:
+def _split_cfg(recipe) -> tuple[bool, float | None]:
+    """(the dataset uses the train part, the random split's train_fraction; None for a split by position)."""
     fin = recipe.dataset.finalizers
     uses_train = "split" in fin or ("stats" in fin and recipe.dataset.stats_on == "train")
-    return uses_train, recipe.dataset.split.train_fraction
+    return uses_train, getattr(recipe.dataset.split, "train_fraction", None)
 
 
 def check_plan(plan) -> None:
@@ -57,7 +58,7 @@ def check_plan(plan) -> None:
     """
     uses_train, f = _split_cfg(plan.recipe)
     n = sum(1 for u in plan.units if u.status == "planned")
-    if uses_train and n and int(f * n) == 0:
+    if uses_train and f is not None and n and int(f * n) == 0:
         need = int(-(-1 // f)) if f > 0 else 0
         raise RecipeError(f"recipe field 'dataset.split.train_fraction': {n} unit(s) planned and train_fraction {f:g} gives "
                           f"int({f:g} x {n}) = 0 training units (and statistics over 0 units); enlarge the AOI to at least "
@@ -87,7 +88,11 @@ def dataset_problems(summary: dict[str, Any], recipe) -> list[str]:
     out: list[str] = []
     kept = summary["kept"]
     uses_train, f = _split_cfg(recipe)
-    if uses_train and kept and summary["train"] == 0:
+    if uses_train and kept and summary["train"] == 0 and f is None:
+        out.append(f"split: 0 training units of {kept} kept ({recipe.dataset.split.kind}: no kept unit lies in a train part; "
+                   f"{summary['validation']} validation, {summary.get('test', 0)} test); the statistics are over 0 units; "
+                   f"cover more of the tiles or set dataset.stats_on: all")
+    elif uses_train and kept and summary["train"] == 0:
         out.append(f"split: 0 training units of {kept} kept (train_fraction {f:g}: int({f:g} x {kept}) = 0; "
                    f"{summary['validation']} validation); the statistics are over 0 units; enlarge the AOI or raise "
                    f"dataset.split.train_fraction")
