@@ -80,7 +80,7 @@ def test_tile_ring_split_on_a_full_tile(tmp_path):
     data = {
         "version": 2, "name": "tile-ring", "aoi": {"geometry": item["geometry"]},
         "sources": {"s2": {"search": {"catalog": str(cat), "collections": ["sentinel-2-l2a"]}, "profile": "sentinel-2-l2a-pc",
-                           "bands": ["red", "nir"], "resampling": "nearest",
+                           "bands": ["red"], "resampling": "nearest",
                            "selection": {"kind": "all", "coverage_thresholds": [1]}}},
         "grid": {"kind": "scene", "source": "s2", "resolution": 100},
         "units": {"kind": "chip", "size_m": 1200, "resolution_groups": True, "extent": "grid", "id": "T34SGA_{col:02d}_{row:02d}"},
@@ -97,7 +97,7 @@ def test_tile_ring_split_on_a_full_tile(tmp_path):
     inner = box(cx - s / (2 * math.sqrt(2)), cy - s / (2 * math.sqrt(2)), cx + s / (2 * math.sqrt(2)), cy + s / (2 * math.sqrt(2)))
     test = box(cx - s / 4, cy - s / 4, cx + s / 4, cy + s / 4)
     want = {}
-    for uid, t in zip(idx.index, idx.transform):
+    for uid, t in zip(idx.index, idx["transform"]):
         c = shapely.Point(t[2] + 600, t[5] - 600)  # the patch's centre: top-left corner + half of 1200 m
         want[uid] = "test" if test.contains(c) else "validation" if inner.contains(c) else "train"
     assert idx.split.to_dict() == want
