@@ -254,28 +254,7 @@ def test_metadata_parquet_of_a_run(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    item, crs, tr = _three_unit_scene(tmp_path)
-    cat = tmp_path / "items.json"
-    cat.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
-    (tmp_path / "s2v1.csv").write_text("patch_id,s2v1_name\nT29UPU_02_00,S2A_MSIL2A_20170617T113321_38_85\n")
-    data = {
-        "version": 2, "name": "ben-meta", "aoi": {"geometry": item["geometry"]},
-        "sources": {"s2": {"search": {"catalog": str(cat), "collections": ["sentinel-2-l2a"]}, "profile": "sentinel-2-l2a-pc",
-                           "bands": ["blue", "nir08"], "resampling": "nearest",
-                           "selection": {"kind": "all", "coverage_thresholds": [1]}}},
-        "grid": {"kind": "scene", "source": "s2", "resolution": 10},
-        "units": {"kind": "chip", "size_m": 1200, "resolution_groups": True, "extent": "grid", "id": "T29UPU_{col:02d}_{row:02d}"},
-        "masks": {"sources": [{"kind": "scl", "source": "s2", "cloud_classes": [8, 9, 10], "shadow_classes": [3],
-                               "snow_classes": [11], "nodata_classes": [0]}]},
-        "labels": {"vector": _labels_file(tmp_path, crs, tr), "class_field": "Code_18", "classes": {"211": 1, "231": 2},
-                   "class_names": {1: "Arable land", 2: "Pastures"}},
-        "output": {"layout": {"kind": "per-band", "name": "{unit}_{band}.tif", "path": "patches/{unit}"}},
-        "engine": {"workers": 1},
-        "dataset": {"split": {"kind": "tile-ring"}, "stats_on": "all",
-                    "metadata": {"countries": str(COUNTRIES), "s2v1": str(tmp_path / "s2v1.csv")},
-                    "finalizers": ["index", "split", "stats", "bigearthnet", "summary", "manifest"]},
-    }
-    out, idx = _run(tmp_path, data)
+    out, idx = _run(tmp_path, _ben_recipe(tmp_path))
     assert sorted(idx.index) == ["T29UPU_00_00", "T29UPU_01_00", "T29UPU_02_00"] and set(idx.status) == {"kept"}
     clear = pq.read_table(out / "metadata.parquet")
     flagged = pq.read_table(out / "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
@@ -309,6 +288,61 @@ def test_metadata_parquet_of_a_run(tmp_path):
     assert {n: (out / n).read_bytes() for n in before} == before
     md = pq.ParquetFile(out / "metadata.parquet").metadata
     assert md.row_group(0).column(0).compression == "ZSTD"
+
+
+S1_ID = "S1A_IW_GRDH_1SDV_20170618T063958_20170618T064023_017063_01C7E5_rtc"
+
+
+@needs_shared
+def test_metadata_s1_name_is_the_paired_s1_scene(tmp_path):
+    """With ``s1_source`` (an S1 source matched to the S2 scene with nearest-in-time; its pixels are
+    the real B02 patch scaled to float: derived), every patch's s1_name is that S1 item's id."""
+    import pyarrow.parquet as pq
+
+    out, idx = _run(tmp_path, _ben_recipe(tmp_path, s1=True))
+    assert set(idx.status) == {"kept"} and all(list(v) == [S1_ID] for v in idx["ids_s1"])
+    names = [r["s1_name"] for n in ("metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
+             for r in pq.read_table(out / n).to_pylist()]
+    assert names == [S1_ID] * 3
+
+
+def _ben_recipe(tmp_path, s1: bool = False) -> dict:
+    """The recipe of the metadata tests over :func:`_three_unit_scene` (with ``s1``: an S1 source too)."""
+    item, crs, tr = _three_unit_scene(tmp_path)
+    items = [item]
+    if s1:
+        with rasterio.open(BEN / f"{BEN_STEM}_B02.tif") as ds:
+            vv = np.tile(ds.read(1), (1, 3)).astype(np.float32) * np.float32(1e-4)
+        write_cog(tmp_path / "vv.tif", vv, crs, tr, "float32", None)
+        items.append({**item, "id": S1_ID, "collection": "sentinel-1-rtc",
+                      "assets": {"vv": {"href": str(tmp_path / "vv.tif"), **proj_fields(crs, tr, vv.shape)}},
+                      "properties": {"datetime": "2017-06-18T06:39:58Z", "sat:orbit_state": "descending",
+                                     "eochips:derived_from": f"BigEarthNet v1 patch {BEN_STEM} B02 x 1e-4 repeated 3x east"}})
+    cat = tmp_path / "items.json"
+    cat.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    (tmp_path / "s2v1.csv").write_text("patch_id,s2v1_name\nT29UPU_02_00,S2A_MSIL2A_20170617T113321_38_85\n")
+    data = {
+        "version": 2, "name": "ben-meta", "aoi": {"geometry": item["geometry"]},
+        "sources": {"s2": {"search": {"catalog": str(cat), "collections": ["sentinel-2-l2a"]}, "profile": "sentinel-2-l2a-pc",
+                           "bands": ["blue", "nir08"], "resampling": "nearest",
+                           "selection": {"kind": "all", "coverage_thresholds": [1]}}},
+        "grid": {"kind": "scene", "source": "s2", "resolution": 10},
+        "units": {"kind": "chip", "size_m": 1200, "resolution_groups": True, "extent": "grid", "id": "T29UPU_{col:02d}_{row:02d}"},
+        "masks": {"sources": [{"kind": "scl", "source": "s2", "cloud_classes": [8, 9, 10], "shadow_classes": [3],
+                               "snow_classes": [11], "nodata_classes": [0]}]},
+        "labels": {"vector": _labels_file(tmp_path, crs, tr), "class_field": "Code_18", "classes": {"211": 1, "231": 2},
+                   "class_names": {1: "Arable land", 2: "Pastures"}},
+        "output": {"layout": {"kind": "per-band", "name": "{unit}_{band}.tif", "path": "patches/{unit}"}},
+        "engine": {"workers": 1},
+        "dataset": {"split": {"kind": "tile-ring"}, "stats_on": "all",
+                    "metadata": {"countries": str(COUNTRIES), "s2v1": str(tmp_path / "s2v1.csv")},
+                    "finalizers": ["index", "split", "stats", "bigearthnet", "summary", "manifest"]},
+    }
+    if s1:
+        data["sources"]["s1"] = {"search": {"catalog": str(cat), "collections": ["sentinel-1-rtc"]}, "profile": "sentinel-1-rtc",
+                                 "bands": ["vv"], "selection": {"kind": "nearest-in-time", "relative_to": "s2"}}
+        data["dataset"]["metadata"]["s1_source"] = "s1"
+    return data
 
 
 def test_bigearthnet_finalizer_needs_its_inputs():
