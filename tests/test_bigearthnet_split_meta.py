@@ -378,3 +378,27 @@ def test_bigearthnet_finalizer_needs_its_inputs():
     bad(r"recipe field .dataset.metadata.: the bigearthnet finalizer needs an scl mask", masks=None)
     bad(r"recipe field .dataset.metadata.s1_source.: unknown source 's1'",
         dataset={"metadata": {"countries": "ne.shp", "s1_source": "s1"}, "finalizers": ["index", "bigearthnet", "manifest"]})
+
+
+def test_flag_thresholds_and_label_names_rule():
+    """A flag is true when the fraction is > its threshold (equal is not enough); cloud and shadow
+    add up; the build's label_names win over the label histogram; the round-join buffer of the
+    pipeline (PostGIS st_buffer's default) gives the same squares as the mitre buffers used."""
+    from eochips.config.models import MetadataConfig
+    from eochips.dataset.bigearthnet import flags, label_list
+    from eochips.dataset.splits import tile_ring_parts
+
+    cfg = MetadataConfig(countries="ne.shp", snow_min_fraction=0.001, cloud_min_fraction=0.001)
+    m = {"mask_fractions": [{"source": "s2", "step": 0, "cloud": 0.0006, "shadow": 0.0005, "snow": 0.001, "nodata": 0.0},
+                            {"source": "s1", "step": 0, "cloud": 0.5, "shadow": 0.0, "snow": 0.5, "nodata": 0.0}]}
+    assert flags(m, "s2", cfg, "u") == (False, True)
+    assert flags(m, "s2", MetadataConfig(countries="ne.shp"), "u") == (True, True)
+    names = {0: "unlabelled", 1: "Arable land", 2: "Pastures"}
+    assert label_list({"label_names": ["Pastures", "Marine waters"], "label_hist": {1: 4}}, names, 0) == ["Marine waters", "Pastures"]
+    assert label_list({"label_hist": {0: 3, 2: 4, 1: 1}}, names, 0) == ["Arable land", "Pastures"]
+    s = 109800.0
+    tile = box(0, 0, s, s)
+    parts = tile_ring_parts(tile, s)
+    round_inner = tile.buffer(-s * (2 - math.sqrt(2)) / 4)
+    round_test = round_inner.buffer(-s * (math.sqrt(2) - 1) / 4)
+    assert parts["inner"].symmetric_difference(round_inner).area == 0 and parts["test"].symmetric_difference(round_test).area == 0
