@@ -161,7 +161,7 @@ def nearest_countries(patches: np.ndarray, crs: str, countries: tuple[np.ndarray
     clipped = shapely.make_valid(reproject_geometry(shapely.clip_by_rect(geoms[near], *window), "EPSG:4326", crs))
     tree = shapely.STRtree(clipped)
     (pi, ci), dist = tree.query_nearest(patches, all_matches=True, return_distance=True)
-    best: dict[int, list[int]] = {}
+    best: dict[int, list[tuple[float, int]]] = {}
     for p, c, d in zip(pi.tolist(), ci.tolist(), dist.tolist()):
         best.setdefault(p, []).append((d, c))
     out = []

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import RecipeError
 from ..registry import Registry
@@ -36,7 +36,6 @@ class SplitIds:
     test: list[str]
 
 
-Splitter = Callable[[list[str], Any, Any], SplitIds]
 
 
 def split_ids(ids: list[str], seed: int = 42, train_fraction: float = 0.8) -> tuple[list[str], list[str]]:
