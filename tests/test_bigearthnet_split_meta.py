@@ -402,3 +402,20 @@ def test_flag_thresholds_and_label_names_rule():
     round_inner = tile.buffer(-s * (2 - math.sqrt(2)) / 4)
     round_test = round_inner.buffer(-s * (math.sqrt(2) - 1) / 4)
     assert parts["inner"].symmetric_difference(round_inner).area == 0 and parts["test"].symmetric_difference(round_test).area == 0
+
+
+@needs_shared
+def test_unreadable_metadata_inputs_stop_the_run_before_the_build(tmp_path):
+    """A countries file without the country field, or an s2v1 CSV without its columns: 'eochips run'
+    exits 2 with one line naming the field, before any unit is built."""
+    data = _ben_recipe(tmp_path)
+    data["dataset"]["metadata"]["country_field"] = "NAME_EN"
+    out = tmp_path / "out"
+    proc = run_cli("run", str(write_recipe(tmp_path / "r.yaml", data)), "-o", str(out), "--no-progress")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "dataset.metadata.country_field" in proc.stderr and "has no field 'NAME_EN'" in proc.stderr
+    assert not (out / "state").exists() and not list(out.glob("patches/*"))
+    data = _ben_recipe(tmp_path)
+    (tmp_path / "s2v1.csv").write_text("patch,name\nT29UPU_02_00,x\n")
+    proc = run_cli("run", str(write_recipe(tmp_path / "r.yaml", data)), "-o", str(tmp_path / "out2"), "--no-progress")
+    assert proc.returncode == 2 and "dataset.metadata.s2v1" in proc.stderr and "patch_id,s2v1_name" in proc.stderr, proc.stderr[-2000:]

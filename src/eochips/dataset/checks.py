@@ -4,7 +4,8 @@
 check                       when it fires                                               exit
 ==========================  ==========================================================  ======
 :func:`check_plan`          the split would give 0 training units (``int(f * n) == 0``)   2
-                            whatever the build keeps (too few units planned)
+                            whatever the build keeps (too few units planned); the
+                            bigearthnet finalizer's files do not read (countries, s2v1)
 :func:`check_built`         ``eochips finalize`` on a folder whose plan was never built   2
 :func:`dataset_problems`    after finalisation: units were kept but the split gave 0      3
                             training units (so the statistics would be over 0 units),
@@ -55,7 +56,13 @@ def check_plan(plan) -> None:
     ------
     RecipeError
         Naming ``dataset.split.train_fraction``, the planned count and what would work.
+    OutputError
+        A file of ``dataset.metadata`` does not read (:func:`eochips.dataset.bigearthnet.check_inputs`).
     """
+    if "bigearthnet" in plan.recipe.dataset.finalizers:  # its input files, before anything is built
+        from .bigearthnet import check_inputs
+
+        check_inputs(plan.recipe.dataset.metadata)
     uses_train, f = _split_cfg(plan.recipe)
     n = sum(1 for u in plan.units if u.status == "planned")
     if uses_train and f is not None and n and int(f * n) == 0:
