@@ -288,7 +288,7 @@ ERRORS = {
     "unknown layout kind": ({"output.layout": [{"kind": "zarr"}]},
         f"recipe field 'output.layout.0.kind': unknown kind 'zarr'; valid: {KINDS['layouts']}"),
     "unknown split kind": ({"dataset.split.kind": "spatial"},
-        "recipe field 'dataset.split.kind': unknown kind 'spatial'; valid: random"),
+        "recipe field 'dataset.split.kind': unknown kind 'spatial'; valid: random, tile-ring"),
     "missing kind": ({"sources.hls.selection": {"min_scenes": 3}}, "recipe field 'sources.hls.selection': needs a 'kind'"),
     # missing required fields
     "missing grid path": ({"grid": {"kind": "label-raster"}}, "recipe field 'grid.path': required but missing"),
@@ -431,8 +431,9 @@ def test_model_kinds_match_the_registries():
              "filters": (m.Filter, FILTERS), "layouts": (m.Layout, LAYOUTS)}
     for name, (union, registry) in pairs.items():
         assert kinds(union) == set(registry) == set(KINDS[name].split(", ")), name
-    assert kinds(m.Split) == set(SPLITS) == {"random"}
-    assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest"}
+    assert kinds(m.Split) == set(SPLITS) == {"random", "tile-ring"}
+    assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest", "bigearthnet"}
+    assert m.DatasetConfig().finalizers == list(m.DEFAULT_FINALIZERS) == ["index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest"]
 
 
 # --------------------------------------------------------------------------------------

@@ -91,7 +91,10 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
     for reason, n in sorted(summary["dropped"].items()):
         t.add_row(f"dropped ({reason})", str(n))
     t.add_row("failed", str(summary["failed"]))
-    t.add_row("train / validation", f"{summary['train']} / {summary['validation']}")
+    if "test" in summary:
+        t.add_row("train / validation / test", f"{summary['train']} / {summary['validation']} / {summary['test']}")
+    else:
+        t.add_row("train / validation", f"{summary['train']} / {summary['validation']}")
     t.add_row("scenes found", str(summary["scenes"]))
     t.add_row("dates used", ", ".join(summary["selected_dates"]) or "-")
     for key in sorted(k for k in summary if k.endswith("_match_rate")):

@@ -977,8 +977,36 @@ class RandomSplit(_Model):
     train_fraction: float = Field(0.8, gt=0, lt=1)
 
 
-Split = Annotated[Union[RandomSplit], Field(discriminator="kind")]
-FINALIZERS = ("index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest")
+class TileRingSplit(_Model):
+    """BigEarthNet v2: by the unit's centroid in its scene grid's tile square of side ``s = tile_size_m``
+    (anchored at the grid's top-left corner): the outer ring train (1/2 of the area), the ring of the
+    inner square validation (1/4), its core test (1/4); :mod:`eochips.dataset.splits`. Needs a scene grid."""
+
+    kind: Literal["tile-ring"]
+    tile_size_m: float = Field(109800, gt=0, description="Side of the tile square (metres; a Sentinel-2 tile: 109,800).")
+
+
+Split = Annotated[Union[RandomSplit, TileRingSplit], Field(discriminator="kind")]
+DEFAULT_FINALIZERS = ("index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest")
+"""The finalizers a recipe runs when ``dataset.finalizers`` is not given."""
+FINALIZERS = (*DEFAULT_FINALIZERS, "bigearthnet")
+"""Every finalizer name (eochips.dataset.FINALIZERS)."""
+
+
+class MetadataConfig(_Model):
+    """Settings of the ``bigearthnet`` finalizer (BigEarthNet v2's ``metadata.parquet``;
+    :mod:`eochips.dataset.bigearthnet`)."""
+
+    countries: FilePath = Field(..., description="Admin-0 country polygons (a Natural Earth file): the patch's nearest country.")
+    country_field: str = Field("name", description="Attribute of countries holding the country name.")
+    country_names: list[str] | None = Field(None, min_length=1, description=(
+        "Only these countries (values of country_field; BigEarthNet: its ten); default all."))
+    s1_source: str | None = Field(None, description="Source paired with the patch: s1_name = its first scene id for the unit; null without it.")
+    s2v1: FilePath | None = Field(None, description="CSV with columns patch_id,s2v1_name (BigEarthNet v1 names); null for patches not in it.")
+    snow_min_fraction: float = Field(0, ge=0, lt=1, description=(
+        "contains_seasonal_snow when the scl mask's snow fraction of the patch is > this (0: any snow pixel)."))
+    cloud_min_fraction: float = Field(0, ge=0, lt=1, description=(
+        "contains_cloud_or_shadow when the scl mask's cloud + shadow fraction of the patch is > this (0: any pixel)."))
 
 
 class DatasetConfig(_Model):
@@ -987,7 +1015,8 @@ class DatasetConfig(_Model):
     split: Split = Field(default_factory=RandomSplit)
     stats_on: Literal["train", "all"] = Field("train", description="Units the band statistics and class weights use.")
     percentiles: tuple[float, float] = (1.5, 98.5)
-    finalizers: list[str] = Field(list(FINALIZERS), description="Finalizers in order (eochips.dataset.FINALIZERS).")
+    finalizers: list[str] = Field(list(DEFAULT_FINALIZERS), description="Finalizers in order (eochips.dataset.FINALIZERS).")
+    metadata: MetadataConfig | None = Field(None, description="The bigearthnet finalizer's settings (needed with it).")
     max_drop_fraction: float = Field(0.9, gt=0, le=1, description=(
         "Exit 3 when more than this share of the built units is dropped for one reason that points at the setup "
         "(nodata, nan, value, label-fraction, selection; eochips.dataset.checks); 1 accepts any."))
@@ -1131,6 +1160,7 @@ class Recipe(_Model):
                                      f"mosaic files); got {self.dataset.finalizers}")
                 for b in lay.quicklook or []:
                     band(f"{src}.{b}", f"{where}.quicklook")
+        self._dataset_references(source)
         if self.sampling.kind == "class-balance" and (self.labels is None or (self.labels.reclass is None and self.labels.classes is None)):
             raise ValueError("sampling: class-balance needs labels with a reclass table or classes (it counts label classes)")
         for s, cfg in self.sources.items():
@@ -1150,6 +1180,34 @@ class Recipe(_Model):
             if dup:
                 raise ValueError(f"sources.{s}.bands: band name(s) {dup} repeated; name each output band once")
         return self
+
+    def _dataset_references(self, source) -> None:
+        """The tile-ring split and the bigearthnet finalizer: what they need of the rest of the recipe."""
+        ds = self.dataset
+        if ds.split.kind == "tile-ring" and self.grid.kind != "scene":
+            raise ValueError(f"dataset.split: a tile-ring split needs a scene grid (grid.kind: scene, one grid per tile); "
+                             f"the grid is {self.grid.kind!r}; use dataset.split.kind: random")
+        if "bigearthnet" not in ds.finalizers:
+            return
+        where = "dataset.metadata"
+        if ds.metadata is None:
+            raise ValueError(f"{where}: the bigearthnet finalizer needs dataset.metadata (at least countries: a Natural Earth "
+                             f"admin-0 file)")
+        if self.grid.kind != "scene":
+            raise ValueError(f"{where}: the bigearthnet finalizer needs a scene grid (grid.kind: scene, one grid per tile); "
+                             f"the grid is {self.grid.kind!r}")
+        if self.labels is None:
+            raise ValueError(f"{where}: the bigearthnet finalizer needs a labels section (its labels column: the class "
+                             f"names present, labels.table)")
+        scl = [m for m in self.masks.sources if m.kind == "scl"]
+        if not scl:
+            raise ValueError(f"{where}: the bigearthnet finalizer needs an scl mask (masks.sources: [{{kind: scl, source: "
+                             f"{self.grid.source}}}]) for contains_seasonal_snow and contains_cloud_or_shadow")
+        if len({self.source_of(m.source) for m in scl}) > 1:
+            raise ValueError(f"{where}: the bigearthnet finalizer reads the flags of one scl mask; masks.sources has scl "
+                             f"masks of several sources")
+        if ds.metadata.s1_source is not None:
+            source(ds.metadata.s1_source, f"{where}.s1_source")
 
     def source_of(self, ref: str | None) -> str:
         """The source a mask, filter or layout refers to (the only source when ``ref`` is None)."""

@@ -7,8 +7,9 @@ finalizer      writes (at the dataset root)
                plus the unit's CRS and transform; status, typed reason code, reason, split,
                scenes per source and step with roles and datetimes, measures (nodata pixels, Fmask
                bad %, mask fractions, label histogram), file names, roles and sha256
-``split``      ``train_ids.csv`` / ``val_ids.csv`` (column ``ids``): kept unit ids sorted, shuffled
-               with ``random.Random(seed)``, first ``int(train_fraction * n)`` train (seed 001)
+``split``      ``train_ids.csv`` / ``val_ids.csv`` (column ``ids``), and ``test_ids.csv`` when the
+               split has a test part: the kept unit ids of each part of ``dataset.split``
+               (:mod:`eochips.dataset.splits`: ``random``, seed 001; ``tile-ring``, BigEarthNet v2)
 ``stats``      ``stats.json``: per output band (the bands' recipe names, pooled over dates), mean,
                population std, the 1.5 / 98.5 percentiles as seed 001's "min" / "max", the exact
                minimum and maximum, nodata excluded, in one streaming pass over the image files
@@ -20,6 +21,9 @@ finalizer      writes (at the dataset root)
 ``mosaic``     a mosaic recipe's ``{name}-cloudless.tif``, ``-cloudy.tif``, ``-source.tif`` (COGs assembled
                from the tiles' parts), ``sources.csv`` and ``quicklooks/``
                (:mod:`eochips.dataset.mosaic`); nothing for other recipes
+``bigearthnet`` BigEarthNet v2's ``metadata.parquet`` and
+               ``metadata_for_patches_with_snow_cloud_or_shadow.parquet``
+               (:mod:`eochips.dataset.bigearthnet`)
 ``summary``    ``summary.json``: counts by status and reason code, dates, unknown label codes; for a
                mosaic recipe its ``mosaic`` section (:func:`eochips.dataset.mosaic.mosaic_summary`)
 ``manifest``   ``checksums.sha256`` (sha256sum format, sorted paths, every file but itself, the
@@ -40,7 +44,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -55,6 +58,7 @@ from ..reading import error_text
 from ..registry import Registry
 from ..search import redact, redact_obj
 from ..writers import OutputStore
+from .splits import SPLITS, has_test_part, make_split, split_ids  # noqa: F401 - split_ids stays importable from here
 
 MANIFEST = "checksums.sha256"
 
@@ -107,13 +111,15 @@ class Context:
     kept: list[str]
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
+    test: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)  # verified sha256 of the kept units' files
 
     @property
     def split_of(self) -> dict[str, str]:
-        return {**{c: "train" for c in self.train}, **{c: "validation" for c in self.val}}
+        """``{unit id: "train" | "validation" | "test"}`` of the kept units."""
+        return {**{c: "train" for c in self.train}, **{c: "validation" for c in self.val}, **{c: "test" for c in self.test}}
 
 
 Finalizer = Callable[[Context], None]
@@ -121,17 +127,6 @@ FINALIZERS = Registry("finalizer")
 register = FINALIZERS.register
 
 
-def split_ids(ids: list[str], seed: int = 42, train_fraction: float = 0.8) -> tuple[list[str], list[str]]:
-    """Seed 001's split: sort, shuffle with ``random.Random(seed)``, cut at ``int(f * n)``."""
-    order = sorted(ids)
-    random.Random(seed).shuffle(order)
-    k = int(train_fraction * len(order))
-    return order[:k], order[k:]
-
-
-SPLITS: dict[str, Callable[..., tuple[list[str], list[str]]]] = {
-    "random": lambda ids, cfg: split_ids(ids, cfg.seed, cfg.train_fraction),
-}
 
 
 def class_weights(hist: dict[int, int], n_classes: int) -> list[float]:
@@ -154,6 +149,8 @@ def class_weights(hist: dict[int, int], n_classes: int) -> list[float]:
 def _split(ctx: Context) -> None:
     ctx.store.write_text("train_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.train))
     ctx.store.write_text("val_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.val))
+    if has_test_part(ctx.plan.recipe.dataset.split):
+        ctx.store.write_text("test_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.test))
 
 
 def _index_rows(ctx: Context) -> list[dict[str, Any]]:
@@ -309,7 +306,8 @@ def _plots(ctx: Context) -> None:
     names = class_names(r)
     hists = {c: ctx.records[c]["metrics"].get("label_hist", {}) for c in ctx.kept}
     n_classes = max([*names, *(int(k) for h in hists.values() for k in h), 0])
-    for split, ids in (("train", ctx.train), ("validation", ctx.val)):
+    parts = (("train", ctx.train), ("validation", ctx.val)) + ((("test", ctx.test),) if has_test_part(r.dataset.split) else ())
+    for split, ids in parts:
         png = _plot_classes([hists[c] for c in ids], names, n_classes, f"{r.name}: {split} ({len(ids)} units)")
         ctx.store.write_bytes(f"class_distribution_{split}.png", png)
 
@@ -331,6 +329,7 @@ def summarize(ctx: Context) -> dict[str, Any]:
     return {
         "recipe": plan.recipe.name, "units_total": len(plan.units), "kept": len(ctx.kept), "dropped": dropped,
         "failed": len(failed), "failed_reasons": failed, "train": len(ctx.train), "validation": len(ctx.val),
+        **({"test": len(ctx.test)} if has_test_part(plan.recipe.dataset.split) else {}),
         "scenes": sum(len(v) for v in plan.scenes.values()), "grids": len(plan.grids), "unknown_label_codes": unknown,
         "selected_dates": sorted({d[:10] for row in ctx.rows if row["status"] == "kept" for d in row["datetimes"]}),
         **match_summary(plan), **_mosaic_section(ctx),
@@ -453,9 +452,13 @@ def _finalize(store: OutputStore) -> dict[str, Any]:
             shown = ", ".join(f for fs in still.values() for f in fs)
             raise OutputError(f"file(s) {shown[:300]} of {store.location!r} differ from the state after they were built "
                               f"again; something else writes into the dataset: stop it and rerun 'eochips finalize'")
+    if "bigearthnet" in r.dataset.finalizers:  # its input files, before any finalizer writes
+        from .bigearthnet import check_inputs
+
+        check_inputs(r.dataset.metadata)
     kept = sorted(cid for cid, rec in records.items() if rec["status"] == "kept")
-    train, val = SPLITS[r.dataset.split.kind](kept, r.dataset.split)
-    ctx = Context(store, plan, records, kept, train, val)
+    parts = make_split(kept, r.dataset.split, plan)
+    ctx = Context(store, plan, records, kept, parts.train, parts.validation, parts.test)
     ctx.hashes = hashes
     ctx.rows = _index_rows(ctx)
     ctx.summary = summarize(ctx)
@@ -505,6 +508,7 @@ def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> N
     store.write_text(MANIFEST, "".join(lines))
 
 
+from . import bigearthnet as _bigearthnet  # noqa: E402,F401 - registers the "bigearthnet" finalizer
 from . import mosaic as _mosaic  # noqa: E402,F401 - registers the "mosaic" finalizer
 
 assert set(FINALIZERS) == set(FINALIZER_NAMES), "every finalizer name of the config has a function"

@@ -4,7 +4,8 @@
 check                       when it fires                                               exit
 ==========================  ==========================================================  ======
 :func:`check_plan`          the split would give 0 training units (``int(f * n) == 0``)   2
-                            whatever the build keeps (too few units planned)
+                            whatever the build keeps (too few units planned); the
+                            bigearthnet finalizer's files do not read (countries, s2v1)
 :func:`check_built`         ``eochips finalize`` on a folder whose plan was never built   2
 :func:`dataset_problems`    after finalisation: units were kept but the split gave 0      3
                             training units (so the statistics would be over 0 units),
@@ -41,10 +42,11 @@ SETUP_REASONS: dict[str, str] = {
 """Drop reason code -> the likely cause, for the codes that point at the setup."""
 
 
-def _split_cfg(recipe) -> tuple[bool, float]:
+def _split_cfg(recipe) -> tuple[bool, float | None]:
+    """(the dataset uses the train part, the random split's train_fraction; None for a split by position)."""
     fin = recipe.dataset.finalizers
     uses_train = "split" in fin or ("stats" in fin and recipe.dataset.stats_on == "train")
-    return uses_train, recipe.dataset.split.train_fraction
+    return uses_train, getattr(recipe.dataset.split, "train_fraction", None)
 
 
 def check_plan(plan) -> None:
@@ -54,10 +56,16 @@ def check_plan(plan) -> None:
     ------
     RecipeError
         Naming ``dataset.split.train_fraction``, the planned count and what would work.
+    OutputError
+        A file of ``dataset.metadata`` does not read (:func:`eochips.dataset.bigearthnet.check_inputs`).
     """
+    if "bigearthnet" in plan.recipe.dataset.finalizers:  # its input files, before anything is built
+        from .bigearthnet import check_inputs
+
+        check_inputs(plan.recipe.dataset.metadata)
     uses_train, f = _split_cfg(plan.recipe)
     n = sum(1 for u in plan.units if u.status == "planned")
-    if uses_train and n and int(f * n) == 0:
+    if uses_train and f is not None and n and int(f * n) == 0:
         need = int(-(-1 // f)) if f > 0 else 0
         raise RecipeError(f"recipe field 'dataset.split.train_fraction': {n} unit(s) planned and train_fraction {f:g} gives "
                           f"int({f:g} x {n}) = 0 training units (and statistics over 0 units); enlarge the AOI to at least "
@@ -87,7 +95,11 @@ def dataset_problems(summary: dict[str, Any], recipe) -> list[str]:
     out: list[str] = []
     kept = summary["kept"]
     uses_train, f = _split_cfg(recipe)
-    if uses_train and kept and summary["train"] == 0:
+    if uses_train and kept and summary["train"] == 0 and f is None:
+        out.append(f"split: 0 training units of {kept} kept ({recipe.dataset.split.kind}: no kept unit lies in a train part; "
+                   f"{summary['validation']} validation, {summary.get('test', 0)} test); the statistics are over 0 units; "
+                   f"cover more of the tiles or set dataset.stats_on: all")
+    elif uses_train and kept and summary["train"] == 0:
         out.append(f"split: 0 training units of {kept} kept (train_fraction {f:g}: int({f:g} x {kept}) = 0; "
                    f"{summary['validation']} validation); the statistics are over 0 units; enlarge the AOI or raise "
                    f"dataset.split.train_fraction")
