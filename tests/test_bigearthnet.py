@@ -57,15 +57,16 @@ def _tile_recipe(cat: Path, **extra) -> dict:
                                "snow_classes": [11], "nodata_classes": [0]}]},
         "filters": [{"kind": "nodata", "max_pixels": 0}],
         "output": {"layout": {"kind": "per-band", "name": "{unit}_{band}.tif", "path": "patches/{product}/{unit}", "labels": None}},
-        "dataset": {"finalizers": ["index", "summary", "manifest"], "max_drop_fraction": 1},
+        "dataset": {"split": {"kind": "tile-ring"}, "stats_on": "all", "finalizers": ["index", "split", "summary", "manifest"],
+                    "max_drop_fraction": 1},
         "engine": {"batch_chips": 512},
     }
     data.update(extra)
     return data
 
 
-# the built block: 16 x 25 patches across the tile's real no-data edge (rows 40-55, columns 16-40)
-ROWS, COLS = range(40, 56), range(16, 41)
+# the built block: 16 x 25 patches across the tile's real no-data edge (rows 0-15, columns 20-44)
+ROWS, COLS = range(0, 16), range(20, 45)
 
 
 def _block_aoi(tr) -> dict:
@@ -115,8 +116,23 @@ def test_tile_patches_counts_names_and_nodata_drop(tile_34sga):
     assert dict(idx.status) == want
     assert set(idx[idx.status == "dropped"].reason_code) == {"nodata"}
     assert 0.2 < fill[ROWS[0]:ROWS[-1] + 1, COLS[0]:COLS[-1] + 1].mean() < 0.8  # the block straddles the edge
+    # the tile-ring split of the kept patches (independent: the squares of side s/sqrt2 and s/2 centred in the tile)
+    import math
+
+    from shapely.geometry import Point, box
+
+    s, cx, cy = 109800.0, tr.c + 54900, tr.f - 54900
+    inner, test = (box(cx - h, cy - h, cx + h, cy + h) for h in (s / (2 * math.sqrt(2)), s / 4))
+    kept = sorted(u for u, st in want.items() if st == "kept")
+    part = {}
+    for u in kept:
+        x, y = int(u[-5:-3]), int(u[-2:])
+        c = Point(tr.c + 1200 * x + 600, tr.f - 1200 * y - 600)
+        part[u] = "test" if test.contains(c) else "validation" if inner.contains(c) else "train"
+    assert idx.loc[kept, "split"].to_dict() == part and set(part.values()) == {"train", "validation"}
+    for name, p in (("train_ids.csv", "train"), ("val_ids.csv", "validation"), ("test_ids.csv", "test")):
+        assert (out / name).read_text().splitlines() == ["ids", *sorted(u for u in kept if part[u] == p)]
     # the per-band files of a kept patch: 12 x 12 px, the source pixels, under patches/{product}/{patch}/
-    kept = sorted(u for u, s in want.items() if s == "kept")
     for uid in kept[:: max(1, len(kept) // 25)]:
         x, y = int(uid[-5:-3]), int(uid[-2:])
         for band, src in (("B04", a4), ("B08", a8)):
@@ -145,3 +161,142 @@ def test_product_name_of_real_items(file):
         assert re.fullmatch(r"S2[ABC]_MSIL2A_\d{8}T\d{6}_N\d{4}_R\d{3}_T\d{2}[A-Z]{3}", got)
     assert product_name("S2A_29UPU_20170617_0_L2A", {}) == "S2A_29UPU_20170617_0_L2A"
     assert product_name("x", {"s2:product_uri": "not-a-product"}) == "x"
+
+
+# --------------------------------------------------------------------------------------
+# the whole recipe on the real BigEarthNet v1 patch
+
+BEN = REAL / "bigearthnet_patch_29UPU"
+BEN_STEM = "S2A_MSIL2A_20170617T113321_36_85"
+BEN_PRODUCT_URI = "S2A_MSIL2A_20170617T113321_N0205_R080_T29UPU_20170617T113319.SAFE"  # the item's s2:product_uri (made up: the v1 patch keeps only the sensing time)
+BEN_ASSETS = {"B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1", "B06": "rededge2",
+              "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B09": "nir09", "B11": "swir16", "B12": "swir22"}
+
+
+def _ben_item(dst: Path) -> tuple[dict, object, object]:
+    """One Earth Search style item over the real patch: its 12 bands as COG assets (real pixels),
+    an SCL asset (20 m, class 4 vegetation; derived: the v1 patch has no SCL) and the patch as footprint."""
+    from shapely.geometry import box, mapping
+
+    from eochips.geo import reproject_geometry
+    from realdata import write_cog
+
+    assets = {}
+    for band, key in BEN_ASSETS.items():
+        with rasterio.open(BEN / f"{BEN_STEM}_{band}.tif") as ds:
+            arr, crs, tr = ds.read(1), ds.crs, ds.transform
+        write_cog(dst / f"{band}.tif", arr, crs, tr, "uint16", 0)
+        assets[key] = {"href": f"{band}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                       **proj_fields(crs, tr, arr.shape)}
+        if band == "B02":
+            crs10, tr10 = crs, tr
+    tr20 = rasterio.Affine(20, 0, tr10.c, 0, -20, tr10.f)
+    write_cog(dst / "SCL.tif", np.full((60, 60), 4, np.uint8), crs10, tr20, "uint8", 0)
+    assets["scl"] = {"href": "SCL.tif", **proj_fields(crs10, tr20, (60, 60))}
+    patch = box(tr10.c, tr10.f - 1200, tr10.c + 1200, tr10.f)
+    foot = reproject_geometry(patch, crs10.to_wkt(), "EPSG:4326")
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "S2A_29UPU_20170617_0_L2A", "collection": "sentinel-2-l2a",
+            "geometry": mapping(foot), "bbox": list(foot.bounds),
+            "properties": {"datetime": "2017-06-17T11:33:21Z", "eo:cloud_cover": 0.0, "s2:product_uri": BEN_PRODUCT_URI,
+                           "grid:code": "MGRS-29UPU", "s2:processing_baseline": "02.05",
+                           "eochips:derived_from": "scl: constant class 4 (the BigEarthNet v1 patch has no SCL)"},
+            "links": [], "assets": assets}
+    return item, crs10, tr10
+
+
+def _clc_vector(path: Path, crs, tr) -> "object":
+    """A CLC-coded GeoPackage in EPSG:3035 over the patch (the real class table, made-up polygons):
+    211 (arable) west, 231 (pastures) east, an uncovered hole and a small 122 (UNLABELED) polygon."""
+    import geopandas as gpd
+    from shapely.geometry import Polygon, box
+
+    x0, y1 = tr.c, tr.f
+    west = Polygon([(x0 - 50, y1 + 50), (x0 + 655, y1 + 50), (x0 + 540, y1 - 1250), (x0 - 50, y1 - 1250)])
+    east = box(x0 + 500, y1 - 1250, x0 + 1250, y1 + 50).difference(west)
+    hole = box(x0 + 100, y1 - 300, x0 + 230, y1 - 170)
+    road = box(x0 + 800, y1 - 1000, x0 + 1000, y1 - 960)
+    gdf = gpd.GeoDataFrame({"Code_18": ["211", "231", "122"], "Area_Ha": [0.0, 0.0, 0.0]},
+                           geometry=[west.difference(hole), east.difference(road), road], crs=crs)
+    gdf.to_crs("EPSG:3035").to_file(path, driver="GPKG", layer="U2018_CLC2018_V2020_20u1")
+    return gdf.to_crs("EPSG:3035")
+
+
+@pytest.fixture(scope="module")
+def ben_run(tmp_path_factory):
+    import yaml
+
+    from servers import RangeServer
+
+    tmp = tmp_path_factory.mktemp("ben")
+    (tmp / "cogs").mkdir()
+    item, crs, tr = _ben_item(tmp / "cogs")
+    clc = _clc_vector(tmp / "clc.gpkg", crs, tr)
+    with RangeServer(tmp / "cogs") as srv:
+        for a in item["assets"].values():
+            a["href"] = f"{srv.url}/{a['href']}"
+        (tmp / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
+        from eochips.config import recipe_text
+
+        data = yaml.safe_load(recipe_text("bigearthnet"))
+        data["aoi"] = {"geometry": item["geometry"]}
+        data["sources"]["s2"]["search"] = {"catalog": str(tmp / "items.json"), "collections": ["sentinel-2-l2a"]}
+        data["labels"]["vector"] = str(tmp / "clc.gpkg")
+        data["dataset"]["metadata"]["countries"] = str(REAL / "naturalearth_lowres" / "naturalearth_lowres.shp")
+        data["dataset"]["max_drop_fraction"] = 1
+        runs = []
+        for k in (1, 2):
+            out = tmp / f"out{k}"
+            proc = run_cli("run", str(write_recipe(tmp / "r.yaml", data)), "-o", str(out), "--no-progress")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs.append(out)
+    return runs, clc, crs, tr
+
+
+@needs_shared
+def test_real_patch_end_to_end(ben_run):
+    """The built-in ``bigearthnet`` recipe over the real v1 patch served over HTTP: one patch named
+    from the product id, 12 band files at 120/60/20 px equal to the source pixels, a uint16 reference
+    map equal to an independent ``rasterio.features.rasterize`` (999 uncovered), the multi-labels, Ireland."""
+    import geopandas as gpd
+    import pandas as pd
+    from rasterio.features import rasterize
+
+    (out, _), clc, crs, tr = ben_run
+    patch = "S2A_MSIL2A_20170617T113321_N0205_R080_T29UPU_00_00"
+    folder = out / "patches" / "S2A_29UPU_20170617_0_L2A" / patch
+    idx = gpd.read_parquet(out / "index.parquet").set_index("unit_id")
+    assert list(idx.index) == [patch] and idx.loc[patch, "status"] == "kept"
+    sizes = {10: 120, 20: 60, 60: 20}
+    for band in BEN_ASSETS:
+        with rasterio.open(BEN / f"{BEN_STEM}_{band}.tif") as src, rasterio.open(folder / f"{patch}_{band}.tif") as ds:
+            assert ds.dtypes[0] == "uint16" and ds.shape == (sizes[int(src.res[0])],) * 2 == src.shape
+            assert ds.crs == src.crs and ds.transform == src.transform
+            np.testing.assert_array_equal(ds.read(1), src.read(1))
+    with rasterio.open(folder / f"{patch}_reference_map.tif") as ds:
+        ref = ds.read(1)
+        assert ds.dtypes[0] == "uint16" and ds.shape == (120, 120) and ds.transform == tr
+        assert ds.profile["compress"].lower() == "deflate" and ds.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "2"
+    local = clc.to_crs(crs)
+    want = rasterize(zip(local.geometry, local.Code_18.astype(int)), out_shape=(120, 120), transform=tr, fill=999,
+                     dtype="uint16", all_touched=False)
+    np.testing.assert_array_equal(ref, want)
+    assert set(np.unique(ref)) == {122, 211, 231, 999}
+    meta = pd.read_parquet(out / "metadata.parquet")
+    assert list(meta.patch_id) == [patch]
+    row = meta.iloc[0]
+    assert list(row["labels"]) == ["Arable land", "Pastures"] and row["country"] == "Ireland"
+    assert not row["contains_seasonal_snow"] and not row["contains_cloud_or_shadow"]
+    assert row["split"] in ("train", "validation", "test") and row["s1_name"] is None and row["s2v1_name"] is None
+
+
+@needs_shared
+def test_two_runs_give_the_same_archive(ben_run):
+    """Two runs of the recipe: byte-identical archives and the same manifest hash."""
+    import hashlib
+
+    (a, b), *_ = ben_run
+    arch = sorted((a / "archive").glob("*.tar.zst"))
+    assert [p.name for p in arch] == ["bigearthnet.tar.zst"]
+    assert (a / "archive" / "bigearthnet.tar.zst").read_bytes() == (b / "archive" / "bigearthnet.tar.zst").read_bytes()
+    assert hashlib.sha256((a / "checksums.sha256").read_bytes()).hexdigest() == \
+        hashlib.sha256((b / "checksums.sha256").read_bytes()).hexdigest()
