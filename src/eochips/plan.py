@@ -255,24 +255,34 @@ def _check_assets(scenes: list[Scene], sp: SourcePlan) -> None:
 # labels
 
 def label_spec(recipe: Recipe) -> LabelSpec | None:
-    """Where units get their labels (raster + reclass, or polygons) and the class colours."""
+    """Where units get their labels (raster + reclass, or polygons) and the class colours (uint8
+    class maps only: a uint16 map of codes has no colour table)."""
     lab = recipe.labels
     if lab is None:
         return None
     raster = lab.raster or (recipe.grid.path if recipe.grid.kind == "label-raster" and lab.vector is None else None)
     reclass = make_reclass(lab.reclass, lab.unknown_class, lab.strict) if raster else None
-    if lab.reclass == "cdl-13":
+    if lab.class_dtype != "uint8":
+        cmap = {}
+    elif lab.reclass == "cdl-13":
         cmap = CDL_13_COLORS
     else:
         n = max([*(lab.classes or {}).values(), *((reclass.table.values()) if reclass else []), 1])
         cmap = default_colormap(int(n))
     if raster is None and lab.vector is None:
         raise LabelError("labels: give labels.raster, labels.vector, or a label-raster grid")
-    if lab.vector is not None:
-        check_class_ids(lab.classes or {}, "labels.classes")
+    if lab.vector is not None and lab.burn == "classes":
+        check_class_ids(lab.classes or {}, "labels.classes", lab.class_dtype)
+    hi = int(np.iinfo(np.dtype(lab.class_dtype)).max)
+    for i, f in enumerate(recipe.filters):  # a class the map cannot hold would never match: a filter that silently keeps all
+        wide = [c for c in getattr(f, "classes", None) or [] if f.kind == "label-fraction" and not 0 <= c <= hi]
+        if wide:
+            raise LabelError(f"filters[{i}] (label-fraction): class(es) {wide} do not fit the {lab.class_dtype} class map "
+                             f"(0..{hi}); use classes 0..{hi}" + (" or labels.dtype: uint16" if hi == 255 else ""))
     return LabelSpec(raster=raster, reclass=reclass, vector=lab.vector, class_field=lab.class_field,
-                     classes=tuple(sorted((lab.classes or {}).items())), colormap=tuple(sorted(cmap.items())),
-                     nodata_class=lab.nodata_class)
+                     classes=tuple(sorted((lab.classes or {}).items())) if lab.burn == "classes" else (),
+                     colormap=tuple(sorted(cmap.items())), nodata_class=lab.nodata_class, burn=lab.burn,
+                     dtype=lab.class_dtype, fill=lab.fill_class, table=lab.table)
 
 
 def class_names(recipe: Recipe) -> dict[int, str]:
@@ -308,7 +318,8 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
         tr, shape = tuple(g.affine)[:6], tuple(g.shape)
         if spec.vector:
             classes = rasterize_vector(spec.vector, spec.class_field, dict(spec.classes), g.crs.to_wkt(), tr, shape,
-                                       _grid_bounds(grids[up.unit.grid]))
+                                       _grid_bounds(grids[up.unit.grid]), burn=spec.burn, dtype=spec.dtype, fill=spec.fill,
+                                       table=spec.table)
             unknown: dict[int, int] = {}
         else:
             try:
@@ -320,9 +331,9 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
                 classes, unknown = relaxed.apply(codes)
             else:
                 classes, unknown = codes.astype(np.uint8), {}
-        hist = np.bincount(classes.ravel(), minlength=256)
+        hist = np.bincount(classes.ravel(), minlength=256)  # uint16 codes: as long as the largest code
         up.label_info = {"class_pixels": {int(k): int(v) for k, v in enumerate(hist) if v},
-                         "label_nodata_pixels": int((classes == lab.nodata_class).sum())}
+                         "label_nodata_pixels": int((classes == spec.fill).sum())}
         if unknown:
             up.label_info["unknown_codes"] = unknown
             if lab.strict:
@@ -334,10 +345,12 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
                 break
     if spec.vector:
         _check_vector_cover(spec, grids, {up.unit.grid for up in units})
-    labelled = sum(n for up in units for c, n in up.label_info["class_pixels"].items() if c not in (0, lab.nodata_class))
+    empty = {spec.fill, lab.nodata_class} | ({0} if spec.burn == "classes" else set())
+    labelled = sum(n for up in units for c, n in up.label_info["class_pixels"].items() if c not in empty)
     if units and labelled == 0:
         src = f"labels.vector {spec.vector!r}" if spec.vector else f"label raster {spec.raster!r}"
-        raise LabelError(f"{src} gives no unit any class: every label pixel of the {len(units)} unit(s) is 0 (no data); "
+        shown = " or ".join(str(c) for c in sorted(empty))
+        raise LabelError(f"{src} gives no unit any class: every label pixel of the {len(units)} unit(s) is {shown} (no data); "
                          f"check the file's extent and CRS, labels.classes / labels.reclass and labels.nodata_class")
     if strict_bad:
         codes = sorted({c for v in strict_bad.values() for c in v})
@@ -354,8 +367,8 @@ def _check_vector_cover(spec: LabelSpec, grids: list[Grid], used: set[int]) -> N
 
     from .labels import LabelNote
 
-    idx = [vector_index(spec.vector, spec.class_field, spec.classes, grids[gi].gbox.crs.to_wkt(), _grid_bounds(grids[gi]))
-           for gi in sorted(used)]
+    idx = [vector_index(spec.vector, spec.class_field, spec.classes, grids[gi].gbox.crs.to_wkt(), _grid_bounds(grids[gi]),
+                        spec.burn, spec.dtype, spec.table) for gi in sorted(used)]
     if idx and not any(len(i.geoms) for i in idx):
         g = grids[min(used)]
         crs = g.gbox.crs.epsg
