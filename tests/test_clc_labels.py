@@ -262,20 +262,34 @@ def test_bad_codes_name_the_feature(tmp_path, codes, msg):
 
 @needs_shared
 def test_row_bands_equal_units_burnt_alone(tmp_path):
-    """Units cut from their row's band (one rasterisation per row of units) equal each unit
-    rasterised on its own by rasterio: a 3 x 4 grid of 40 px units over the patch's polygons."""
+    """Units cut from their row's band (one rasterisation per row of units, large polygons cut to
+    the band) equal each unit rasterised on its own by rasterio from the whole polygons: a 3 x 4
+    grid of 40 px units over the patch's polygons and a 900-vertex one."""
     import geopandas as gpd
     from affine import Affine
     from rasterio.features import rasterize
 
     from eochips.labels import rasterize_vector
 
+    import pandas as pd
+    import shapely
+
     crs, tr, _, bounds = _patch_grid()
     gpkg = tmp_path / "clc.gpkg"
-    _write_clc(gpkg, bounds)
+    gdf = _write_clc(gpkg, bounds)
+    # a wavy 900-vertex forest over several units and rows (cut to each band before burning), last
+    t = np.linspace(0, 2 * np.pi, 900, endpoint=False)
+    r = 380 * (1 + 0.2 * np.sin(7 * t))
+    cx, cy = bounds[0] + 610.0, bounds[3] - 590.0
+    forest = gpd.GeoSeries([shapely.Polygon(np.column_stack([cx + r * np.cos(t), cy + r * np.sin(t)]))], crs=crs).to_crs(3035)
+    gdf = pd.concat([gdf, gpd.GeoDataFrame({"Code_18": ["311"], "ID": ["EU_5"]}, geometry=forest.values, crs="EPSG:3035")])
+    gpkg = tmp_path / "clc_forest.gpkg"
+    gdf.to_file(gpkg, driver="GPKG")
     utm = gpd.read_file(gpkg).to_crs(crs)
+    assert shapely.get_num_coordinates(utm.geometry.values[-1]) > 64 and len(utm) == 5
     n = 40
     grid_bounds = (bounds[0], bounds[3] - 3 * n * 10, bounds[0] + 4 * n * 10, bounds[3])
+    seen: set[int] = set()
     for r in range(3):
         for c in range(4):
             t = (10.0, 0.0, bounds[0] + c * n * 10, 0.0, -10.0, bounds[3] - r * n * 10)
@@ -284,3 +298,47 @@ def test_row_bands_equal_units_burnt_alone(tmp_path):
             want = rasterize(zip(utm.geometry, utm["Code_18"].astype(int)), out_shape=(n, n), transform=Affine(*t),
                              fill=999, dtype="uint16")
             np.testing.assert_array_equal(got, want, err_msg=f"unit row {r} col {c}")
+            seen |= set(np.unique(got).tolist())
+    assert seen == {122, 211, 231, 311, 999}
+
+
+@needs_shared
+def test_plan_time_label_fraction_on_codes(tmp_path):
+    """The plan's label pre-scan (``plan._scan_labels``, a leading label-fraction filter) on
+    uint16 codes: 36 units of 20 px over the patch; a unit is dropped exactly when its
+    UNLABELED share (122 road + 999 hole, from an independent rasterio burn) is >= 10 %; its
+    ``label_info`` holds the codes' pixel counts and the fill (999) count."""
+    import geopandas as gpd
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+    from rasterio.features import rasterize
+
+    from eochips.config.models import LabelFractionFilter, LabelsConfig, ReadingConfig
+    from eochips.geo import Grid, Unit
+    from eochips.plan import UnitPlan, _scan_labels, label_spec
+
+    crs, tr, shape, bounds = _patch_grid()
+    gpkg = tmp_path / "clc.gpkg"
+    _write_clc(gpkg, bounds)
+    rule = LabelFractionFilter(kind="label-fraction", classes=UNLABELED, max_fraction=0.10, strict=True)
+    recipe = SimpleNamespace(labels=LabelsConfig(vector=str(gpkg), class_field="Code_18", burn="value", fill=999, table="clc-19"),
+                             grid=SimpleNamespace(kind="scene", path=None), filters=[rule], reading=ReadingConfig())
+    spec = label_spec(recipe)
+    grid = Grid(0, STEM, GeoBox(shape, Affine(*tr), crs))
+    n = 20
+    units = [UnitPlan(Unit(0, r, c, GeoBox((n, n), Affine(*tr) * Affine.translation(c * n, r * n), crs)), f"u{r}{c}")
+             for r in range(6) for c in range(6)]
+    _scan_labels(recipe, spec, units, [grid])
+    utm = gpd.read_file(gpkg).to_crs(crs)
+    want = rasterize(zip(utm.geometry, utm["Code_18"].astype(int)), out_shape=shape, transform=Affine(*tr), fill=999, dtype="uint16")
+    dropped = 0
+    for up in units:
+        block = want[up.unit.row * n:(up.unit.row + 1) * n, up.unit.col * n:(up.unit.col + 1) * n]
+        codes, counts = np.unique(block, return_counts=True)
+        assert up.label_info["class_pixels"] == dict(zip(codes.tolist(), counts.tolist()))
+        assert up.label_info["label_nodata_pixels"] == int((block == 999).sum())
+        frac = np.isin(block, UNLABELED).mean()
+        assert (up.status == "dropped") == (frac >= 0.10), (up.id, frac)
+        dropped += up.status == "dropped"
+        assert up.code in ("", "label-fraction")
+    assert 0 < dropped < len(units)

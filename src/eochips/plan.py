@@ -294,6 +294,11 @@ def class_names(recipe: Recipe) -> dict[int, str]:
         return dict(lab.class_names)
     if lab.reclass == "cdl-13":
         return dict(CDL_13_NAMES)
+    if lab.table is not None:  # CORINE codes: their 19-class names, UNLABELED for the rest
+        from .labels import MULTI_LABEL_TABLES
+
+        named, unlabeled = MULTI_LABEL_TABLES[lab.table]
+        return dict(sorted({**named, **{c: "UNLABELED" for c in unlabeled}}.items()))
     if lab.classes:
         return {0: "unlabelled", **{v: k for k, v in lab.classes.items()}}
     return {}
@@ -313,10 +318,16 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
     env = read_env(recipe.reading)
     rules = recipe.filters[:plan_time_filters(recipe.filters)]
     strict_bad: dict[str, list[int]] = {}
+    read: dict[int, tuple] = {}  # per grid: what the cover check needs (the polygons themselves stay in the cache)
     for up in units:
         g = up.unit.gbox
         tr, shape = tuple(g.affine)[:6], tuple(g.shape)
         if spec.vector:
+            if up.unit.grid not in read:
+                gr = grids[up.unit.grid]
+                i = vector_index(spec.vector, spec.class_field, spec.classes, gr.gbox.crs.to_wkt(), _grid_bounds(gr),
+                                 spec.burn, spec.dtype, spec.table)
+                read[up.unit.grid] = (len(i.geoms), i.repaired, i.layer_bounds, i.file_crs)
             classes = rasterize_vector(spec.vector, spec.class_field, dict(spec.classes), g.crs.to_wkt(), tr, shape,
                                        _grid_bounds(grids[up.unit.grid]), burn=spec.burn, dtype=spec.dtype, fill=spec.fill,
                                        table=spec.table)
@@ -344,7 +355,7 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
                 up.drop(reason)
                 break
     if spec.vector:
-        _check_vector_cover(spec, grids, {up.unit.grid for up in units})
+        _check_vector_cover(spec, grids, read)
     empty = {spec.fill, lab.nodata_class} | ({0} if spec.burn == "classes" else set())
     labelled = sum(n for up in units for c, n in up.label_info["class_pixels"].items() if c not in empty)
     if units and labelled == 0:
@@ -361,23 +372,23 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
         )
 
 
-def _check_vector_cover(spec: LabelSpec, grids: list[Grid], used: set[int]) -> None:
-    """Vector labels must reach the grids; repaired polygons get one note (see :func:`_scan_labels`)."""
+def _check_vector_cover(spec: LabelSpec, grids: list[Grid], read: dict[int, tuple]) -> None:
+    """Vector labels must reach the grids; repaired polygons get one note (see :func:`_scan_labels`).
+    ``read``: per grid index, ``(polygons over it, repaired FIDs, layer bounds, file CRS)``."""
     import warnings
 
     from .labels import LabelNote
 
-    idx = [vector_index(spec.vector, spec.class_field, spec.classes, grids[gi].gbox.crs.to_wkt(), _grid_bounds(grids[gi]),
-                        spec.burn, spec.dtype, spec.table) for gi in sorted(used)]
-    if idx and not any(len(i.geoms) for i in idx):
-        g = grids[min(used)]
+    if read and not any(n for n, *_ in read.values()):
+        gi = min(read)
+        g = grids[gi]
         crs = g.gbox.crs.epsg
-        lb = ", ".join(f"{v:.6g}" for v in idx[0].layer_bounds)
+        lb = ", ".join(f"{v:.6g}" for v in read[gi][2])
         gb = ", ".join(f"{v:.6g}" for v in _grid_bounds(g))
         raise LabelError(f"labels.vector {spec.vector!r}: no feature lies over the grid (layer extent [{lb}] in "
-                         f"{idx[0].file_crs}, grid extent [{gb}] in {f'EPSG:{crs}' if crs else g.gbox.crs.to_wkt()}); "
+                         f"{read[gi][3]}, grid extent [{gb}] in {f'EPSG:{crs}' if crs else g.gbox.crs.to_wkt()}); "
                          f"check the file's CRS and the AOI")
-    repaired = sorted({f for i in idx for f in i.repaired})
+    repaired = sorted({f for _, fids, *_ in read.values() for f in fids})
     if repaired:
         shown = ", ".join(map(str, repaired[:5])) + (", ..." if len(repaired) > 5 else "")
         warnings.warn(f"labels.vector {spec.vector!r}: repaired {len(repaired)} invalid polygon(s) (FID {shown}) with "
