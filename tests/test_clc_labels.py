@@ -222,7 +222,8 @@ def test_config_errors_name_the_field(tmp_path):
         ({"classes": {"211": 1}, "fill": 999}, "labels.fill 999 does not fit the uint8 class map"),
         ({"burn": "value", "fill": 0, "table": "clc-19"}, "labels.fill 0 is not a code of labels.table 'clc-19'"),
         ({"classes": {"211": 1}, "table": "clc-19"}, "needs burn: value"),
-        ({}, "need classes"),
+        ({}, "need class_field and classes"),
+        ({"burn": "value", "class_field": None}, "burn: value need class_field"),
         ({"table": "clc-43", "burn": "value"}, "clc-19"),
     ]
     for extra, msg in cases:

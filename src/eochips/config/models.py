@@ -854,11 +854,11 @@ class LabelsConfig(_Model):
 
     @model_validator(mode="after")
     def _one_source(self) -> "LabelsConfig":
+        if self.vector is not None and self.burn == "classes" and (self.class_field is None or self.classes is None):
+            raise ValueError("vector labels need class_field and classes (attribute value -> class id); or set "
+                             "burn: value to burn the class_field's integer value itself")
         if self.vector is not None and self.class_field is None:
-            raise ValueError("vector labels need class_field")
-        if self.vector is not None and self.burn == "classes" and self.classes is None:
-            raise ValueError("vector labels with burn: classes need classes (attribute value -> class id); "
-                             "or set burn: value to burn the attribute's integer value")
+            raise ValueError("vector labels with burn: value need class_field (the attribute whose integer value is burnt)")
         if self.vector is not None and self.raster is not None:
             raise ValueError("give labels.raster or labels.vector, not both")
         if self.burn == "value" and self.vector is None:

@@ -5,11 +5,20 @@ raised ``KeyError``); in strict mode it is an error. Vector labels are read once
 process with a bounding-box filter (pyogrio) and indexed with an STRtree, so each unit
 rasterises only the polygons that touch it.
 
+Vector labels burn class ids (``labels.burn: classes``, a uint8 map by default) or the class
+field's integer value itself (``burn: value``: CORINE codes into a uint16 map, BigEarthNet v2's
+reference maps, kai-tub/bigearthnet-pipeline); pixels no polygon covers get ``labels.fill``.
+``labels.table: clc-19`` gives each unit its BigEarthNet v2 multi-labels
+(:func:`~eochips.labels.tables.label_names`). At CORINE scale (10^4-10^5 polygons per
+109,800 m tile, millions in the file) the read is vectorised and each row of units is burnt
+as one band (:class:`_VectorIndex`); ``benchmarks/corine_labels.py`` measures it.
+
 Vector labels are checked, never guessed: an empty layer, a feature whose class value is not in
-``labels.classes`` (named by FID and value) and a class id the uint8 class map cannot hold
-(:func:`check_class_ids`; it would saturate to 255) are errors; invalid polygons are repaired
-by one stated rule (:func:`repair`, ``shapely.make_valid`` "structure"), which the plan reports
-in one ``note:`` line naming the file and how many features it repaired.
+``labels.classes`` (named by FID and value), a ``burn: value`` value that is null, not whole,
+out of the map's range or (with a table) not a code of the table, and a class id the class map
+cannot hold (:func:`check_class_ids`; it would saturate or wrap) are errors; invalid polygons
+are repaired by one stated rule (:func:`repair`, ``shapely.make_valid`` "structure"), which the
+plan reports in one ``note:`` line naming the file and how many features it repaired.
 """
 
 from __future__ import annotations
