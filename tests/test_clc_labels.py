@@ -231,6 +231,10 @@ def test_config_errors_name_the_field(tmp_path):
             LabelsConfig(**{**base, **extra})
     with pytest.raises(ValidationError, match="needs labels.vector"):
         LabelsConfig(burn="value")
+    with pytest.raises(ValidationError, match="labels.fill is the class of pixels no polygon covers; it needs labels.vector"):
+        LabelsConfig(raster=str(v), fill=3)
+    with pytest.raises(ValidationError, match="labels.dtype: uint16 is for vector labels"):
+        LabelsConfig(raster=str(v), dtype="uint16")
     ok = LabelsConfig(**base, burn="value", fill=999, table="clc-19")
     assert (ok.class_dtype, ok.fill_class) == ("uint16", 999)
     assert (LabelsConfig(**base, classes={"a": 1}).class_dtype, LabelsConfig(**base, classes={"a": 1}).fill_class) == ("uint8", 0)
@@ -343,3 +347,21 @@ def test_plan_time_label_fraction_on_codes(tmp_path):
         dropped += up.status == "dropped"
         assert up.code in ("", "label-fraction")
     assert 0 < dropped < len(units)
+
+
+def test_label_fraction_classes_must_fit_the_class_map(tmp_path):
+    """A label-fraction class the class map cannot hold (999 on a uint8 map) would never match
+    (a filter that silently keeps everything): the plan refuses it, naming the filter."""
+    from eochips.config.models import LabelFractionFilter, LabelsConfig
+    from eochips.errors import LabelError
+    from eochips.plan import label_spec
+
+    v = tmp_path / "clc.gpkg"
+    v.write_bytes(b"")
+    rule = LabelFractionFilter(kind="label-fraction", classes=[0, 999], max_fraction=0.25)
+    grid = SimpleNamespace(kind="scene", path=None)
+    cfg = LabelsConfig(vector=str(v), class_field="Code_18", classes={"211": 1})
+    with pytest.raises(LabelError, match=r"filters\[1\] \(label-fraction\): class\(es\) \[999\] do not fit the uint8 class map"):
+        label_spec(SimpleNamespace(labels=cfg, grid=grid, filters=[SimpleNamespace(kind="nodata"), rule]))
+    wide = LabelsConfig(vector=str(v), class_field="Code_18", burn="value", fill=999, table="clc-19")
+    assert label_spec(SimpleNamespace(labels=wide, grid=grid, filters=[rule])).dtype == "uint16"

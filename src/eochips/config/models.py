@@ -868,6 +868,9 @@ class LabelsConfig(_Model):
                              "65535); use dtype: uint16 (the default with burn: value)")
         if self.dtype == "uint16" and self.vector is None:
             raise ValueError("labels.dtype: uint16 is for vector labels (labels.vector); a label raster's class map is uint8")
+        if self.fill is not None and self.vector is None:
+            raise ValueError("labels.fill is the class of pixels no polygon covers; it needs labels.vector "
+                             "(a label raster's own no-data is labels.nodata_class)")
         hi = 65535 if self.class_dtype == "uint16" else 255
         if self.fill is not None and self.fill > hi:
             raise ValueError(f"labels.fill {self.fill} does not fit the {self.class_dtype} class map (0..{hi}); "
