@@ -30,7 +30,7 @@ from affine import Affine
 
 from .config import CompositeConfig, MasksConfig, ReadingConfig, is_nan
 from .errors import OutputError, ReadError
-from .labels import LabelSpec, rasterize_vector
+from .labels import LabelSpec, label_names, rasterize_vector
 from .profiles import BandSpec, QASpec
 from .reading import TileCache, close_assets, read_env, read_onto, read_sources, warp_sources
 
@@ -520,7 +520,10 @@ def read_units(tasks: list[UnitTask], caches: dict[str, TileCache] | None = None
 # labels, masks, measures
 
 def read_labels(task: UnitTask) -> tuple[np.ndarray | None, dict[int, int]]:
-    """The unit's ``(y, x)`` uint8 class map (None without labels) and unknown code counts.
+    """The unit's ``(y, x)`` class map (None without labels) and unknown code counts.
+
+    The map is uint8, or ``labels.dtype`` for vector labels (uint16 CORINE codes with
+    ``burn: value``, ``labels.fill`` where no polygon lies).
 
     Raises
     ------
@@ -534,7 +537,7 @@ def read_labels(task: UnitTask) -> tuple[np.ndarray | None, dict[int, int]]:
         return None, {}
     if spec.vector:
         return rasterize_vector(spec.vector, spec.class_field, dict(spec.classes), task.crs, task.transform, task.shape,
-                                task.label_bounds), {}
+                                task.label_bounds, burn=spec.burn, dtype=spec.dtype, fill=spec.fill, table=spec.table), {}
     codes = read_onto(spec.raster, task.crs, task.transform, task.shape, resampling="nearest",
                       env=read_env(task.reading), max_retries=task.reading.max_retries)
     if spec.reclass is None:
@@ -590,6 +593,8 @@ def _metrics(task: UnitTask, data: UnitData) -> dict[str, Any]:
     if data.labels is not None:
         hist = np.bincount(data.labels.ravel(), minlength=256)
         m["label_hist"] = {int(k): int(v) for k, v in enumerate(hist) if v}
+        if task.labels.table is not None:  # BigEarthNet v2 multi-labels: every distinct class name present
+            m["label_names"] = label_names(m["label_hist"], task.labels.table)
         if data.unknown_codes:
             m["unknown_codes"] = {int(k): int(v) for k, v in data.unknown_codes.items()}
     fractions = [{"source": s, "step": t, **{k: round(v, 6) for k, v in ms.fractions().items()}}

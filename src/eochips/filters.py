@@ -164,8 +164,14 @@ def mask_fraction(cfg, data) -> tuple[dict, Reason | None]:
 
 
 def label_fraction_check(cfg, labels: np.ndarray) -> tuple[dict, Reason | None]:
-    """The ``label-fraction`` rule on a ``(y, x)`` class map (used at plan time and at build time)."""
-    n = int(np.isin(labels, cfg.classes).sum())
+    """The ``label-fraction`` rule on a ``(y, x)`` class map (used at plan time and at build time).
+
+    ``labels`` is uint8 class ids or uint16 codes (``labels.dtype: uint16``, e.g. CORINE codes
+    with 999 uncovered); ``cfg.classes`` are compared as integers (int64), so codes above 255
+    count. The share is of all the unit's pixels; ``strict``: drop at or above ``max_fraction``
+    (BigEarthNet v2 keeps a patch only if its UNLABELED share is < 25 %).
+    """
+    n = int(np.isin(labels, np.asarray(cfg.classes, dtype=np.int64)).sum())
     frac = n / labels.size
     classes = ",".join(str(c) for c in cfg.classes)
     reason = None

@@ -255,24 +255,34 @@ def _check_assets(scenes: list[Scene], sp: SourcePlan) -> None:
 # labels
 
 def label_spec(recipe: Recipe) -> LabelSpec | None:
-    """Where units get their labels (raster + reclass, or polygons) and the class colours."""
+    """Where units get their labels (raster + reclass, or polygons) and the class colours (uint8
+    class maps only: a uint16 map of codes has no colour table)."""
     lab = recipe.labels
     if lab is None:
         return None
     raster = lab.raster or (recipe.grid.path if recipe.grid.kind == "label-raster" and lab.vector is None else None)
     reclass = make_reclass(lab.reclass, lab.unknown_class, lab.strict) if raster else None
-    if lab.reclass == "cdl-13":
+    if lab.class_dtype != "uint8":
+        cmap = {}
+    elif lab.reclass == "cdl-13":
         cmap = CDL_13_COLORS
     else:
         n = max([*(lab.classes or {}).values(), *((reclass.table.values()) if reclass else []), 1])
         cmap = default_colormap(int(n))
     if raster is None and lab.vector is None:
         raise LabelError("labels: give labels.raster, labels.vector, or a label-raster grid")
-    if lab.vector is not None:
-        check_class_ids(lab.classes or {}, "labels.classes")
+    if lab.vector is not None and lab.burn == "classes":
+        check_class_ids(lab.classes or {}, "labels.classes", lab.class_dtype)
+    hi = int(np.iinfo(np.dtype(lab.class_dtype)).max)
+    for i, f in enumerate(recipe.filters):  # a class the map cannot hold would never match: a filter that silently keeps all
+        wide = [c for c in getattr(f, "classes", None) or [] if f.kind == "label-fraction" and not 0 <= c <= hi]
+        if wide:
+            raise LabelError(f"filters[{i}] (label-fraction): class(es) {wide} do not fit the {lab.class_dtype} class map "
+                             f"(0..{hi}); use classes 0..{hi}" + (" or labels.dtype: uint16" if hi == 255 else ""))
     return LabelSpec(raster=raster, reclass=reclass, vector=lab.vector, class_field=lab.class_field,
-                     classes=tuple(sorted((lab.classes or {}).items())), colormap=tuple(sorted(cmap.items())),
-                     nodata_class=lab.nodata_class)
+                     classes=tuple(sorted((lab.classes or {}).items())) if lab.burn == "classes" else (),
+                     colormap=tuple(sorted(cmap.items())), nodata_class=lab.nodata_class, burn=lab.burn,
+                     dtype=lab.class_dtype, fill=lab.fill_class, table=lab.table)
 
 
 def class_names(recipe: Recipe) -> dict[int, str]:
@@ -284,6 +294,11 @@ def class_names(recipe: Recipe) -> dict[int, str]:
         return dict(lab.class_names)
     if lab.reclass == "cdl-13":
         return dict(CDL_13_NAMES)
+    if lab.table is not None:  # CORINE codes: their 19-class names, UNLABELED for the rest
+        from .labels import MULTI_LABEL_TABLES
+
+        named, unlabeled = MULTI_LABEL_TABLES[lab.table]
+        return dict(sorted({**named, **{c: "UNLABELED" for c in unlabeled}}.items()))
     if lab.classes:
         return {0: "unlabelled", **{v: k for k, v in lab.classes.items()}}
     return {}
@@ -303,12 +318,19 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
     env = read_env(recipe.reading)
     rules = recipe.filters[:plan_time_filters(recipe.filters)]
     strict_bad: dict[str, list[int]] = {}
+    read: dict[int, tuple] = {}  # per grid: what the cover check needs (the polygons themselves stay in the cache)
     for up in units:
         g = up.unit.gbox
         tr, shape = tuple(g.affine)[:6], tuple(g.shape)
         if spec.vector:
+            if up.unit.grid not in read:
+                gr = grids[up.unit.grid]
+                i = vector_index(spec.vector, spec.class_field, spec.classes, gr.gbox.crs.to_wkt(), _grid_bounds(gr),
+                                 spec.burn, spec.dtype, spec.table)
+                read[up.unit.grid] = (len(i.geoms), i.repaired, i.layer_bounds, i.file_crs)
             classes = rasterize_vector(spec.vector, spec.class_field, dict(spec.classes), g.crs.to_wkt(), tr, shape,
-                                       _grid_bounds(grids[up.unit.grid]))
+                                       _grid_bounds(grids[up.unit.grid]), burn=spec.burn, dtype=spec.dtype, fill=spec.fill,
+                                       table=spec.table)
             unknown: dict[int, int] = {}
         else:
             try:
@@ -320,9 +342,9 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
                 classes, unknown = relaxed.apply(codes)
             else:
                 classes, unknown = codes.astype(np.uint8), {}
-        hist = np.bincount(classes.ravel(), minlength=256)
+        hist = np.bincount(classes.ravel(), minlength=256)  # uint16 codes: as long as the largest code
         up.label_info = {"class_pixels": {int(k): int(v) for k, v in enumerate(hist) if v},
-                         "label_nodata_pixels": int((classes == lab.nodata_class).sum())}
+                         "label_nodata_pixels": int((classes == spec.fill).sum())}
         if unknown:
             up.label_info["unknown_codes"] = unknown
             if lab.strict:
@@ -333,11 +355,13 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
                 up.drop(reason)
                 break
     if spec.vector:
-        _check_vector_cover(spec, grids, {up.unit.grid for up in units})
-    labelled = sum(n for up in units for c, n in up.label_info["class_pixels"].items() if c not in (0, lab.nodata_class))
+        _check_vector_cover(spec, grids, read)
+    empty = {spec.fill, lab.nodata_class} | ({0} if spec.burn == "classes" else set())
+    labelled = sum(n for up in units for c, n in up.label_info["class_pixels"].items() if c not in empty)
     if units and labelled == 0:
         src = f"labels.vector {spec.vector!r}" if spec.vector else f"label raster {spec.raster!r}"
-        raise LabelError(f"{src} gives no unit any class: every label pixel of the {len(units)} unit(s) is 0 (no data); "
+        shown = " or ".join(str(c) for c in sorted(empty))
+        raise LabelError(f"{src} gives no unit any class: every label pixel of the {len(units)} unit(s) is {shown} (no data); "
                          f"check the file's extent and CRS, labels.classes / labels.reclass and labels.nodata_class")
     if strict_bad:
         codes = sorted({c for v in strict_bad.values() for c in v})
@@ -348,23 +372,23 @@ def _scan_labels(recipe: Recipe, spec: LabelSpec, units: list[UnitPlan], grids: 
         )
 
 
-def _check_vector_cover(spec: LabelSpec, grids: list[Grid], used: set[int]) -> None:
-    """Vector labels must reach the grids; repaired polygons get one note (see :func:`_scan_labels`)."""
+def _check_vector_cover(spec: LabelSpec, grids: list[Grid], read: dict[int, tuple]) -> None:
+    """Vector labels must reach the grids; repaired polygons get one note (see :func:`_scan_labels`).
+    ``read``: per grid index, ``(polygons over it, repaired FIDs, layer bounds, file CRS)``."""
     import warnings
 
     from .labels import LabelNote
 
-    idx = [vector_index(spec.vector, spec.class_field, spec.classes, grids[gi].gbox.crs.to_wkt(), _grid_bounds(grids[gi]))
-           for gi in sorted(used)]
-    if idx and not any(len(i.geoms) for i in idx):
-        g = grids[min(used)]
+    if read and not any(n for n, *_ in read.values()):
+        gi = min(read)
+        g = grids[gi]
         crs = g.gbox.crs.epsg
-        lb = ", ".join(f"{v:.6g}" for v in idx[0].layer_bounds)
+        lb = ", ".join(f"{v:.6g}" for v in read[gi][2])
         gb = ", ".join(f"{v:.6g}" for v in _grid_bounds(g))
         raise LabelError(f"labels.vector {spec.vector!r}: no feature lies over the grid (layer extent [{lb}] in "
-                         f"{idx[0].file_crs}, grid extent [{gb}] in {f'EPSG:{crs}' if crs else g.gbox.crs.to_wkt()}); "
+                         f"{read[gi][3]}, grid extent [{gb}] in {f'EPSG:{crs}' if crs else g.gbox.crs.to_wkt()}); "
                          f"check the file's CRS and the AOI")
-    repaired = sorted({f for i in idx for f in i.repaired})
+    repaired = sorted({f for _, fids, *_ in read.values() for f in fids})
     if repaired:
         shown = ", ".join(map(str, repaired[:5])) + (", ..." if len(repaired) > 5 else "")
         warnings.warn(f"labels.vector {spec.vector!r}: repaired {len(repaired)} invalid polygon(s) (FID {shown}) with "

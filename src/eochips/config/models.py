@@ -825,14 +825,29 @@ Filter = Annotated[
 # labels
 
 class LabelsConfig(_Model):
-    """Where labels come from: a raster (+ reclass table) or polygons."""
+    """Where labels come from: a raster (+ reclass table) or polygons.
+
+    Vector labels burn, per polygon, either its class id (``burn: classes``: the class of its
+    ``class_field`` value in ``classes``) or the integer value of ``class_field`` itself
+    (``burn: value``, e.g. the CORINE code 211; BigEarthNet v2's reference maps). Pixels no
+    polygon covers get ``fill`` (default ``nodata_class``). The class map is ``dtype`` (uint8,
+    or uint16 for codes above 255; ``burn: value`` defaults to uint16). ``table: clc-19`` names
+    the BigEarthNet v2 19-class labels present in each unit (``label_names``)."""
 
     raster: FilePath | None = Field(None, description="Label raster (default: the label-raster grid's).")
     reclass: str | dict[int, int] | None = Field(None, description="'cdl-13', or a {source code: class} table.")
     vector: FilePath | None = Field(None, description="GeoJSON / GeoPackage polygons.")
     class_field: str | None = Field(None, description="Attribute holding the class (vector labels).")
-    classes: dict[str, int] | None = Field(None, description="Attribute value -> class id (vector labels).")
+    classes: dict[str, int] | None = Field(None, description="Attribute value -> class id (vector labels, burn: classes).")
     class_names: dict[int, str] | None = None
+    burn: Literal["classes", "value"] = Field("classes", description=(
+        "Vector labels: burn the class id of classes[value] ('classes') or the attribute's integer value itself ('value', "
+        "e.g. a CORINE code)."))
+    dtype: Literal["uint8", "uint16"] | None = Field(None, description=(
+        "Class map dtype; default uint8, uint16 with burn: value (codes up to 65535)."))
+    fill: int | None = Field(None, ge=0, le=65535, description="Class of pixels no polygon covers (default nodata_class).")
+    table: Literal["clc-19"] | None = Field(None, description=(
+        "Multi-label table: 'clc-19' names the BigEarthNet v2 classes of the CORINE codes present (needs burn: value)."))
     unknown_class: int = Field(0, ge=0, le=255, description="Class given to codes missing from the reclass table.")
     strict: bool = Field(False, description="Fail on codes missing from the reclass table instead of mapping them.")
     nodata_class: int = Field(0, ge=0, le=255)
@@ -840,11 +855,46 @@ class LabelsConfig(_Model):
 
     @model_validator(mode="after")
     def _one_source(self) -> "LabelsConfig":
-        if self.vector is not None and (self.class_field is None or self.classes is None):
-            raise ValueError("vector labels need class_field and classes")
+        if self.vector is not None and self.burn == "classes" and (self.class_field is None or self.classes is None):
+            raise ValueError("vector labels need class_field and classes (attribute value -> class id); or set "
+                             "burn: value to burn the class_field's integer value itself")
+        if self.vector is not None and self.class_field is None:
+            raise ValueError("vector labels with burn: value need class_field (the attribute whose integer value is burnt)")
         if self.vector is not None and self.raster is not None:
             raise ValueError("give labels.raster or labels.vector, not both")
+        if self.burn == "value" and self.vector is None:
+            raise ValueError("labels.burn: value burns polygons' attribute values; it needs labels.vector")
+        if self.burn == "value" and self.dtype == "uint8":
+            raise ValueError("labels.dtype: uint8 cannot hold burn: value codes (CORINE codes reach 523, values up to "
+                             "65535); use dtype: uint16 (the default with burn: value)")
+        if self.dtype == "uint16" and self.vector is None:
+            raise ValueError("labels.dtype: uint16 is for vector labels (labels.vector); a label raster's class map is uint8")
+        if self.fill is not None and self.vector is None:
+            raise ValueError("labels.fill is the class of pixels no polygon covers; it needs labels.vector "
+                             "(a label raster's own no-data is labels.nodata_class)")
+        hi = 65535 if self.class_dtype == "uint16" else 255
+        if self.fill is not None and self.fill > hi:
+            raise ValueError(f"labels.fill {self.fill} does not fit the {self.class_dtype} class map (0..{hi}); "
+                             f"use 0..{hi}" + (" or dtype: uint16" if hi == 255 else ""))
+        if self.table is not None and self.burn != "value":
+            raise ValueError(f"labels.table {self.table!r} names CORINE codes; it needs burn: value (the codes burnt)")
+        if self.table is not None:
+            from ..labels.tables import table_codes
+
+            if self.fill_class not in table_codes(self.table):
+                raise ValueError(f"labels.fill {self.fill_class} is not a code of labels.table {self.table!r}; give a code "
+                                 f"of the table or an UNLABELED one (BigEarthNet: fill: 999)")
         return self
+
+    @property
+    def class_dtype(self) -> str:
+        """The class map's dtype: ``dtype``, else uint16 with ``burn: value``, else uint8."""
+        return self.dtype or ("uint16" if self.burn == "value" else "uint8")
+
+    @property
+    def fill_class(self) -> int:
+        """The class of pixels no polygon covers: ``fill``, else ``nodata_class``."""
+        return self.nodata_class if self.fill is None else self.fill
 
 
 # --------------------------------------------------------------------------------------

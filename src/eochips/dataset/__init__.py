@@ -180,6 +180,7 @@ def _index_rows(ctx: Context) -> list[dict[str, Any]]:
             "bad_qa_pct": m.get("bad_qa_pct"), "nodata_pixels": m.get("nodata_pixels"), "nan_pixels": m.get("nan_pixels"),
             "value_pixels": m.get("value_pixels"),
             "label_hist": json.dumps(m.get("label_hist", {}), sort_keys=True),
+            "label_names": _label_names(plan, up, m),
             "unknown_codes": json.dumps(m.get("unknown_codes") or up.label_info.get("unknown_codes") or {}, sort_keys=True),
             "mask_fractions": json.dumps(m["mask_fractions"], sort_keys=True) if m.get("mask_fractions") else None,
             "files": files, "roles": [roles.get(f, "") for f in files], "sha256": [rec["files"][n] for n in files],
@@ -187,6 +188,20 @@ def _index_rows(ctx: Context) -> list[dict[str, Any]]:
             "geometry": reproject_geometry(up.unit.polygon, g.crs.to_wkt(), "EPSG:4326"),
         })
     return rows
+
+
+def _label_names(plan: Plan, up, metrics: dict[str, Any]) -> list[str] | None:
+    """The unit's multi-labels (``labels.table``): the built unit's ``label_names``, else (dropped at
+    plan time) those of its plan-time class counts; None without a table."""
+    from ..labels import label_names
+
+    table = plan.recipe.labels.table if plan.recipe.labels is not None else None
+    if table is None:
+        return None
+    if "label_names" in metrics:
+        return list(metrics["label_names"])
+    pixels = up.label_info.get("class_pixels")
+    return label_names(pixels, table) if pixels else None
 
 
 def _provenance(plan: Plan, up, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -5,15 +5,26 @@ raised ``KeyError``); in strict mode it is an error. Vector labels are read once
 process with a bounding-box filter (pyogrio) and indexed with an STRtree, so each unit
 rasterises only the polygons that touch it.
 
+Vector labels burn class ids (``labels.burn: classes``, a uint8 map by default) or the class
+field's integer value itself (``burn: value``: CORINE codes into a uint16 map, BigEarthNet v2's
+reference maps, kai-tub/bigearthnet-pipeline); pixels no polygon covers get ``labels.fill``.
+``labels.table: clc-19`` gives each unit its BigEarthNet v2 multi-labels
+(:func:`~eochips.labels.tables.label_names`). At CORINE scale (10^4-10^5 polygons per
+109,800 m tile, millions in the file) the read is vectorised and each row of units is burnt
+as one band (:class:`_VectorIndex`); ``benchmarks/corine_labels.py`` measures it.
+
 Vector labels are checked, never guessed: an empty layer, a feature whose class value is not in
-``labels.classes`` (named by FID and value) and a class id the uint8 class map cannot hold
-(:func:`check_class_ids`; it would saturate to 255) are errors; invalid polygons are repaired
-by one stated rule (:func:`repair`, ``shapely.make_valid`` "structure"), which the plan reports
-in one ``note:`` line naming the file and how many features it repaired.
+``labels.classes`` (named by FID and value), a ``burn: value`` value that is null, not whole,
+out of the map's range or (with a table) not a code of the table, and a class id the class map
+cannot hold (:func:`check_class_ids`; it would saturate or wrap) are errors; invalid polygons
+are repaired by one stated rule (:func:`repair`, ``shapely.make_valid`` "structure"), which the
+plan reports in one ``note:`` line naming the file and how many features it repaired.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Mapping
@@ -21,7 +32,8 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import LabelError
-from .tables import CDL_13, CDL_13_COLORS, CDL_13_NAMES, RECLASS_TABLES, default_colormap
+from .tables import (CDL_13, CDL_13_COLORS, CDL_13_NAMES, CLC_19, CLC_19_NAMES, CLC_19_UNLABELED, MULTI_LABEL_TABLES,
+                     RECLASS_TABLES, default_colormap, label_names, table_codes)
 
 @dataclass(frozen=True)
 class Reclass:
@@ -105,9 +117,15 @@ def make_reclass(spec: str | Mapping[int, int] | None, unknown_class: int = 0, s
     return Reclass({int(k): int(v) for k, v in spec.items()}, unknown_class, strict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LabelSpec:
-    """Where a unit's labels come from: a raster (+ reclass) or polygons, and the class map's colours."""
+    """Where a unit's labels come from: a raster (+ reclass) or polygons, and the class map's colours.
+
+    ``burn`` (vector labels): ``classes`` burns the class id of a polygon's ``class_field``
+    value, ``value`` the value itself (an integer: the CORINE code). ``dtype`` is the class
+    map's (``uint8`` or ``uint16``), ``fill`` the class of pixels no polygon covers, ``table``
+    a multi-label table (:data:`~eochips.labels.tables.MULTI_LABEL_TABLES`) or None.
+    """
 
     raster: str | None = None
     reclass: Reclass | None = None
@@ -116,6 +134,17 @@ class LabelSpec:
     classes: tuple[tuple[str, int], ...] = ()
     colormap: tuple[tuple[int, tuple[int, int, int, int]], ...] = ()
     nodata_class: int = 0
+    burn: str = "classes"
+    dtype: str = "uint8"
+    fill: int = 0
+    table: str | None = None
+
+    def __repr__(self) -> str:
+        # the fields added for CORINE labels appear only when set, so existing recipes keep their fingerprints
+        names = ["raster", "reclass", "vector", "class_field", "classes", "colormap", "nodata_class"]
+        extra = {"burn": "classes", "dtype": "uint8", "fill": 0, "table": None}
+        names += [k for k, d in extra.items() if getattr(self, k) != d]
+        return f"LabelSpec({', '.join(f'{k}={getattr(self, k)!r}' for k in names)})"
 
 
 class LabelNote(UserWarning):
@@ -123,22 +152,22 @@ class LabelNote(UserWarning):
 
 
 CLASS_MAP_DTYPE = np.uint8
-"""The dtype of every class map eochips writes (class ids 0..255)."""
+"""The dtype of class maps by default (class ids 0..255); ``labels.dtype: uint16`` widens it."""
 
 
-def check_class_ids(classes: Mapping, where: str) -> None:
-    """Refuse class ids the uint8 class map cannot hold (they would saturate to 255).
+def check_class_ids(classes: Mapping, where: str, dtype: str = "uint8") -> None:
+    """Refuse class ids the class map (``dtype``, default uint8) cannot hold (they would wrap or saturate).
 
     Raises
     ------
     LabelError
         Naming the field, the key and the id, e.g. ``labels.classes: 'corn' -> 300``.
     """
-    hi = int(np.iinfo(CLASS_MAP_DTYPE).max)
+    hi = int(np.iinfo(np.dtype(dtype)).max)
     for key, cid in classes.items():
         if not 0 <= int(cid) <= hi:
-            raise LabelError(f"{where}: class id {cid} (for {key!r}) does not fit the {np.dtype(CLASS_MAP_DTYPE).name} "
-                             f"class map (0..{hi}); use class ids 0..{hi}")
+            raise LabelError(f"{where}: class id {cid} (for {key!r}) does not fit the {np.dtype(dtype).name} "
+                             f"class map (0..{hi}); use class ids 0..{hi}" + (" or labels.dtype: uint16" if hi == 255 else ""))
 
 
 def repair(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,14 +192,68 @@ def repair(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, bad
 
 
-def _class_key(v) -> str | None:
-    """The ``labels.classes`` key of an attribute value: its text (a whole float as an integer,
-    as a nullable integer column reads); None for a null."""
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return None
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
+def _class_keys(values) -> np.ndarray:
+    """The ``labels.classes`` keys of attribute values (a pandas Series): their text (a whole
+    float as an integer, as a nullable integer column reads); None for a null. Vectorised."""
+    import pandas as pd
+
+    keys = np.full(len(values), None, dtype=object)
+    null = values.isna().to_numpy()
+    if pd.api.types.is_float_dtype(values.dtype):
+        v = values.to_numpy(dtype=float, na_value=np.nan)
+        whole = ~null & (v == np.floor(v))
+        keys[whole] = v[whole].astype(np.int64).astype(str).astype(object)
+        rest = ~null & ~whole
+        keys[rest] = [str(x) for x in v[rest]]
+    else:
+        keys[~null] = values[~null].astype(str).to_numpy(dtype=object)
+    return keys
+
+
+def _burn_values(values, fids: np.ndarray, path: str, class_field: str, dtype: str) -> np.ndarray:
+    """``burn: value``: each feature's attribute as an integer code (text like CORINE's ``"211"``,
+    or a number); int64. Raises :class:`LabelError` naming the first feature (FID) whose value is
+    null, not a whole number or outside the class map's range (0..255 / 0..65535)."""
+    import pandas as pd
+
+    hi = int(np.iinfo(np.dtype(dtype)).max)
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        num = values.to_numpy(dtype=float, na_value=np.nan)
+    else:
+        num = pd.to_numeric(values.astype("string").str.strip(), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    ok = np.isfinite(num) & (num == np.floor(num)) & (num >= 0) & (num <= hi)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        v = values.iloc[i]
+        shown = "null (no value)" if pd.isna(v) else repr(v)
+        why = "not a whole number" if not (np.isfinite(num[i]) and num[i] == np.floor(num[i])) else f"outside 0..{hi}"
+        raise LabelError(f"labels.vector {path!r}: feature FID {int(fids[i])} has {class_field} = {shown}, {why}; "
+                         f"labels.burn: value burns the attribute's integer value into the {dtype} class map (0..{hi})"
+                         f"{' (use labels.dtype: uint16)' if hi == 255 else ''} ({int((~ok).sum())} such feature(s))")
+    return num.astype(np.int64)
+
+
+def _read_features(path: str, class_field: str, bbox: tuple[float, float, float, float]):
+    """The features of ``path`` whose bounding box meets ``bbox`` (file CRS), in file order:
+    ``(fids int64, values pandas Series, geometries object array, file CRS)``. One Arrow read
+    (pyogrio, GDAL's spatial index) and a vectorised WKB decode."""
+    import pyogrio
+    import shapely
+
+    try:
+        meta, table = pyogrio.read_arrow(path, columns=[class_field], bbox=bbox, return_fids=True)
+    except Exception as exc:
+        raise LabelError(f"labels.vector {path!r} could not be read: {exc}") from None
+    geom_col = meta.get("geometry_name") or "wkb_geometry"
+    if geom_col not in table.column_names:
+        geom_col = table.column_names[-1]
+    fid_col = meta.get("fid_column") or "OGC_FID"
+    if fid_col not in table.column_names:
+        fid_col = table.column_names[0]
+    fids = table.column(fid_col).to_numpy().astype(np.int64)
+    values = table.column(class_field).to_pandas()
+    geoms = shapely.from_wkb(table.column(geom_col).to_numpy(zero_copy_only=False))
+    return fids, values, np.asarray(geoms, dtype=object)
 
 
 class _VectorIndex:
@@ -178,18 +261,30 @@ class _VectorIndex:
 
     Checks on reading (each a :class:`LabelError` naming the file): the file opens, has a
     CRS, holds ``class_field`` and at least one feature, and every feature over the grid has
-    a class value listed in ``classes`` (the error names its FID and value). Invalid polygons
-    are repaired (:func:`repair`); ``repaired`` lists their FIDs.
+    a class value listed in ``classes`` (``burn: classes``) or an integer value the class map
+    holds (``burn: value``; with a ``table``, a code of the table); the error names its FID and
+    value. Invalid polygons are repaired (:func:`repair`); ``repaired`` lists their FIDs.
+
+    Built to hold at CORINE scale (a 109,800 m tile of CLC 2018: 10^4-10^5 polygons of a file
+    of millions): one bounding-box read per grid (GDAL's spatial index), every step vectorised
+    over the features (WKB decode, class lookup, validity, reprojection: one pyproj call for all
+    vertices), Python loops only over invalid polygons. ``benchmarks/corine_labels.py`` measures it.
+
+    Attributes
+    ----------
+    geoms : ndarray of shapely geometries, in the grid's CRS, file order
+    values : ndarray, int64, the value burnt per geometry
+    tree : shapely.STRtree over ``geoms``
     """
 
     def __init__(self, path: str, class_field: str, classes: Mapping[str, int], crs_wkt: str,
-                 bounds: tuple[float, float, float, float]):
-        import geopandas as gpd
+                 bounds: tuple[float, float, float, float], burn: str = "classes", dtype: str = "uint8",
+                 table: str | None = None):
         import pyogrio
         import shapely
         from pyproj import CRS
 
-        from ..geo import reproject_geometry
+        from ..geo import _transformer, reproject_geometry
 
         try:
             info = pyogrio.read_info(path)
@@ -205,78 +300,204 @@ class _VectorIndex:
         file_crs = CRS.from_user_input(info["crs"])
         self.file_crs = file_crs.to_string()
         self.layer_bounds = tuple(info.get("total_bounds") or ())
-        try:
+        self.repaired: tuple[int, ...] = ()
+        self.bounds = tuple(bounds)
+        self._bands: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        try:  # the grid's outline densified, then its bounds in the file CRS
             bbox = reproject_geometry(shapely.box(*bounds), crs_wkt, file_crs).bounds
         except Exception:  # noqa: BLE001 - the grid lies outside the file CRS's area of use
             bbox = None
         if bbox is None or not all(np.isfinite(bbox)):
-            df = None
-        else:
-            try:
-                df = pyogrio.read_dataframe(path, columns=[class_field], bbox=bbox, fid_as_index=True)
-            except Exception as exc:
-                raise LabelError(f"labels.vector {path!r} could not be read: {exc}") from None
-        if df is None or not len(df):
-            self.geoms, self.values = np.array([], dtype=object), np.array([], dtype=np.int64)
-            self.repaired: tuple[int, ...] = ()
-            self.tree = shapely.STRtree(self.geoms)
+            self._empty()
             return
-        keys = [_class_key(v) for v in df[class_field]]
-        for fid, v, k in zip(df.index, df[class_field], keys):
-            if k is None or k not in classes:
-                shown = "null (no value)" if k is None else repr(v)
-                raise LabelError(f"labels.vector {path!r}: feature FID {fid} has {class_field} = {shown}, which is not in "
+        fids, raw, geoms = _read_features(path, class_field, tuple(bbox))
+        if not len(fids):
+            self._empty()
+            return
+        if burn == "value":
+            values = _burn_values(raw, fids, path, class_field, dtype)
+            if table is not None:
+                from .tables import table_codes
+
+                known = np.fromiter(table_codes(table), dtype=np.int64)
+                bad = ~np.isin(values, known)
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    raise LabelError(f"labels.vector {path!r}: feature FID {int(fids[i])} has {class_field} = {raw.iloc[i]!r}, "
+                                     f"not a code of labels.table {table!r} ({int(bad.sum())} such feature(s)); "
+                                     f"give codes of the table or drop labels.table")
+        else:
+            keys = _class_keys(raw)
+            lut = dict(classes)
+            mapped = np.fromiter((lut.get(k, -1) if k is not None else -1 for k in keys), dtype=np.int64, count=len(keys))
+            bad = mapped < 0
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                shown = "null (no value)" if keys[i] is None else repr(raw.iloc[i])
+                raise LabelError(f"labels.vector {path!r}: feature FID {int(fids[i])} has {class_field} = {shown}, which is not in "
                                  f"labels.classes ({', '.join(sorted(classes))}); add it (class 0 leaves its polygons unlabelled)")
-        geoms, bad = repair(np.asarray(df.geometry.values, dtype=object))
-        self.repaired = tuple(int(f) for f in df.index[bad])
-        geoms = np.asarray(gpd.GeoSeries(geoms, crs=df.crs).to_crs(crs_wkt).values, dtype=object)
-        values = [classes[k] for k in keys]
-        keep = [i for i, g in enumerate(geoms) if g is not None and not g.is_empty]
-        self.geoms = np.asarray([geoms[i] for i in keep], dtype=object)
-        self.values = np.asarray([values[i] for i in keep], dtype=np.int64)
+            values = mapped
+        geoms, bad = repair(geoms)
+        self.repaired = tuple(int(f) for f in fids[bad])
+        tr = _transformer(file_crs.to_wkt(), crs_wkt)
+        if tr is not None:  # every vertex of every polygon in one pyproj call (as GeoSeries.to_crs)
+            geoms = shapely.transform(geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+        keep = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+        self.geoms = np.asarray(geoms[keep], dtype=object)
+        self.values = values[keep]
         self.tree = shapely.STRtree(self.geoms)
 
-    def burn(self, transform, shape: tuple[int, int], dtype: str = "uint8") -> np.ndarray:
-        """The polygons over one unit, burnt in file order (later over earlier)."""
+    def _empty(self) -> None:
         import shapely
+
+        self.geoms, self.values = np.array([], dtype=object), np.array([], dtype=np.int64)
+        self.tree = shapely.STRtree(self.geoms)
+
+    BAND_PX = 12000
+    """The widest band of a unit row rasterised at once (pixels; see :meth:`burn`)."""
+
+    def burn(self, transform, shape: tuple[int, int], dtype: str = "uint8", fill: int = 0) -> np.ndarray:
+        """The polygons over one unit, burnt in file order (later over earlier); ``fill`` elsewhere.
+
+        A unit of a north-up grid is cut from its row's band: the unit's rows across the whole
+        grid (at most :attr:`BAND_PX` wide, in segments that are whole units), rasterised once
+        and kept for the row's other units. Rasterising is cheap per pixel and costly per polygon
+        (its vertices pass through Python to GDAL), so a polygon is handed over once per row of
+        units instead of once per unit. The band is on the unit's own pixel grid, so each pixel
+        is decided by the same pixel-centre rule as a rasterisation of the unit alone.
+        """
         from affine import Affine
-        from rasterio.features import rasterize
 
         a = Affine(*tuple(transform)[:6])
+        h, w = shape
+        band = self._band_of(a, shape)
+        if band is None:
+            return self._rasterize(a, shape, dtype, fill)
+        band_tr, band_shape, off = band
+        key = (tuple(band_tr)[:6], band_shape, str(dtype), int(fill))
+        with self._lock:
+            arr = self._bands.get(key)
+            if arr is None:
+                arr = self._rasterize(band_tr, band_shape, dtype, fill)
+                self._bands[key] = arr
+                while len(self._bands) > 4:
+                    self._bands.popitem(last=False)
+            else:
+                self._bands.move_to_end(key)
+        return arr[:, off:off + w].copy()
+
+    def _band_of(self, a, shape: tuple[int, int]):
+        """``(transform, shape, column offset)`` of the band holding a unit, or None (not north-up,
+        no grid bounds, or the unit straddles two band segments)."""
+        import math
+
+        from affine import Affine
+
+        h, w = shape
+        if self.bounds is None or a.b != 0 or a.d != 0 or a.a <= 0 or a.e >= 0:
+            return None
+        res = a.a
+        start = min(0, math.floor((self.bounds[0] - a.c) / res + 1e-6))  # grid's west edge, in unit pixels
+        end = max(w, math.ceil((self.bounds[2] - a.c) / res - 1e-6))
+        off = -start  # unit's first column in the band
+        seg_w = w * max(1, self.BAND_PX // w)
+        seg = off // seg_w
+        if off + w > (seg + 1) * seg_w:
+            return None
+        c0 = seg * seg_w
+        width = min(seg_w, end - start - c0)
+        return Affine(res, 0.0, a.c + (start + c0) * res, 0.0, a.e, a.f), (h, width), off - c0
+
+    CLIP_VERTICES = 64
+    """Polygons with more vertices than this that reach past a band are clipped to it first."""
+
+    def _rasterize(self, a, shape: tuple[int, int], dtype: str, fill: int) -> np.ndarray:
+        """Burn the polygons meeting the ``shape`` raster at ``a`` (file order, pixel centres).
+
+        A large polygon (over :attr:`CLIP_VERTICES` vertices) reaching past the raster is first
+        cut to the raster's extent grown by one pixel (``shapely.clip_by_rect``), so only its
+        vertices near the raster pass to GDAL. Pixel centres lie at least 1.5 pixels inside that
+        rectangle, where the cut polygon covers exactly what the whole one covers (the new edges
+        run along the rectangle; a polygonal result is required, else the whole one is burnt).
+        """
+        import shapely
+        from rasterio.features import rasterize
+
         x0, y0 = a @ (0, 0)
         x1, y1 = a @ (shape[1], shape[0])
-        idx = np.sort(self.tree.query(shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))))
+        lo_x, hi_x, lo_y, hi_y = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+        idx = np.sort(self.tree.query(shapely.box(lo_x, lo_y, hi_x, hi_y)))
         if idx.size == 0:
-            return np.zeros(shape, dtype=dtype)
-        return rasterize(zip(self.geoms[idx], self.values[idx].tolist()), out_shape=shape, transform=a, fill=0, dtype=dtype,
+            return np.full(shape, fill, dtype=dtype)
+        geoms, values = self.geoms[idx], self.values[idx]
+        big = np.flatnonzero(shapely.get_num_coordinates(geoms) > self.CLIP_VERTICES)
+        if big.size:
+            px, py = abs(a.a), abs(a.e)
+            rect = (lo_x - px, lo_y - py, hi_x + px, hi_y + py)
+            b = shapely.bounds(geoms[big])
+            big = big[(b[:, 0] < rect[0]) | (b[:, 1] < rect[1]) | (b[:, 2] > rect[2]) | (b[:, 3] > rect[3])]
+        if big.size:
+            cut = shapely.clip_by_rect(geoms[big], *rect)
+            ok = np.isin(shapely.get_type_id(cut), (3, 6))  # Polygon, MultiPolygon
+            geoms = geoms.copy()
+            geoms[big[ok]] = cut[ok]
+            keep = ~shapely.is_empty(geoms)  # cut away entirely: it covered no pixel centre
+            geoms, values = geoms[keep], values[keep]
+            if not len(geoms):
+                return np.full(shape, fill, dtype=dtype)
+        return rasterize(zip(geoms, values.tolist()), out_shape=shape, transform=a, fill=fill, dtype=dtype,
                          all_touched=False)
 
 
-@lru_cache(maxsize=8)
 def vector_index(path: str, class_field: str, classes: tuple[tuple[str, int], ...], crs_wkt: str,
-                 bounds: tuple[float, float, float, float]) -> _VectorIndex:
-    """The polygons of ``path`` touching ``bounds`` (in ``crs_wkt``), read once per grid and process."""
-    return _VectorIndex(path, class_field, dict(classes), crs_wkt, bounds)
+                 bounds: tuple[float, float, float, float], burn: str = "classes", dtype: str = "uint8",
+                 table: str | None = None) -> _VectorIndex:
+    """The polygons of ``path`` touching ``bounds`` (in ``crs_wkt``), read once per grid and process.
+
+    Two grids are kept (units are built in grid order): a 109,800 m tile of CORINE holds some
+    10^5 polygons, one or two hundred MB in memory (``benchmarks/corine_labels.py``). Positional
+    and keyword calls share the cache."""
+    return _vector_index(str(path), class_field, tuple(classes), str(crs_wkt), tuple(float(v) for v in bounds), burn,
+                         str(dtype), table)
+
+
+@lru_cache(maxsize=2)
+def _vector_index(path, class_field, classes, crs_wkt, bounds, burn, dtype, table) -> _VectorIndex:
+    return _VectorIndex(path, class_field, dict(classes), crs_wkt, bounds, burn, dtype, table)
 
 
 def rasterize_vector(path: str, class_field: str, classes: Mapping[str, int], crs: str, transform: tuple,
-                     shape: tuple[int, int], grid_bounds: tuple[float, float, float, float] | None = None) -> np.ndarray:
+                     shape: tuple[int, int], grid_bounds: tuple[float, float, float, float] | None = None, *,
+                     burn: str = "classes", dtype: str = "uint8", fill: int = 0, table: str | None = None) -> np.ndarray:
     """Burn polygons onto a unit grid.
 
     Pixel-centre rule (``all_touched=False``); later features are drawn over earlier ones;
-    pixels covered by no polygon stay 0; invalid polygons are repaired first (:func:`repair`). ``grid_bounds`` (the whole grid's bounds in ``crs``) lets every unit of a grid share
-    one bounding-box read; by default the unit's own bounds are read.
+    pixels covered by no polygon get ``fill``; invalid polygons are repaired first
+    (:func:`repair`). ``grid_bounds`` (the whole grid's bounds in ``crs``) lets every unit of a
+    grid share one bounding-box read; by default the unit's own bounds are read.
+
+    Parameters
+    ----------
+    burn
+        ``classes``: the class id ``classes[value]`` of each polygon's ``class_field`` value;
+        ``value``: the value itself as an integer (BigEarthNet v2: the CORINE code).
+    dtype, fill
+        The class map's dtype (``uint8`` / ``uint16``) and the class of uncovered pixels.
+    table
+        With ``burn: value``, a multi-label table whose codes every polygon must have.
 
     Returns
     -------
     ndarray
-        ``(y, x)`` uint8 class ids.
+        ``(y, x)`` class ids (or codes) of ``dtype``.
 
     Raises
     ------
     LabelError
         The file cannot be read, has no CRS, lacks ``class_field``, has no feature, or a
-        feature over the grid has a class value missing from ``classes``.
+        feature over the grid has a class value missing from ``classes`` (``value``: a value
+        that is null, not a whole number, outside the dtype's range or not in ``table``).
     """
     from affine import Affine
 
@@ -285,5 +506,5 @@ def rasterize_vector(path: str, class_field: str, classes: Mapping[str, int], cr
         x0, y0 = a @ (0, 0)
         x1, y1 = a @ (shape[1], shape[0])
         grid_bounds = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-    idx = vector_index(path, class_field, tuple(sorted(classes.items())), str(crs), tuple(grid_bounds))
-    return idx.burn(transform, shape)
+    idx = vector_index(path, class_field, tuple(sorted(classes.items())), str(crs), tuple(grid_bounds), burn, dtype, table)
+    return idx.burn(transform, shape, dtype, fill)

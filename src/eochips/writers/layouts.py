@@ -102,8 +102,13 @@ def common_fill(bands, where: str) -> float | None:
 
 
 def write_labels(data, store: OutputStore, rel: str, common: dict) -> dict[str, str]:
-    """The unit's class map as a single-band uint8 COG with the class colours (if any)."""
+    """The unit's class map as a single-band COG: uint8 with the class colours (if any), or a
+    uint16 map of codes (``labels.dtype: uint16``; BigEarthNet v2's reference maps: DEFLATE with
+    predictor 2 whatever ``output.compress`` says, no colour table)."""
     spec = data.task.labels
+    if data.labels.dtype == np.uint16:
+        return {rel: write_cog(store, rel, data.labels, data.task.crs, data.task.transform,
+                               **{**common, "compress": "deflate"})}
     return {rel: write_cog(store, rel, data.labels, data.task.crs, data.task.transform,
                            colormap=dict(spec.colormap) or None, **common)}
 
