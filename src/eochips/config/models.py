@@ -1026,8 +1026,8 @@ class DatasetConfig(_Model):
         if "manifest" in v:
             after = v[v.index("manifest") + 1:]
             if any(f not in AFTER_MANIFEST for f in after):
-                raise ValueError(f"'manifest' must be the last finalizer but {', '.join(repr(f) for f in AFTER_MANIFEST)} "
-                                 f"(it hashes the files the others write); got {v}")
+                raise ValueError(f"'manifest' must be the last finalizer (only {', '.join(repr(f) for f in AFTER_MANIFEST)} may follow it: "
+                                 f"it hashes the files the others write); got {v}")
         if "archive" in v and ("manifest" not in v or v.index("archive") < v.index("manifest")):
             raise ValueError(f"'archive' packs the files of the manifest: it must follow 'manifest', e.g. "
                              f"[..., summary, manifest, archive]; got {v}")
