@@ -432,7 +432,8 @@ def test_model_kinds_match_the_registries():
     for name, (union, registry) in pairs.items():
         assert kinds(union) == set(registry) == set(KINDS[name].split(", ")), name
     assert kinds(m.Split) == set(SPLITS) == {"random"}
-    assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest"}
+    assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest",
+                                                    "archive"}
 
 
 # --------------------------------------------------------------------------------------
