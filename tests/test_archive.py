@@ -291,3 +291,37 @@ def test_finalizer_order_and_archive_config():
                {"mtime": -1}):
         with pytest.raises(ValueError):
             ArchiveConfig(**kw)
+
+
+@needs_shared
+def test_archive_of_a_dataset_in_object_storage_equals_local(two_runs, tmp_path):
+    """The same dataset uploaded to a moto S3 server: ``eochips archive s3://...`` streams its
+    objects and publishes ``archive/{name}`` with one upload; the bytes equal the local archive."""
+    pytest.importorskip("s3fs")
+    from servers import moto_s3
+
+    _, a, _, _ = two_runs
+    local = (a / "archive" / f"{NAME}.tar.zst").read_bytes()
+    with moto_s3("eochips-archive") as (env, client):
+        for p in sorted(a.rglob("*")):
+            rel = p.relative_to(a).as_posix()
+            if p.is_file() and not rel.startswith(("state", "archive/")):
+                client.put_object(Bucket="eochips-archive", Key=f"ds/{rel}", Body=p.read_bytes())
+        proc = run_cli("archive", "s3://eochips-archive/ds", env=env | {"EOCHIPS_STATE_DIR": str(tmp_path / "state")})
+        assert proc.returncode == 0, proc.stderr
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="eochips-archive", Prefix="ds/archive/")["Contents"])
+        assert keys == [f"ds/archive/{NAME}.tar.zst", f"ds/archive/{NAME}.tar.zst.sha256", "ds/archive/manifest.sha256"]
+        remote = client.get_object(Bucket="eochips-archive", Key=f"ds/archive/{NAME}.tar.zst")["Body"].read()
+    assert remote == local
+
+
+@needs_shared
+def test_overwrite_clears_the_archive_folder(two_runs, tmp_path):
+    from eochips.engine import clear_dataset
+    from eochips.writers import OutputStore
+
+    _, a, _, _ = two_runs
+    copy = tmp_path / "copy"
+    shutil.copytree(a, copy)
+    clear_dataset(OutputStore(copy))
+    assert not [p for p in copy.rglob("*") if p.is_file()]
