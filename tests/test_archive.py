@@ -187,6 +187,8 @@ def test_cli_archive_refuses_non_datasets_and_changed_files(two_runs, tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_cli("archive", str(tmp_path / "empty"))
     assert proc.returncode == 2 and "not an eochips dataset" in proc.stderr
+    proc = run_cli("archive", str(a), "-o", str(a / "chips" / "x.tar.zst"))
+    assert proc.returncode == 2 and "inside the dataset" in proc.stderr and not (a / "chips" / "x.tar.zst").exists()
     copy = tmp_path / "copy"
     shutil.copytree(a, copy)
     shutil.rmtree(copy / "archive")

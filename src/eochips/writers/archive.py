@@ -28,6 +28,17 @@ checksum. Memory stays bounded: files are streamed in :data:`CHUNK` pieces.
 The manifest hash is the sha256 of ``checksums.sha256`` itself: two runs whose manifest hashes
 agree hold the same files, byte for byte, and (this module being deterministic) give the same
 archive bytes.
+
+What "two runs" must share for identical bytes (measured on the demo, crop and mosaic recipes:
+every manifest file identical between two runs into two folders, issue 13's note):
+
+- the inputs at the same places: ``plan/plan.json`` holds the recipe with its input paths made
+  absolute (a label raster, a vector file, a local catalog) and ``plan/scenes.parquet`` the assets'
+  hrefs, so the same data under another path gives another plan file (and manifest hash);
+- the same library versions: the zstandard frame bytes depend on libzstd's version (the
+  decompressed tar does not; the ``zstd`` 1.5.4 command line at level 6 gives other bytes than
+  python-zstandard 0.25's libzstd 1.5.7), GeoTIFF bytes on GDAL's, Parquet files name their
+  writer (``parquet-cpp-arrow version ...``).
 """
 
 from __future__ import annotations
@@ -290,7 +301,11 @@ def write_archive(store: OutputStore, name: str, level: int = DEFAULT_LEVEL, mti
     else:
         path = Path(output).expanduser().absolute()
         if path.is_dir():
-            raise ArchiveError(f"--output {str(output)!r} is a folder; give the archive's file path, e.g. {str(path / (root + '.tar.zst'))!r}")
+            raise ArchiveError(f"--output {str(output)!r} is a folder; give the archive's file path, "
+                               f"e.g. {str(path / (root + '.tar.zst'))!r}")
+        if store.is_local and _inside(path, store.root) and not _inside(path, store.root / ARCHIVE_DIR):
+            raise ArchiveError(f"--output {str(output)!r} is inside the dataset {store.location!r}: the next manifest "
+                               f"would list it; write it outside the dataset or into its {ARCHIVE_DIR}/ folder")
         path.parent.mkdir(parents=True, exist_ok=True)
         staged = tmp_name(path)
         try:
@@ -312,6 +327,11 @@ def write_archive(store: OutputStore, name: str, level: int = DEFAULT_LEVEL, mti
             staged.unlink(missing_ok=True)
         where = str(path)
     return ArchiveInfo(where, f.h.hexdigest(), f.n, mhash, members, root, int(level))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    real, top = path.resolve(), folder.resolve()
+    return top in real.parents
 
 
 # -- reading back -------------------------------------------------------------------------
