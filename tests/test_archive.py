@@ -327,3 +327,22 @@ def test_overwrite_clears_the_archive_folder(two_runs, tmp_path):
     shutil.copytree(a, copy)
     clear_dataset(OutputStore(copy))
     assert not [p for p in copy.rglob("*") if p.is_file()]
+
+
+@needs_shared
+def test_verify_refuses_trailing_bytes_and_a_cut_archive(two_runs, tmp_path):
+    from eochips.writers.archive import ArchiveError, verify_archive
+
+    _, a, _, _ = two_runs
+    data = (a / "archive" / f"{NAME}.tar.zst").read_bytes()
+    (tmp_path / "junk.tar.zst").write_bytes(data + b"junk")
+    with pytest.raises(ArchiveError, match="not a valid zstandard stream"):
+        verify_archive(tmp_path / "junk.tar.zst")
+    (tmp_path / "cut.tar.zst").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArchiveError):
+        verify_archive(tmp_path / "cut.tar.zst")
+    flipped = bytearray(data)
+    flipped[-8] ^= 0xFF  # inside the last block or the frame checksum
+    (tmp_path / "flip.tar.zst").write_bytes(bytes(flipped))
+    with pytest.raises(ArchiveError):
+        verify_archive(tmp_path / "flip.tar.zst")

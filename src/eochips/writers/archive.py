@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Iterator
@@ -368,30 +369,53 @@ def _check_name(name: str, where: str) -> None:
         raise ArchiveError(f"{exc}; refused (an archive must not write outside its folder)") from None
 
 
-def _members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo, str]]:
+def _members(path: Path, outer: list | None = None) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo, str]]:
     """Stream ``(tar, member, name below the root)`` of an archive after the safety checks; the
-    root is the first member's top folder."""
+    root is the first member's top folder. At the end the zstandard stream is read to its end
+    (its frame checksum is checked; trailing bytes that are not a frame are refused) and, when
+    ``outer`` is a list, the archive file's :class:`_Hashing` reader is appended to it."""
     import zstandard
 
-    root = None
     where = str(path)
+    with _read_errors(where), open(path, "rb") as fh:
+        raw = _Hashing(fh)
+        with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False) as z:
+            with tarfile.open(fileobj=z, mode="r|") as tf:
+                yield from _checked(tf, where)
+            while z.read(CHUNK):  # past the tar's end: the frame's checksum, no trailing junk
+                pass
+        while raw.read(CHUNK):
+            pass
+        if outer is not None:
+            outer.append(raw)
+
+
+@contextmanager
+def _read_errors(where: str) -> Iterator[None]:
+    """zstandard and tarfile failures (also raised while a member's bytes are read) as one
+    :class:`ArchiveError` line."""
+    import zstandard
+
     try:
-        with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as z, \
-                tarfile.open(fileobj=z, mode="r|") as tf:
-            for m in tf:
-                _check_name(m.name, where)
-                problem = _member_problem(m)
-                if problem:
-                    raise ArchiveError(f"{where}: member {m.name!r} {problem}; refused")
-                top, _, rest = m.name.partition("/")
-                root = top if root is None else root
-                if top != root or not rest:
-                    raise ArchiveError(f"{where}: member {m.name!r} is not below the archive's top folder {root!r}; refused")
-                yield tf, m, rest
+        yield
     except zstandard.ZstdError as exc:
         raise ArchiveError(f"{where} is not a valid zstandard stream: {exc}") from None
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, EOFError) as exc:
         raise ArchiveError(f"{where} is not a valid tar archive: {exc}") from None
+
+
+def _checked(tf: tarfile.TarFile, where: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo, str]]:
+    root = None
+    for m in tf:
+        _check_name(m.name, where)
+        problem = _member_problem(m)
+        if problem:
+            raise ArchiveError(f"{where}: member {m.name!r} {problem}; refused")
+        top, _, rest = m.name.partition("/")
+        root = top if root is None else root
+        if top != root or not rest:
+            raise ArchiveError(f"{where}: member {m.name!r} is not below the archive's top folder {root!r}; refused")
+        yield tf, m, rest
 
 
 def verify_archive(path: str | os.PathLike) -> ArchiveInfo:
@@ -412,20 +436,22 @@ def verify_archive(path: str | os.PathLike) -> ArchiveInfo:
     got: dict[str, str] = {}
     manifest_bytes = None
     root = ""
-    for tf, m, rel in _members(path):
-        root = m.name.split("/", 1)[0]
-        f = tf.extractfile(m)
-        h = hashlib.sha256()
-        buf = bytearray() if rel == MANIFEST else None
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
+    outers: list = []
+    with _read_errors(str(path)):
+        for tf, m, rel in _members(path, outers):
+            root = m.name.split("/", 1)[0]
+            f = tf.extractfile(m)
+            h = hashlib.sha256()
+            buf = bytearray() if rel == MANIFEST else None
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+                if buf is not None:
+                    buf += chunk
+            if rel in got:
+                raise ArchiveError(f"{path}: member {m.name!r} appears twice")
+            got[rel] = h.hexdigest()
             if buf is not None:
-                buf += chunk
-        if rel in got:
-            raise ArchiveError(f"{path}: member {m.name!r} appears twice")
-        got[rel] = h.hexdigest()
-        if buf is not None:
-            manifest_bytes = bytes(buf)
+                manifest_bytes = bytes(buf)
     if manifest_bytes is None:
         raise ArchiveError(f"{path} holds no {MANIFEST}: not an eochips dataset archive")
     listed = parse_manifest(manifest_bytes.decode("utf-8"), f"{path}: {MANIFEST}")
@@ -436,10 +462,7 @@ def verify_archive(path: str | os.PathLike) -> ArchiveInfo:
                        ("files whose sha256 differs from the manifest", differ)):
         if rels:
             raise ArchiveError(f"{path}: {len(rels)} {what}: {', '.join(rels[:5])}{' ...' if len(rels) > 5 else ''}")
-    with open(path, "rb") as fh:
-        outer = _Hashing(fh)
-        while outer.read(CHUNK):
-            pass
+    outer = outers[0]
     return ArchiveInfo(str(path), outer.h.hexdigest(), outer.n, got[MANIFEST], len(got), root)
 
 
@@ -463,8 +486,9 @@ def extract_archive(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
     staged = tmp_name(final)
     staged.mkdir()
     try:
-        for tf, m, _ in _members(Path(path).expanduser()):
-            tf.extract(m, staged, **_DATA_FILTER)
+        with _read_errors(str(path)):
+            for tf, m, _ in _members(Path(path).expanduser()):
+                tf.extract(m, staged, **_DATA_FILTER)
         os.replace(staged / info.root, final)
     finally:
         if staged.exists():
