@@ -107,6 +107,8 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
         t.add_row("read retries", str(summary["build"]["read_retries"]))
         t.add_row("build seconds", str(summary["build"]["seconds"]))
     t.add_row("dataset", out if "://" in out else str(Path(out).resolve()))
+    if summary.get("archive"):
+        _archive_rows(t, summary["archive"])
     out_console.print(t)
     if summary.get("rebuilt"):
         shown = ", ".join(summary["rebuilt"][:5]) + (" ..." if len(summary["rebuilt"]) > 5 else "")
@@ -114,6 +116,16 @@ def _print_summary(summary: dict[str, Any], out: str) -> None:
                   highlight=False, markup=False, soft_wrap=True)
     for cid, reason in sorted(summary.get("failed_reasons", {}).items())[:10]:
         err.print(f"failed {cid}: {redact(reason)}", highlight=False, markup=False)
+
+
+def _archive_rows(t: Table, a: dict[str, Any]) -> None:
+    """The archive's path, size, sha256 and the manifest's sha256 (eochips.writers.archive.ArchiveInfo)."""
+    t.add_row("archive", a["path"])
+    t.add_row("archive size", f"{a['size']:,} bytes, {a['members']} files" + (f", zstd level {a['level']}" if a.get("level") else ""))
+    t.add_row("archive sha256", a["sha256"])
+    t.add_row("manifest sha256", a["manifest_sha256"])
+    for col in t.columns:  # hashes whole, folded on a narrow terminal
+        col.overflow = "fold"
 
 
 def _mosaic_rows(t: Table, m: dict[str, Any] | None) -> None:
@@ -296,6 +308,42 @@ def finalize(output: str = typer.Argument(..., help="Dataset folder or URL.")) -
     summary = _guard(go)
     _print_summary(summary, output)
     raise typer.Exit(_exit_code(summary))
+
+
+@app.command()
+def archive(
+    dataset: str = typer.Argument(..., help="A finalised dataset folder or URL."),
+    level: Optional[int] = typer.Option(None, "--level", help="zstandard level 1..22 (default: the recipe's dataset.archive.level, 6)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Archive file path (default: DATASET/archive/{name})."),
+    mtime: Optional[int] = typer.Option(None, "--mtime", help="Members' modification time, seconds since 1970 (default: the recipe's, 0)."),
+) -> None:
+    """Pack a finalised DATASET as a reproducible .tar.zst (the manifest's files + the manifest)."""
+    from .dataset.archive import archive_dataset
+
+    def go():
+        _check_output_args(dataset, None)
+        return archive_dataset(dataset, level=level, output=None if output is None else str(output), mtime=mtime)
+
+    info = _guard(go)
+    t = Table(title="eochips archive", show_header=False)
+    _archive_rows(t, info.as_dict())
+    out_console.print(t)
+
+
+@app.command("verify-archive")
+def verify_archive(
+    path: Path = typer.Argument(..., help="An archive written by 'eochips archive' or the archive finalizer."),
+    extract: Optional[Path] = typer.Option(None, "--extract", help="Then extract it (path-safe) into this folder."),
+) -> None:
+    """Check an archive: safe members, the manifest inside, every file's sha256; print its hashes."""
+    from .writers.archive import extract_archive, verify_archive as verify
+
+    info = _guard(lambda: verify(path))
+    t = Table(title="eochips verify-archive", show_header=False)
+    _archive_rows(t, info.as_dict())
+    if extract is not None:
+        t.add_row("extracted to", str(_guard(lambda: extract_archive(path, extract))))
+    out_console.print(t)
 
 
 @app.command()

@@ -671,7 +671,7 @@ def read_plan_json(store: OutputStore) -> dict[str, Any]:
 
 def clear_dataset(store: OutputStore) -> int:
     """Remove what eochips wrote in a dataset folder: the files of the manifest, of the states and
-    of the markers, the plan, the states (the shards' too); other files are left alone. Returns how many."""
+    of the markers, the plan, the states (the shards' too), the archives (``archive/``); other files are left alone. Returns how many."""
     files = set()
     if store.exists("checksums.sha256"):
         files |= {ln.split("  ", 1)[1] for ln in store.read_bytes("checksums.sha256").decode().splitlines() if "  " in ln}
@@ -688,7 +688,7 @@ def clear_dataset(store: OutputStore) -> int:
                 st.close()
         except OutputError:
             pass
-    ours = [rel for rel in store.list_files() if rel.startswith(("plan/", "state/"))]
+    ours = [rel for rel in store.list_files() if rel.startswith(("plan/", "state/", "archive/"))]  # archive/: eochips.writers.archive
     for rel in ours:
         if rel.startswith(MARKERS + "/"):
             try:

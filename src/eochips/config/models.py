@@ -1039,8 +1039,11 @@ class TileRingSplit(_Model):
 Split = Annotated[Union[RandomSplit, TileRingSplit], Field(discriminator="kind")]
 DEFAULT_FINALIZERS = ("index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest")
 """The finalizers a recipe runs when ``dataset.finalizers`` is not given."""
-FINALIZERS = (*DEFAULT_FINALIZERS, "bigearthnet")
+FINALIZERS = (*DEFAULT_FINALIZERS, "bigearthnet", "archive")
 """Every finalizer name (eochips.dataset.FINALIZERS)."""
+AFTER_MANIFEST = ("archive",)
+"""Finalizers that may follow ``manifest``: they pack the dataset and write nothing it lists."""
+ARCHIVE_SUFFIXES = (".tar.zst", ".tar.zstd", ".tzst")
 
 
 class MetadataConfig(_Model):
@@ -1058,6 +1061,25 @@ class MetadataConfig(_Model):
     cloud_min_fraction: float = Field(0, ge=0, lt=1, description=(
         "contains_cloud_or_shadow when the scl mask's cloud + shadow fraction of the patch is > this (0: any pixel)."))
 
+class ArchiveConfig(_Model):
+    """The ``archive`` finalizer: a reproducible ``tar`` + zstandard of the dataset's manifest files
+    (:mod:`eochips.writers.archive`), written to ``archive/{name}`` in the dataset folder."""
+
+    level: int = Field(6, ge=1, le=22, description="zstandard level (BigEarthNet v2 uses 6).")
+    name: str = Field("{recipe}.tar.zst", description=(
+        "Archive file name; field {recipe}: the recipe's name. Ends in .tar.zst, .tar.zstd or .tzst; the members "
+        "sit under a top folder named like the file without that suffix."))
+    mtime: int = Field(0, ge=0, le=8**11 - 1, description=(
+        "Modification time of every member, seconds since 1970 (like SOURCE_DATE_EPOCH); fixed, so runs compare."))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        check_template(v, {"recipe"})
+        if not v.endswith(ARCHIVE_SUFFIXES) or v in ARCHIVE_SUFFIXES:
+            raise ValueError(f"archive name {v!r} must end in {', '.join(ARCHIVE_SUFFIXES)} after a stem, e.g. '{{recipe}}.tar.zst'")
+        return v
+
 
 class DatasetConfig(_Model):
     """Dataset finalisation: the split, statistics and the finalizers run in order."""
@@ -1067,6 +1089,7 @@ class DatasetConfig(_Model):
     percentiles: tuple[float, float] = (1.5, 98.5)
     finalizers: list[str] = Field(list(DEFAULT_FINALIZERS), description="Finalizers in order (eochips.dataset.FINALIZERS).")
     metadata: MetadataConfig | None = Field(None, description="The bigearthnet finalizer's settings (needed with it).")
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig, description="Settings of the 'archive' finalizer.")
     max_drop_fraction: float = Field(0.9, gt=0, le=1, description=(
         "Exit 3 when more than this share of the built units is dropped for one reason that points at the setup "
         "(nodata, nan, value, label-fraction, selection; eochips.dataset.checks); 1 accepts any."))
@@ -1077,8 +1100,14 @@ class DatasetConfig(_Model):
         unknown = [f for f in v if f not in FINALIZERS]
         if unknown:
             raise ValueError(f"unknown finalizer(s) {unknown}; valid: {', '.join(FINALIZERS)}")
-        if "manifest" in v and v[-1] != "manifest":
-            raise ValueError("'manifest' must be the last finalizer (it hashes the files the others write)")
+        if "manifest" in v:
+            after = v[v.index("manifest") + 1:]
+            if any(f not in AFTER_MANIFEST for f in after):
+                raise ValueError(f"'manifest' must be the last finalizer (only {', '.join(repr(f) for f in AFTER_MANIFEST)} may follow it: "
+                                 f"it hashes the files the others write); got {v}")
+        if "archive" in v and ("manifest" not in v or v.index("archive") < v.index("manifest")):
+            raise ValueError(f"'archive' packs the files of the manifest: it must follow 'manifest', e.g. "
+                             f"[..., summary, manifest, archive]; got {v}")
         return v
 
     @field_validator("percentiles")

@@ -27,7 +27,11 @@ finalizer      writes (at the dataset root)
 ``summary``    ``summary.json``: counts by status and reason code, dates, unknown label codes; for a
                mosaic recipe its ``mosaic`` section (:func:`eochips.dataset.mosaic.mosaic_summary`)
 ``manifest``   ``checksums.sha256`` (sha256sum format, sorted paths, every file but itself, the
-               state (``state.sqlite``, the ``state/`` completion markers) and ``plan/run.json``)
+               state (``state.sqlite``, the ``state/`` completion markers), ``plan/run.json``
+               and ``archive/``)
+``archive``    ``archive/{dataset.archive.name}``: a reproducible ``tar`` + zstandard of the
+               manifest's files and the manifest, with ``archive/{name}.sha256`` and
+               ``archive/manifest.sha256`` (:mod:`eochips.dataset.archive`); only after ``manifest``
 =============  ===================================================================================
 
 Every finalizer reads the state through :func:`eochips.engine.open_state`, which takes in the
@@ -511,19 +515,22 @@ def _plot_classes(hists: list[dict], names: dict[int, str], n_classes: int, titl
 
 
 def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> None:
-    """Write ``checksums.sha256`` over every file of the store but itself, the states and the
-    write locks (``.eochips.lock*``: a killed shard's may remain); ``known`` holds sha256 already computed (the verified files of the kept units)."""
+    """Write ``checksums.sha256`` over every file of the store but itself, the states, the
+    write locks (``.eochips.lock*``: a killed shard's may remain) and ``archive/`` (the archives
+    of the dataset, :mod:`eochips.writers.archive`); ``known`` holds sha256 already computed (the verified files of the kept units)."""
     from ..lock import LOCK_FILE
     from ..plan import PLAN_DIR, RUN_FILE
+    from ..writers.archive import ARCHIVE_DIR
 
     known = known or {}
     skip = {MANIFEST, STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm", f"{PLAN_DIR}/{RUN_FILE}", LOCK_FILE}
     lines = [f"{known.get(rel) or store.sha256(rel)}  {rel}\n" for rel in store.list_files()
-             if rel not in skip and not rel.startswith((MARKERS.split("/")[0] + "/", LOCK_FILE))]
+             if rel not in skip and not rel.startswith((MARKERS.split("/")[0] + "/", LOCK_FILE, ARCHIVE_DIR + "/"))]
     store.write_text(MANIFEST, "".join(lines))
 
 
 from . import bigearthnet as _bigearthnet  # noqa: E402,F401 - registers the "bigearthnet" finalizer
 from . import mosaic as _mosaic  # noqa: E402,F401 - registers the "mosaic" finalizer
+from . import archive as _archive  # noqa: E402,F401 - registers the "archive" finalizer
 
 assert set(FINALIZERS) == set(FINALIZER_NAMES), "every finalizer name of the config has a function"
