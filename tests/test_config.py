@@ -457,4 +457,4 @@ def test_builtin_recipe_round_trips(name, tmp_path, monkeypatch):
 
 
 def test_builtin_recipe_list():
-    assert builtin_recipes() == ["clay-datacube", "cloud-free-mosaic", "demo", "hls-crop-classification", "hls-gap-filling"]
+    assert builtin_recipes() == ["bigearthnet", "clay-datacube", "cloud-free-mosaic", "demo", "hls-crop-classification", "hls-gap-filling"]
