@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SAMPLE ?= sample-data
 DEMO_OUT ?= demo-output
+TEST_WORKERS ?= 2  # pytest-xdist processes for make test (CI: 2 cores; most tests wait on servers and subprocesses)
 
 .PHONY: install sysdeps demo test bench clean
 
@@ -32,7 +33,7 @@ demo: $(VENV)/.runtime
 	@echo "dataset: $(DEMO_OUT)/ (index.parquet, chips/, stats.json, checksums.sha256)"
 
 test: install sysdeps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 $(VENV)/.bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[test,bench]"
