@@ -296,3 +296,25 @@ def test_two_runs_give_the_same_archive(ben_run):
     assert (a / "archive" / "bigearthnet.tar.zst").read_bytes() == (b / "archive" / "bigearthnet.tar.zst").read_bytes()
     assert hashlib.sha256((a / "checksums.sha256").read_bytes()).hexdigest() == \
         hashlib.sha256((b / "checksums.sha256").read_bytes()).hexdigest()
+
+
+@needs_shared
+def test_stats_of_a_multilabel_table(ben_run):
+    """With ``labels.table: clc-19`` the class statistics are per class name (not per CLC code up to
+    999): pixels, patches holding the name, balanced weights over the names present."""
+    from rasterio.features import rasterize
+
+    (out, _), clc, crs, tr = ben_run
+    stats = json.loads((out / "stats.json").read_text())
+    local = clc.to_crs(crs)
+    ref = rasterize(zip(local.geometry, local.Code_18.astype(int)), out_shape=(120, 120), transform=tr, fill=999, dtype="uint16")
+    codes = {str(c): int((ref == c).sum()) for c in np.unique(ref)}
+    assert stats["code_pixels"] == codes
+    assert len(stats["class_pixels"]) == 19 and stats["class_pixels"]["Arable land"] == codes["211"]
+    assert stats["class_pixels"]["Pastures"] == codes["231"] and sum(stats["class_pixels"].values()) == codes["211"] + codes["231"]
+    assert stats["label_units"]["Arable land"] == stats["label_units"]["Pastures"] == 1 and sum(stats["label_units"].values()) == 2
+    total, k = codes["211"] + codes["231"], 2
+    raw = {n: total / (k * codes[c]) for n, c in (("Arable land", "211"), ("Pastures", "231"))}
+    for n, v in raw.items():
+        assert stats["class_weights"][n] == pytest.approx(v / sum(raw.values()), rel=1e-12)
+    assert sum(stats["class_weights"].values()) == pytest.approx(1)

@@ -314,7 +314,35 @@ def _stats(ctx: Context) -> None:
         "class_weights": class_weights(hist_total, n_classes) if r.labels else None,
         "class_pixels": {str(k): v for k, v in sorted(hist_total.items())},
     }
+    if r.labels is not None and r.labels.table:  # codes (CLC) with a multi-label table: weights per class name
+        stats["code_pixels"] = stats["class_pixels"]
+        stats.update(multilabel_stats([ctx.records[c]["metrics"].get("label_hist", {}) for c in ids], r.labels.table))
     store.write_text("stats.json", json.dumps(stats, indent=2))
+
+
+def multilabel_stats(hists: list[dict], table: str) -> dict[str, Any]:
+    """Class statistics of a multi-label table (``labels.table``, e.g. ``clc-19``) over units' code
+    histograms (``stats.json`` keeps the pixels per code as ``code_pixels``): ``class_weights`` and
+    ``class_pixels`` keyed by class name (UNLABELED codes and the
+    fill left out; the weights are the balanced ones of :func:`class_weights` over the names' pixels)
+    and ``label_units`` (units holding each name: the multi-label frequency), names in table order."""
+    from ..labels.tables import MULTI_LABEL_TABLES
+
+    names_of, _ = MULTI_LABEL_TABLES[table]
+    order = list(dict.fromkeys(names_of.values()))
+    pixels = dict.fromkeys(order, 0)
+    units = dict.fromkeys(order, 0)
+    for h in hists:
+        present = set()
+        for c, n in h.items():
+            name = names_of.get(int(c))
+            if name is not None and int(n):
+                pixels[name] += int(n)
+                present.add(name)
+        for name in present:
+            units[name] += 1
+    w = class_weights({i + 1: pixels[nm] for i, nm in enumerate(order)}, len(order))
+    return {"class_weights": {nm: w[i + 1] for i, nm in enumerate(order)}, "class_pixels": pixels, "label_units": units}
 
 
 @register("plots")
