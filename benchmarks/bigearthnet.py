@@ -255,11 +255,13 @@ def targets(rows: list[dict]) -> list[dict]:
                     "met": v <= 1.5})
     if e and lab:
         v = lab["inner_seconds"] / e["seconds"]
-        cpu = (EOCHIPS_WORKERS * lab["index_seconds"] + lab["burn_seconds"]) / e["cpu_s"]
+        # eochips labels twice: the plan's pre-scan (index + every patch) and the workers (an index each + every patch)
+        cpu = ((1 + EOCHIPS_WORKERS) * lab["index_seconds"] + 2 * lab["burn_seconds"]) / e["cpu_s"]
         out.append({"target": "label rasterisation for the whole tile < 1/4 of the total time",
                     "measured": (f"labels stage {lab['inner_seconds']:.1f} s in one process (index {lab['index_seconds']:.1f} s + "
                                  f"{lab['patches']:,} burns {lab['burn_seconds']:.1f} s) = {v:.2f} of eochips' {e['seconds']:.1f} s wall; "
-                                 f"as CPU ({EOCHIPS_WORKERS} indexes + the burns) {cpu:.2f} of its {e['cpu_s']:.0f} CPU s"),
+                                 f"as CPU (the plan's pre-scan and {EOCHIPS_WORKERS} workers: {1 + EOCHIPS_WORKERS} indexes, every patch burnt twice) "
+                                 f"{cpu:.2f} of its {e['cpu_s']:.0f} CPU s"),
                     "met": v < 0.25})
     if e:
         out.append({"target": "eochips peak RSS < 1 GB",
@@ -285,6 +287,44 @@ def table(rows: list[dict], tg: list[dict]) -> str:
     return md
 
 
+def agreement_target(ag: dict, script_rows: int) -> dict:
+    ok = not ag["band_mismatches"] and not ag["grid_mismatches"] and not ag["label_mismatch_patches"] \
+        and ag["only_eochips"] == 0 and ag["only_script"] == 0
+    where = f"in the script's {script_rows} rows: " if script_rows < bw.N_PATCH else ""
+    return {"target": "eochips' patches = the script's (kept set; bands, grids and reference maps on a sample)",
+            "measured": (f"{where}kept {ag['kept_eochips']:,} / {ag['kept_script']:,} (only eochips {ag['only_eochips']}, "
+                         f"only script {ag['only_script']}); {ag['sampled']} patches x 12 bands: "
+                         f"{sum(ag['band_mismatches'].values())} differ; reference maps: {ag['label_mismatch_patches']} "
+                         f"differ ({ag['label_mismatch_px']} px)"),
+            "met": ok}
+
+
+def finish(result: dict, results: Path) -> str:
+    """Add the targets to ``result``, write ``bigearthnet.json`` / ``.md`` under ``results`` (and
+    the README's table when ``results`` is ``benchmarks/results``); return the markdown."""
+    rows = result["results"]
+    tg = targets(rows)
+    if result.get("agreement"):
+        tg.append(agreement_target(result["agreement"], result["protocol"]["script_rows"]))
+    result["targets"] = tg
+    results.mkdir(parents=True, exist_ok=True)
+    tmp = results / "bigearthnet.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.rename(results / "bigearthnet.json")
+    md = table(rows, tg)
+    mc_ = result["machine"]
+    loads = ", ".join(f"{r['contender']} {r['load_avg_before']}" for r in result["runs"])
+    md += (f"\ngit {result['git_rev']}; recipe: {result['protocol']['recipe']}; {mc_['cores']} cores ({mc_['cpu']}, "
+           f"{mc_['memory_gb']} GB); total {result['protocol']['total_s']:.0f} s; 1-min load average before each run: {loads}\n")
+    (results / "bigearthnet.md").write_text(md)
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    a, b = "<!-- bigearthnet-results -->", "<!-- /bigearthnet-results -->"
+    if a in text and b in text and results.resolve() == (HERE / "results").resolve():
+        readme.write_text(text[:text.index(a) + len(a)] + "\n" + md + text[text.index(b):])
+    return md
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="eochips BigEarthNet patches benchmark")
     ap.add_argument("--runs", type=int, default=1)
@@ -297,7 +337,11 @@ def main(argv=None) -> None:
         "the per-patch script runs on the first SCRIPT_ROWS patch rows (91 patches each; its cost is per patch, so its "
         "patches/s is a rate; 0: all 91 rows)"))
     ap.add_argument("--rows", type=int, default=None, help="smoke run: only the first ROWS patch rows (eochips: an AOI over them)")
+    ap.add_argument("--render", action="store_true", help="only re-render the tables from RESULTS/bigearthnet.json")
     args = ap.parse_args(argv)
+    if args.render:
+        print(finish(json.loads((args.results / "bigearthnet.json").read_text()), args.results))
+        return
     if args.rows:
         os.environ["EOCHIPS_BENCH_ROWS"] = str(args.rows)
     t_start = time.perf_counter()
@@ -340,42 +384,17 @@ def main(argv=None) -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     rows = summarise(records)
-    tg = targets(rows)
-    if agreement is not None:
-        ok = not agreement["band_mismatches"] and not agreement["grid_mismatches"] and not agreement["label_mismatch_patches"] \
-            and agreement["only_eochips"] == 0 and agreement["only_script"] == 0
-        tg.append({"target": "eochips' patches = the script's (kept set; bands, grids and reference maps on a sample)",
-                   "measured": (f"kept {agreement['kept_eochips']:,} / {agreement['kept_script']:,} (only eochips "
-                                f"{agreement['only_eochips']}, only script {agreement['only_script']}); {agreement['sampled']} "
-                                f"patches x 12 bands: {sum(agreement['band_mismatches'].values())} differ; reference maps: "
-                                f"{agreement['label_mismatch_patches']} differ ({agreement['label_mismatch_px']} px)"),
-                   "met": ok})
     result = {
         "machine": machine(), "git_rev": git_rev(),
-        "protocol": {"runs": args.runs, "script_rows": args.script_rows or bw.N_PATCH, "io": "local files (static catalog on disk)", "eochips_workers": EOCHIPS_WORKERS,
-                     "recipe": rec_kind, "threads_limit_writes": 4, "files_build_s": round(t_files - t_start, 1),
-                     "total_s": round(time.perf_counter() - t_start, 1)},
+        "protocol": {"runs": args.runs, "script_rows": args.script_rows or bw.N_PATCH, "io": "local files (static catalog on disk)",
+                     "eochips_workers": EOCHIPS_WORKERS, "recipe": rec_kind, "threads_limit_writes": 4,
+                     "files_build_s": round(t_files - t_start, 1), "total_s": round(time.perf_counter() - t_start, 1)},
         "workload": {"tile": bw.TILE, "epsg": bw.EPSG, "patches": len(bw.patch_ids()), "item": m["item_id"],
                      "facts": m["facts"]},
-        "recipe": rec, "results": rows, "targets": tg, "agreement": agreement,
+        "recipe": rec, "results": rows, "agreement": agreement,
         "runs": [{k: v for k, v in r.items() if k != "rss_by_process_mb"} for r in records],
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    tmp = args.results / "bigearthnet.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.rename(args.results / "bigearthnet.json")
-    md = table(rows, tg)
-    mc_ = result["machine"]
-    loads = ", ".join(f"{r['contender']} {r['load_avg_before']}" for r in records)
-    md += (f"\ngit {result['git_rev']}; recipe: {rec_kind}; {mc_['cores']} cores ({mc_['cpu']}, {mc_['memory_gb']} GB); total "
-           f"{result['protocol']['total_s']:.0f} s; 1-min load average before each run: {loads}\n")
-    (args.results / "bigearthnet.md").write_text(md)
-    readme = HERE / "README.md"
-    text = readme.read_text()
-    a, b = "<!-- bigearthnet-results -->", "<!-- /bigearthnet-results -->"
-    if a in text and b in text and args.results.resolve() == (HERE / "results").resolve():
-        readme.write_text(text[:text.index(a) + len(a)] + "\n" + md + text[text.index(b):])
-    print(md)
+    print(finish(result, args.results))
     print(f"total {time.perf_counter() - t_start:.0f} s")
 
 
