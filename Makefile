@@ -48,6 +48,7 @@ bench: $(VENV)/.bench sysdeps
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/clay.py
 	$(PY) benchmarks/mosaic.py
+	$(PY) benchmarks/bigearthnet.py
 
 clean:
 	rm -rf $(DEMO_OUT) build dist src/*.egg-info .pytest_cache

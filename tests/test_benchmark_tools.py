@@ -154,3 +154,105 @@ def test_mosaic_seed_dilation_is_an_11_by_11_binary_dilation():
     got = mc.valid_mask(b02, scl)
     assert got.dtype == bool and (got == ref).all() and 0.05 < got.mean() < 0.95
     assert (mc.valid_mask(b02, None) == (b02 != 0)).all()
+
+
+# --------------------------------------------------------------------------------------
+# the BigEarthNet benchmark (benchmarks/bigearthnet*.py)
+
+def test_bigearthnet_patches_are_the_91_by_91_grid_at_every_resolution():
+    """8,281 patches named {product}_{col:02d}_{row:02d}, row-major; each patch's window covers
+    the same 1200 m square at 10, 20 and 60 m (computed here from the tile origin)."""
+    import bigearthnet_workload as bw
+
+    ids = bw.patch_ids()
+    assert len(ids) == 91 * 91 == 8281 and len({n for n, _, _ in ids}) == 8281
+    assert ids[0] == ("S2A_MSIL2A_20200318T085701_N0214_R007_T34SGA_00_00", 0, 0)
+    assert ids[1][1:] == (1, 0) and ids[91][1:] == (0, 1) and ids[-1][0].endswith("_90_90")
+    for band, n in (("B02", 120), ("B05", 60), ("B01", 20), ("SCL", 60)):
+        for col, row in ((0, 0), (37, 5), (90, 90)):
+            r0, c0, size = bw.patch_window(band, col, row)
+            assert size == n
+            t = bw.band_transform(band)
+            x0, y0 = t * (c0, r0)
+            x1, y1 = t * (c0 + size, r0 + size)
+            assert (x0, y0) == (699960.0 + 1200.0 * col, 3600000.0 - 1200.0 * row)
+            assert (x1 - x0, y0 - y1) == (1200.0, 1200.0)
+            assert r0 + size <= bw.band_shape(band)
+
+
+def test_bigearthnet_mirror_is_numpy_symmetric_padding():
+    import bigearthnet_workload as bw
+
+    a = np.arange(7 * 5, dtype=np.uint16).reshape(7, 5)
+    got = bw.mirror(a, (30, 23))
+    ref = np.pad(a, ((0, 23), (0, 18)), mode="symmetric")
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_bigearthnet_clc_tessellation_covers_its_box_once():
+    """The CLC-like polygons tile their box with no gap or overlap (areas sum to the box's and
+    to their union's), carry CLC level-3 codes as text, UNLABELED ones among them, and have
+    tens of vertices each."""
+    import bigearthnet_workload as bw
+    import shapely
+
+    cells, codes = bw.clc_polygons(seed=3, min_polygons=300)
+    box = shapely.box(*shapely.total_bounds(cells))
+    areas = shapely.area(cells)
+    assert abs(areas.sum() - box.area) < 1e-6 * box.area
+    assert abs(shapely.union_all(cells).area - box.area) < 1e-6 * box.area
+    assert codes.dtype.kind == "U" and set(codes.astype(int)) <= set(bw.CLC_CODES)
+    assert set(codes.astype(int)) & set(bw.UNLABELED)
+    tile = bw.reproject(bw.tile_box(), bw.CRS, bw.CLC_CRS)
+    assert shapely.intersects(cells, tile).sum() >= 300 and box.contains(tile)
+    assert shapely.get_num_coordinates(cells).mean() > 20
+
+
+def test_bigearthnet_script_labels_match_a_pixel_centre_lookup(tmp_path):
+    """The per-patch script's reference map (bbox read, reprojection, rasterize) equals an
+    independent lookup: each 10 m pixel centre moved to EPSG:3035 with pyproj and the polygon
+    containing it found with an STRtree (999 where none); at most a few pixels on polygon edges
+    may differ (the edges are straight in one CRS, not the other)."""
+    import bigearthnet_contenders as bc
+    import bigearthnet_workload as bw
+    import geopandas as gpd
+    import shapely
+    from pyproj import Transformer
+
+    cells, codes = bw.clc_polygons(seed=5, min_polygons=4000)
+    path = tmp_path / "clc.gpkg"
+    gpd.GeoDataFrame({bw.CLC_FIELD: codes}, geometry=cells, crs=bw.CLC_CRS).to_file(path, layer=bw.CLC_LAYER, engine="pyogrio")
+    col, row = 40, 53
+    got = bc.patch_labels(str(path), col, row)
+    assert got.shape == (120, 120) and got.dtype == np.uint16
+    t = bc.patch_transform("B02", col, row)
+    cc, rr = np.meshgrid(np.arange(120) + 0.5, np.arange(120) + 0.5)
+    xs, ys = t * (cc.ravel(), rr.ravel())
+    px, py = Transformer.from_crs(bw.CRS, bw.CLC_CRS, always_xy=True).transform(xs, ys)
+    pts = shapely.points(px, py)
+    tree = shapely.STRtree(cells)
+    ip, ig = tree.query(pts, predicate="within")
+    ref = np.full(pts.shape, 999, np.uint16)
+    ref[ip] = codes[ig].astype(int)
+    ref = ref.reshape(120, 120)
+    assert len(np.unique(ig)) >= 3 and len(np.unique(ref)) >= 2 and len(ip) == 120 * 120
+    assert (got != ref).sum() <= 30
+    assert bc.unlabeled_share(np.array([[122, 211], [999, 311]], np.uint16)) == 0.5
+
+
+def test_bigearthnet_standin_recipe_is_a_valid_eochips_recipe(tmp_path):
+    """The benchmark's stand-in recipe loads as an eochips recipe (today's models), with the
+    label-fraction filter on the UNLABELED codes' class ids and class 0 (no polygon)."""
+    import bigearthnet
+    import bigearthnet_workload as bw
+    from eochips.config.models import Recipe
+
+    (tmp_path / "catalog.json").write_text("{}")
+    (tmp_path / "clc.gpkg").write_bytes(b"")
+    r, kind = bigearthnet.recipe({"catalog": str(tmp_path / "catalog.json"), "vector": str(tmp_path / "clc.gpkg")})
+    rec = Recipe.model_validate(r)
+    assert rec.units.resolution_groups and rec.units.size_m == 1200
+    ids = bigearthnet.unlabeled_ids()
+    c = bigearthnet.classes()
+    assert ids[0] == 0 and sorted(int(k) for k, v in c.items() if v in ids[1:]) == sorted(bw.UNLABELED)
+    assert len(set(c.values())) == 44 and min(c.values()) == 1
