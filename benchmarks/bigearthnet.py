@@ -88,7 +88,9 @@ def recipe(m: dict) -> tuple[dict, str]:
         b["sources"]["s2"]["search"].pop("auth", None)
         b["sources"]["s2"]["search"]["auth"] = "none"
         b["labels"]["vector"] = m["vector"]
-        b.setdefault("aoi", aoi())
+        b["aoi"] = aoi()  # the recipe's ${AOI} tile file: here the workload's tile
+        for k in ("datetime", "cloud_cover"):  # the recipe's Earth Search query defaults: the workload has one item
+            b["sources"]["s2"]["search"].pop(k, None)
         meta = b.get("dataset", {}).get("metadata")
         if isinstance(meta, dict) and isinstance(meta.get("countries"), str) and "${" in meta["countries"]:
             meta["countries"] = str(bw.REAL / "naturalearth_lowres" / "naturalearth_lowres.shp")

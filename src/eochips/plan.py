@@ -57,7 +57,7 @@ from .filters import Reason, label_fraction_check, plan_time_filters
 from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for_aoi, grid_from_raster, load_aoi,
                   product_name, reproject_geometry, scene_gbox, tile_units, unit_size_px, unit_span, whole_tiles)
 from .labels import (CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, check_class_ids, default_colormap, make_reclass,
-                     rasterize_vector, vector_index)
+                     rasterize_vector, release_vector_indexes, vector_index)
 from .profiles import BandSpec, Profile, QASpec, get_profile
 from .reading import close_assets, probe, read_env, read_onto
 from .search.auth import check_secret_vars
@@ -818,6 +818,8 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
     spec = label_spec(recipe)
     if spec is not None:
         _scan_labels(recipe, spec, units, grids)
+        if spec.vector:
+            release_vector_indexes()  # the workers build their own; the planning process need not hold it
     _sample(recipe, units)
     for name, cfg in _in_reference_order(recipe):
         if g.kind == "scene" and name == g.source:

@@ -467,6 +467,21 @@ def _vector_index(path, class_field, classes, crs_wkt, bounds, burn, dtype, tabl
     return _VectorIndex(path, class_field, dict(classes), crs_wkt, bounds, burn, dtype, table)
 
 
+def release_vector_indexes() -> None:
+    """Drop this process's cached vector indexes (the plan's, once its label pre-scan is done:
+    at CORINE scale a tile's index is hundreds of MB, and the build's workers read their own) and
+    hand the freed heap back to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
+    import ctypes
+    import gc
+
+    _vector_index.cache_clear()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def rasterize_vector(path: str, class_field: str, classes: Mapping[str, int], crs: str, transform: tuple,
                      shape: tuple[int, int], grid_bounds: tuple[float, float, float, float] | None = None, *,
                      burn: str = "classes", dtype: str = "uint8", fill: int = 0, table: str | None = None) -> np.ndarray:
