@@ -318,3 +318,49 @@ def test_stats_of_a_multilabel_table(ben_run):
     for n, v in raw.items():
         assert stats["class_weights"][n] == pytest.approx(v / sum(raw.values()), rel=1e-12)
     assert sum(stats["class_weights"].values()) == pytest.approx(1)
+
+
+def test_label_strips_cover_the_grid_and_burn_as_the_whole_grid(tmp_path):
+    """Vector labels are read per strip of LABEL_STRIP_ROWS unit rows (bounded memory at CORINE
+    scale): every unit lies in its strip, the strips of a grid tile it, and a unit burnt from its
+    strip's polygons equals the unit burnt from the whole grid's (random overlapping polygons; an
+    independent rasterio.features.rasterize of all of them in file order)."""
+    import geopandas as gpd
+    import shapely
+    from odc.geo.geobox import GeoBox
+    from rasterio.features import rasterize
+
+    from eochips.geo import Grid, tile_units
+    from eochips.labels import rasterize_vector, release_vector_indexes
+    from eochips.plan import LABEL_STRIP_ROWS, _label_strip
+
+    gbox = GeoBox((40 * 12, 7 * 12), rasterio.Affine(100, 0, 500000, 0, -100, 5000000), "EPSG:32630")
+    grid = Grid(0, "g", gbox)
+    units = tile_units(grid, 12, shapely.box(*gbox.boundingbox[:4]))
+    assert len(units) == 40 * 7
+    strips = {}
+    for u in units:
+        s = _label_strip(grid, u)
+        assert shapely.box(*s).covers(shapely.box(*u.gbox.boundingbox[:4]))
+        strips.setdefault(s, []).append(u)
+    assert len(strips) == -(-40 // LABEL_STRIP_ROWS)
+    assert shapely.union_all([shapely.box(*s) for s in strips]).equals(shapely.box(*gbox.boundingbox[:4]))
+    assert sum(shapely.box(*s).area for s in strips) == pytest.approx(shapely.box(*gbox.boundingbox[:4]).area)
+    rng = np.random.default_rng(3)
+    x0, y0, x1, y1 = gbox.boundingbox[:4]
+    polys, codes = [], []
+    for _ in range(300):
+        cx, cy = rng.uniform(x0, x1), rng.uniform(y0, y1)
+        polys.append(shapely.Point(cx, cy).buffer(rng.uniform(300, 9000), quad_segs=6))
+        codes.append(str(rng.choice([111, 211, 231, 311, 512])))
+    gdf = gpd.GeoDataFrame({"Code_18": codes}, geometry=polys, crs="EPSG:32630")
+    gdf.to_file(tmp_path / "clc.gpkg", driver="GPKG")
+    kw = dict(burn="value", dtype="uint16", fill=999, table="clc-19")
+    for s, us in list(strips.items())[:3]:
+        for u in us[::5]:
+            tr, shape = tuple(u.gbox.affine)[:6], tuple(u.gbox.shape)
+            got = rasterize_vector(str(tmp_path / "clc.gpkg"), "Code_18", {}, gbox.crs.to_wkt(), tr, shape, s, **kw)
+            want = rasterize(zip(gdf.geometry, gdf.Code_18.astype(int)), out_shape=shape, transform=rasterio.Affine(*tr),
+                             fill=999, dtype="uint16")
+            np.testing.assert_array_equal(got, want)
+    release_vector_indexes()

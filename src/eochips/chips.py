@@ -150,7 +150,8 @@ class UnitTask:
     layers
         One :class:`LayerRead` per source used, in recipe order.
     labels, label_bounds
-        Label source (or None) and the bounds of the unit's whole grid (one vector read per grid).
+        Label source (or None) and the bounds of the unit's label strip (one vector read per strip of
+        :data:`eochips.plan.LABEL_STRIP_ROWS` unit rows of its grid, shared by its units).
     masks, filters, layouts
         The recipe's mask sources, filters (in order) and layouts.
     resolution_groups

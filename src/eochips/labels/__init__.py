@@ -236,7 +236,9 @@ def _burn_values(values, fids: np.ndarray, path: str, class_field: str, dtype: s
 def _read_features(path: str, class_field: str, bbox: tuple[float, float, float, float]):
     """The features of ``path`` whose bounding box meets ``bbox`` (file CRS), in file order:
     ``(fids int64, values pandas Series, geometries object array, file CRS)``. One Arrow read
-    (pyogrio, GDAL's spatial index) and a vectorised WKB decode."""
+    (pyogrio, GDAL's spatial index) and a vectorised WKB decode. A bbox read comes in the spatial
+    index's order (a GeoPackage's R-tree), not the file's: the features are sorted by FID, so
+    later polygons are burnt over earlier ones as in the file."""
     import pyogrio
     import shapely
 
@@ -251,6 +253,9 @@ def _read_features(path: str, class_field: str, bbox: tuple[float, float, float,
     if fid_col not in table.column_names:
         fid_col = table.column_names[0]
     fids = table.column(fid_col).to_numpy().astype(np.int64)
+    order = np.argsort(fids, kind="stable")
+    if (order != np.arange(len(order))).any():
+        table, fids = table.take(order), fids[order]
     values = table.column(class_field).to_pandas()
     geoms = shapely.from_wkb(table.column(geom_col).to_numpy(zero_copy_only=False))
     return fids, values, np.asarray(geoms, dtype=object)
