@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import bigearthnet_workload as bw  # noqa: E402
 from mosaic import git_rev, machine  # noqa: E402
-from run import EOCHIPS, PY, measure  # noqa: E402
+from run import EOCHIPS, PY, by_contender, measure, targets_md  # noqa: E402
 
 CONTENDERS = ["eochips", "script", "limit", "writes", "labels"]
 EOCHIPS_WORKERS = 2  # eochips' default on this 2-core machine (one per core)
@@ -216,10 +216,7 @@ def run_one(con: str, m: dict, scratch: Path, recipe_path: Path, script_rows: in
 
 def summarise(records: list[dict]) -> list[dict]:
     rows = []
-    for con in CONTENDERS:
-        rs = [r for r in records if r["contender"] == con]
-        if not rs:
-            continue
+    for con, rs in by_contender(records, CONTENDERS):
         walls = [r["wall_s"] for r in rs]
         wall = statistics.median(walls)
         cpu = statistics.median(r["cpu_s"] for r in rs)
@@ -283,9 +280,7 @@ def table(rows: list[dict], tg: list[dict]) -> str:
         md += (f"| {r['contender']} | {r['patches']:,} ({kept}) | {r['runs']} | {r['seconds']:.1f} "
                f"({r['seconds_min_max'][0]:.1f}-{r['seconds_min_max'][1]:.1f}) | {inner} | {r['patches_per_s']:.1f} | {vs} "
                f"| {r['cores_busy']:.2f} | {r['peak_rss_mb']:.0f} / {r['peak_rss_sum_mb']:.0f} / {r['peak_pss_sum_mb']:.0f} |\n")
-    if tg:
-        md += "\n| target | measured | |\n|---|---|---|\n"
-        md += "".join(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**missed**'} |\n" for t in tg)
+    md += targets_md(tg)
     return md
 
 

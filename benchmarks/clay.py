@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import clay_workload  # noqa: E402
-from run import CORES, EOCHIPS, PY, Server, measure  # noqa: E402
+from run import CORES, EOCHIPS, PY, Server, by_contender, measure, targets_md  # noqa: E402
 
 CONTENDERS = ["eochips", "seed", "limit"]
 EOCHIPS_WORKERS = 2  # eochips' default on this 2-core machine (one per core)
@@ -120,10 +120,7 @@ def by_kind(m: dict, by_path: dict[str, int], touched: dict[str, int]) -> dict[s
 
 def summarise(records: list[dict], touched: int) -> list[dict]:
     rows = []
-    for con in CONTENDERS:
-        rs = [r for r in records if r["contender"] == con]
-        if not rs:
-            continue
+    for con, rs in by_contender(records, CONTENDERS):
         walls = [r["wall_s"] for r in rs]
         wall = statistics.median(walls)
         cpu = statistics.median(r["cpu_s"] for r in rs)
@@ -173,9 +170,7 @@ def table(rows: list[dict], tg: list[dict]) -> str:
         k = r.get("bytes_ratio_by_kind", {})
         cell = [f"{k[n]['sent_mb']:.0f} / {k[n]['touched_mb']:.0f} = {k[n]['ratio']:.2f}" if n in k else "" for n in ("s2_10m", "s2_20m", "s1", "dem")]
         md += f"| {r['contender']} | " + " | ".join(cell) + " |\n"
-    if tg:
-        md += "\n| target | measured | |\n|---|---|---|\n"
-        md += "".join(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**missed**'} |\n" for t in tg)
+    md += targets_md(tg)
     return md
 
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import mosaic_contenders as mc  # noqa: E402
 import mosaic_workload as mw  # noqa: E402
-from run import CORES, EOCHIPS, PY, measure  # noqa: E402
+from run import CORES, EOCHIPS, PY, measure, targets_md  # noqa: E402
 from servers import RangeServer  # noqa: E402
 
 CONTENDERS = ["eochips", "seed", "odc", "limit"]
@@ -248,9 +248,7 @@ def table(rows: list[dict], tg: list[dict]) -> str:
                f"({r['seconds_min_max'][0]:.1f}-{r['seconds_min_max'][1]:.1f}) | {r['mpix_per_s']:.3f} | {r['cores_busy']:.2f} "
                f"| {r['peak_rss_mb']:.0f} / {r['peak_rss_sum_mb']:.0f} / {r['peak_pss_sum_mb']:.0f} | {r['bytes_sent_mb']:.0f} "
                f"| {r['requests']} |\n")
-    if tg:
-        md += "\n| target | measured | |\n|---|---|---|\n"
-        md += "".join(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**missed**'} |\n" for t in tg)
+    md += targets_md(tg)
     return md
 
 

@@ -76,6 +76,19 @@ class Server:
         self.proc.wait(10)
 
 
+def by_contender(records: list[dict], names) -> list[tuple[str, list[dict]]]:
+    """The records of each contender that ran, in the order of ``names``."""
+    return [(c, rs) for c in names if (rs := [r for r in records if r["contender"] == c])]
+
+
+def targets_md(targets: list[dict]) -> str:
+    """The markdown table of a benchmark's targets (``target``, ``measured``, ``met``); "" without any."""
+    if not targets:
+        return ""
+    return "\n| target | measured | |\n|---|---|---|\n" + "".join(
+        f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**missed**'} |\n" for t in targets)
+
+
 def measure(cmd: list[str], env: dict | None = None) -> dict:
     """Run ``cmd``; return wall seconds, CPU seconds of the whole process tree, and peak RSS
     (largest process, largest sum over the tree, and per process: every 50 ms), and the peak
