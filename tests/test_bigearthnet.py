@@ -261,7 +261,7 @@ def test_real_patch_end_to_end(ben_run):
 
     (out, _), clc, crs, tr = ben_run
     patch = "S2A_MSIL2A_20170617T113321_N0205_R080_T29UPU_00_00"
-    folder = out / "patches" / "S2A_29UPU_20170617_0_L2A" / patch
+    folder = out / "patches" / "S2A_MSIL2A_20170617T113321_N0205_R080_T29UPU" / patch
     idx = gpd.read_parquet(out / "index.parquet").set_index("unit_id")
     assert list(idx.index) == [patch] and idx.loc[patch, "status"] == "kept"
     sizes = {10: 120, 20: 60, 60: 20}
