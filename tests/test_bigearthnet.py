@@ -135,14 +135,14 @@ def test_tile_patches_counts_names_and_nodata_drop(tile_34sga):
     # the SCL over a patch: 6 x 6 px at 200 m, read with nearest onto its 12 x 12 px: the same class shares
     with rasterio.open(T34SGA / "SCL.tif") as ds:
         scl = ds.read(1)
-    for u in kept[::7]:
+    for u in kept:
         x, y = int(u[-5:-3]), int(u[-2:])
         block = scl[6 * y:6 * y + 6, 6 * x:6 * x + 6]
         f = json.loads(idx.loc[u, "mask_fractions"])[0]
         want = (np.isin(block, [8, 9, 10]).mean(), np.isin(block, [3]).mean(), np.isin(block, [11]).mean())
         assert (f["cloud"], f["shadow"], f["snow"]) == pytest.approx(want, abs=1e-6)  # fractions kept to 6 decimals
-    fracs = [json.loads(idx.loc[u, "mask_fractions"])[0]["cloud"] for u in kept[::7]]
-    assert min(fracs) < max(fracs)  # the real tile is 90 % cloudy: the sample holds partly cloudy patches
+    fracs = [json.loads(idx.loc[u, "mask_fractions"])[0]["cloud"] for u in kept]
+    assert any(0 < v < 1 for v in fracs)  # the real tile is 90 % cloudy: some kept patches are partly cloudy
     # the per-band files of a kept patch: 12 x 12 px, the source pixels, under patches/{product}/{patch}/
     for uid in kept[:: max(1, len(kept) // 25)]:
         x, y = int(uid[-5:-3]), int(uid[-2:])
