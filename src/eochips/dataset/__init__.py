@@ -119,6 +119,8 @@ class Context:
     rows: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)  # verified sha256 of the kept units' files
+    excluded: list[str] = field(default_factory=list)  # kept units the split leaves out (a spatial-blocks buffer)
+    stats: dict[str, Any] | None = None  # what the stats finalizer wrote to stats.json
 
     @property
     def split_of(self) -> dict[str, str]:
@@ -248,9 +250,15 @@ def _tables(ctx: Context) -> None:
             ctx.store.write_text(lay.tracker, "fmask_name,cloud_pct\n" + "".join(sorted(lines)))
 
 
-def _image_files(rec: dict[str, Any]) -> list[str]:
+def image_files(rec: dict[str, Any]) -> list[str]:
+    """A unit record's ``image`` files in channel order (``metrics["file_order"]``, the order the
+    layouts wrote them; sorted names for a unit built before eochips recorded it)."""
     roles = rec["metrics"].get("file_roles", {})
-    return [f for f in sorted(rec["files"]) if roles.get(f) == "image"]
+    order = rec["metrics"].get("file_order") or sorted(rec["files"])
+    return [f for f in order if roles.get(f) == "image"]
+
+
+_image_files = image_files
 
 
 def _read_image(store: OutputStore, rel: str, attempts: int = 3) -> tuple[np.ndarray, tuple, tuple]:

@@ -44,7 +44,9 @@ get_layout = LAYOUTS.lookup
 
 def write_layouts(task, data) -> tuple[dict[str, str], dict[str, Any]]:
     """Write every layout of a kept unit; return ``({path: sha256}, extra metrics)``; the
-    metrics hold ``file_roles`` (``image``, ``labels``, ``qa``, ``mask``, ``overview`` per path)."""
+    metrics hold ``file_roles`` (``image``, ``labels``, ``qa``, ``mask``, ``overview`` per path)
+    and ``file_order`` (the paths in the order the layouts wrote them: a unit's ``image`` files in
+    this order, each file's bands in order, are the chip's channels, ``(channel, y, x)``)."""
     store = OutputStore(task.out)
     common = {"compress": task.compress, "level": task.level}
     files: dict[str, str] = {}
@@ -68,6 +70,7 @@ def write_layouts(task, data) -> tuple[dict[str, str], dict[str, Any]]:
         files.update(q)
         roles.update({k: "overview" for k in q})
     extra["file_roles"] = roles
+    extra["file_order"] = list(files)
     return files, extra
 
 
