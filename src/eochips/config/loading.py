@@ -620,6 +620,30 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: dict[str, Any] | Non
     return parse_recipe(data, base, from_cwd=tuple(overrides or {}))
 
 
+SAMPLE_VAR = "EOCHIPS_SAMPLE_DIR"
+"""The variable the demo recipe reads its embedded sample from (default ``sample-data``)."""
+
+
+def check_sample_data(text: str, name: str) -> None:
+    """A recipe that reads the embedded sample (``${EOCHIPS_SAMPLE_DIR:-sample-data}``, the demo)
+    needs it built first: say how, before the plan fails on a missing catalog or label file.
+
+    Raises
+    ------
+    RecipeError
+        The sample folder (``$EOCHIPS_SAMPLE_DIR``, else ``sample-data`` in the working directory)
+        has no ``catalog.json``; the message gives the ``eochips sample-data`` command.
+    """
+    if "${" + SAMPLE_VAR not in text:
+        return
+    folder = Path(os.environ.get(SAMPLE_VAR) or "sample-data")
+    if (folder / "catalog.json").is_file():
+        return
+    where = f"{SAMPLE_VAR}={os.environ[SAMPLE_VAR]}" if os.environ.get(SAMPLE_VAR) else f"{SAMPLE_VAR} unset: ./sample-data"
+    raise RecipeError(f"recipe {name!r} reads the embedded sample, which is not built at {str(folder.resolve())!r} ({where}): "
+                      f"build it with 'eochips sample-data --output {folder}' (make demo does both), or point {SAMPLE_VAR} at it")
+
+
 def recipe_schema() -> dict[str, Any]:
     """The JSON Schema of :class:`Recipe` (what ``eochips schema`` prints)."""
     return Recipe.model_json_schema()

@@ -58,6 +58,7 @@ from ..config.models import FINALIZERS as FINALIZER_NAMES
 from ..engine import MARKERS, STATE_FILE, open_state
 from ..errors import OutputError
 from ..plan import Plan, class_names, load_plan, make_tasks
+from ..progress import stage
 from ..reading import error_text
 from ..registry import Registry
 from ..search import redact, redact_obj
@@ -519,7 +520,8 @@ def _finalize(store: OutputStore) -> dict[str, Any]:
     ctx.summary = summarize(ctx)
     ctx.summary["problems"] = dataset_problems(ctx.summary, r)
     for name in r.dataset.finalizers:
-        FINALIZERS[name](ctx)
+        with stage(f"finalize: {name}"):
+            FINALIZERS[name](ctx)
     return {**ctx.summary, "rebuilt": sorted(bad)}
 
 
