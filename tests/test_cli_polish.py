@@ -85,7 +85,7 @@ def test_progress_on_stderr_and_no_dashboard_warning(tmp_path):
         held.close()
         held = None
     try:
-        p = cli("run", "demo", "-o", str(tmp_path / "d"), "--workers", "1", env={"EOCHIPS_SAMPLE_DIR": str(SAMPLE)})
+        p = cli("run", "demo", "-o", str(tmp_path / "d"), "--workers", "1", "--progress", env={"EOCHIPS_SAMPLE_DIR": str(SAMPLE)})
     finally:
         if held is not None:
             held.close()
@@ -98,9 +98,10 @@ def test_progress_on_stderr_and_no_dashboard_warning(tmp_path):
     assert "108/108" in p.stderr  # the unit bar
     assert "108/108" not in p.stdout and "plan:" not in p.stdout and "finalize:" not in p.stdout
     assert "units in plan" in p.stdout and "eochips: demo" in p.stdout
-    q = cli("finalize", str(tmp_path / "d"), "--no-progress")
-    assert q.returncode == 0, q.stderr
-    assert "finalize:" not in q.stderr and "units in plan" in q.stdout
+    for flag in ("--no-progress", None):  # off, and off by default when stderr is not a terminal (a pipe here)
+        q = cli("finalize", str(tmp_path / "d"), *([flag] if flag else []))
+        assert q.returncode == 0, q.stderr
+        assert "finalize:" not in q.stderr and "units in plan" in q.stdout
 
 
 def test_missing_sample_says_how_to_build_it(tmp_path):

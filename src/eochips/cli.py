@@ -220,8 +220,14 @@ def _exit_code(summary: dict[str, Any]) -> int:
     return EMPTY_DATASET if summary.get("problems") else 0
 
 
-ProgressOpt = typer.Option(True, "--progress/--no-progress",
-                           help="Show the planning stages, a bar of built units and the finalizers on stderr.")
+ProgressOpt = typer.Option(None, "--progress/--no-progress", show_default=False,
+                           help="Show the planning stages, a bar of built units and the finalizers on stderr "
+                                "(default: when stderr is a terminal, as git does).")
+
+
+def _progress(flag: bool | None) -> bool:
+    """``--progress`` / ``--no-progress``, else on when stderr is a terminal (logs and pipes get none)."""
+    return sys.stderr.isatty() if flag is None else flag
 WorkersOpt = typer.Option(None, "--workers", metavar="N", help="Dask LocalCluster worker processes (default: one per core).")
 SchedulerOpt = typer.Option(None, "--scheduler", metavar="tcp://HOST:PORT", help="Build on this Dask scheduler instead of a LocalCluster.")
 SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a recipe key, e.g. --set units.size=32 or masks.sources.0.kind=scl (repeatable).")
@@ -256,7 +262,7 @@ def run(
     scheduler: Optional[str] = SchedulerOpt,
     sets: Optional[List[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset built from a different recipe."),
-    progress: bool = ProgressOpt,
+    progress: Optional[bool] = ProgressOpt,
     shard: Optional[str] = ShardOpt,
 ) -> None:
     """Plan + build + finalize RECIPE into OUTPUT (a rerun resumes); with --shard, plan + build one shard."""
@@ -265,8 +271,9 @@ def run(
     def go():
         sh = _shard(shard)
         _check_output_args(output, workers)
-        with _listen(progress):
-            return run_all(_load(recipe, sets), output, workers=workers, scheduler=scheduler, progress=progress,
+        show = _progress(progress)
+        with _listen(show):
+            return run_all(_load(recipe, sets), output, workers=workers, scheduler=scheduler, progress=show,
                            overwrite=overwrite, shard=sh)
 
     summary = _guard(go)
@@ -284,7 +291,7 @@ def plan(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print scenes, units and a read estimate; write nothing."),
     sets: Optional[List[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset built from a different recipe."),
-    progress: bool = ProgressOpt,
+    progress: Optional[bool] = ProgressOpt,
 ) -> None:
     """Search and select scenes, cut units, and write OUTPUT/plan (no pixels are read; headers are probed)."""
     from .engine import check_output
@@ -300,7 +307,7 @@ def plan(
                                   "or --dry-run to only print the plan")
             _check_output_args(output, None)
         r = _load(recipe, sets)
-        with _listen(progress):
+        with _listen(_progress(progress)):
             p = make_plan(r)
         if not dry_run:
             from .lock import dataset_lock
@@ -354,7 +361,7 @@ def build(
     output: str = typer.Argument(..., metavar="DATASET", help="Dataset folder or URL holding plan/ (eochips plan)."),
     workers: Optional[int] = WorkersOpt,
     scheduler: Optional[str] = SchedulerOpt,
-    progress: bool = ProgressOpt,
+    progress: Optional[bool] = ProgressOpt,
     shard: Optional[str] = ShardOpt,
 ) -> None:
     """Build the planned units (skips units already done); with --shard, one shard's units."""
@@ -363,7 +370,7 @@ def build(
     def go():
         sh = _shard(shard)
         _check_output_args(output, workers)
-        return build_units(output, workers=workers, scheduler=scheduler, progress=progress, shard=sh)
+        return build_units(output, workers=workers, scheduler=scheduler, progress=_progress(progress), shard=sh)
 
     s = _guard(go).as_dict()
     if shard is not None:
@@ -377,14 +384,14 @@ def build(
 @app.command()
 def finalize(
     output: str = typer.Argument(..., metavar="DATASET", help="Dataset folder or URL (built: eochips build)."),
-    progress: bool = ProgressOpt,
+    progress: Optional[bool] = ProgressOpt,
 ) -> None:
     """Run the recipe's finalizers: index, split, statistics, STAC catalog, card, report, manifest, ..."""
     from .dataset import finalize as fin
 
     def go():
         _check_output_args(output, None)
-        with _listen(progress):
+        with _listen(_progress(progress)):
             return fin(output)
 
     summary = _guard(go)
