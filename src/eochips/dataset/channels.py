@@ -64,8 +64,9 @@ class Channel:
     """Channel ``index`` of every chip of a dataset (``stats.json`` ``channels`` entries).
 
     ``offset`` is the base offset of the band's profile, which every file's values are shifted
-    onto (:func:`dn_shift`); ``units`` is ``"DN"`` when physical values need ``scale`` /
-    ``offset``, ``"physical"`` when the stored values are already physical (scale 1, offset 0).
+    onto (:func:`dn_shift`); ``units`` is ``"DN"`` for integer values (digital numbers:
+    physical = DN * scale + offset) and for floats with a scale or offset, ``"physical"`` for
+    floats stored as physical values (scale 1, offset 0: a DEM in metres, backscatter in dB).
     """
 
     index: int
@@ -79,7 +80,8 @@ class Channel:
 
     @property
     def units(self) -> str:
-        return "physical" if self.scale == 1 and self.offset == 0 else "DN"
+        plain = np.dtype(self.dtype).kind == "f" and self.scale == 1 and self.offset == 0
+        return "physical" if plain else "DN"
 
     def as_json(self) -> dict[str, Any]:
         """The ``stats.json`` entry: nodata as a number, ``null`` or the string ``"nan"``."""
