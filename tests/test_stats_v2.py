@@ -129,7 +129,7 @@ def demo(tmp_path_factory):
     if not (SAMPLE / "catalog.json").is_file():
         pytest.skip(f"no sample at {SAMPLE}; run `make demo`")
     out = tmp_path_factory.mktemp("demo") / "demo"
-    proc = run_cli("run", "demo", "--output", str(out), "--no-progress", "--workers", "1",
+    proc = run_cli("run", "demo", "--output", str(out), "--no-progress", "--workers", "1", "--set", "engine.processes=false",
                    env={"EOCHIPS_SAMPLE_DIR": str(SAMPLE)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "stats.json").read_text())
@@ -173,7 +173,7 @@ def test_demo_finalize_twice_same_bytes(demo):
 @pytest.fixture(scope="module")
 def crop(stac_api, cdl_raster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("crop-stats")
-    data = crop_recipe(stac_api, cdl_raster, **{FMASK_RULE: 100})
+    data = crop_recipe(stac_api, cdl_raster, **{FMASK_RULE: 100, "engine.processes": False})
     out = tmp / "out"
     proc = run_cli("run", str(write_recipe(tmp / "crop.yaml", data)), "-o", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]

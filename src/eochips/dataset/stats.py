@@ -1,4 +1,10 @@
-"""Streaming, float-safe per-band statistics for the dataset finaliser.
+"""Streaming, float-safe per-band statistics, and the ``stats`` finalizer (``stats.json`` version 2).
+
+``stats.json`` (:func:`dataset_stats`; contract of issue 14): per chip channel in chip order
+(:mod:`eochips.dataset.channels`) arrays of mean, population std, exact minimum / maximum,
+count and the ``dataset.percentiles``, of the stored values (raw DN, scene DN offsets
+harmonised, below), ready for ``torchvision.transforms.Normalize(mean, std)``; the same pooled
+per band over steps (seed 001's rule); the class table (:func:`class_table`) and weights.
 
 The finaliser reads the chip files of a dataset one at a time (tens of thousands of them)
 and needs, per output band, pooled over every chip and every date: count, mean, population
