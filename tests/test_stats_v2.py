@@ -298,4 +298,7 @@ def test_bad_shifts_and_mismatched_chips_refused(tmp_path):
 
     with pytest.raises(EochipsError, match=r"unit b's image files hold channels \[nir uint16.*unit a's hold \[red uint16"):
         FINALIZERS["stats"](ctx)
+    ctx = _ctx(tmp_path, {"a": ["chips/a.tif"], "c": ["chips/a.tif", "chips/a.tif"]})  # one channel more
+    with pytest.raises(EochipsError, match=r"unit c's image files hold channels \[red@t0 uint16 x0.0001\+0, red@t1"):
+        FINALIZERS["stats"](ctx)
     assert not (tmp_path / "stats.json").exists()

@@ -662,14 +662,13 @@ def dataset_stats(ctx) -> dict[str, Any]:
             arr, fbs = read_file(ctx.store, rel)
             for i, fb in enumerate(fbs):
                 pos = len(bands)
+                bands.append(fb)
                 if layout is None:
                     accs.append(RunningStats(fb.dtype))
-                elif pos >= len(accs):
-                    break  # more channels than the first chip: reported below
+                if pos >= len(accs) or np.dtype(fb.dtype) != accs[pos].dtype:
+                    continue  # not the first chip's channels: refused below
                 shift = dn_shift(fb.offset, bases.get(fb.band, fb.offset), fb.scale, fb.dtype, f"file {rel} band {i + 1} ({fb.band})")
-                if np.dtype(fb.dtype) == accs[pos].dtype:
-                    accs[pos].add(arr[i], fb.nodata, shift)
-                bands.append(fb)
+                accs[pos].add(arr[i], fb.nodata, shift)
         chans, _ = chip_channels(bands, bases)
         if layout is None:
             layout, first = chans, cid
