@@ -216,8 +216,9 @@ def test_split_stats_weights_manifest(which, crop_run, request):
         s = stats["bands"][b]
         assert s["mean"] == pytest.approx(v.mean(), rel=1e-9)
         assert s["std"] == pytest.approx(v.std(), rel=1e-9)
-        assert s["min"] == pytest.approx(np.percentile(v, 1.5))
-        assert s["max"] == pytest.approx(np.percentile(v, 98.5))
+        assert s["percentiles"]["1.5"] == pytest.approx(np.percentile(v, 1.5))
+        assert s["percentiles"]["98.5"] == pytest.approx(np.percentile(v, 98.5))
+        assert "min" not in s and "max" not in s  # percentiles are named as percentiles (stats.json v2)
     present = [c for c in range(1, 14) if counts[c] > 0]
     n = counts[present].sum()
     w = np.zeros(14)

@@ -283,7 +283,8 @@ def label_spec(recipe: Recipe) -> LabelSpec | None:
     return LabelSpec(raster=raster, reclass=reclass, vector=lab.vector, class_field=lab.class_field,
                      classes=tuple(sorted((lab.classes or {}).items())) if lab.burn == "classes" else (),
                      colormap=tuple(sorted(cmap.items())), nodata_class=lab.nodata_class, burn=lab.burn,
-                     dtype=lab.class_dtype, fill=lab.fill_class, table=lab.table)
+                     dtype=lab.class_dtype, fill=lab.fill_class, table=lab.table,
+                     names=tuple(sorted(class_names(recipe).items())) if lab.class_dtype == "uint8" else ())
 
 
 def class_names(recipe: Recipe) -> dict[int, str]:

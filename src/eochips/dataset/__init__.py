@@ -10,12 +10,16 @@ finalizer      writes (at the dataset root)
 ``split``      ``train_ids.csv`` / ``val_ids.csv`` (column ``ids``), and ``test_ids.csv`` when the
                split has a test part: the kept unit ids of each part of ``dataset.split``
                (:mod:`eochips.dataset.splits`: ``random``, seed 001; ``tile-ring``, BigEarthNet v2)
-``stats``      ``stats.json``: per output band (the bands' recipe names, pooled over dates), mean,
-               population std, the 1.5 / 98.5 percentiles as seed 001's "min" / "max", the exact
-               minimum and maximum, nodata excluded, in one streaming pass over the image files
-               in their own dtypes (exact for 8/16-bit integers, float-safe otherwise:
-               :mod:`eochips.dataset.stats`); class weights (sklearn "balanced" ``N / (K * n_c)``
-               over the classes present, normalised to sum 1, 0 for class 0 and absent classes)
+``stats``      ``stats.json`` (version 2, :mod:`eochips.dataset.stats`): per chip channel in chip order
+               (:mod:`eochips.dataset.channels`: ``channels`` with band, step, dtype, nodata, scale,
+               offset, units) arrays ``mean``, population ``std``, exact ``minimum`` / ``maximum``,
+               ``count`` and ``percentiles`` (``dataset.percentiles``), of the stored values (raw DN,
+               scene DN offsets harmonised onto the profile's), nodata excluded, in one streaming
+               pass (exact for 8/16-bit integers, float-safe otherwise); the same pooled per band
+               over steps (``band_order``, ``band_stats``, ``bands``); the class table ``classes``
+               (id, name, colour, pixels, weight, background) and class weights (sklearn
+               "balanced" ``N / (K * n_c)`` over the classes present, normalised to sum 1, 0 for
+               class 0 and absent classes); sets ``Context.stats``
 ``plots``      ``class_distribution_{split}.png``: pixels per class
 ``tables``     the tables layouts ask for (seed 000's ``fmask_tracker.csv``)
 ``mosaic``     a mosaic recipe's ``{name}-cloudless.tif``, ``-cloudy.tif``, ``-source.tif`` (COGs assembled
@@ -134,22 +138,6 @@ FINALIZERS = Registry("finalizer")
 register = FINALIZERS.register
 
 
-
-
-def class_weights(hist: dict[int, int], n_classes: int) -> list[float]:
-    """sklearn "balanced" weights over the classes present (class 0 excluded), normalised to
-    sum 1, as a list indexed by class id 0..n_classes (0 for class 0 and absent classes)."""
-    present = {c: n for c, n in hist.items() if c != 0 and n > 0}
-    w = [0.0] * (n_classes + 1)
-    if not present:
-        return w
-    total, k = sum(present.values()), len(present)
-    raw = {c: total / (k * n) for c, n in present.items()}
-    s = sum(raw.values())
-    for c, v in raw.items():
-        if c <= n_classes:
-            w[c] = v / s
-    return w
 
 
 @register("split")
@@ -287,71 +275,6 @@ def _read_image(store: OutputStore, rel: str, attempts: int = 3) -> tuple[np.nda
             last = exc
     raise OutputError(f"file {rel} of {store.location!r} does not decode as a GeoTIFF after {attempts} reads "
                       f"({error_text(last)}); check the object, then rerun 'eochips finalize'")
-
-
-@register("stats")
-def _stats(ctx: Context) -> None:
-    from .stats import BandStatistics
-
-    r = ctx.plan.recipe
-    store = ctx.store
-    ids = ctx.train if r.dataset.stats_on == "train" else ctx.kept
-    bs = BandStatistics()
-    hist_total: dict[int, int] = {}
-    for cid in ids:
-        rec = ctx.records[cid]
-        for rel in _image_files(rec):
-            arr, descriptions, nodatas = _read_image(store, rel)
-            for i, desc in enumerate(descriptions):
-                bs.add((desc or f"band{i + 1}").split("@")[0], arr[i], nodatas[i])
-        for c, n in rec["metrics"].get("label_hist", {}).items():
-            hist_total[int(c)] = hist_total.get(int(c), 0) + int(n)
-    names = class_names(r)
-    n_classes = max([*names, *hist_total, 0])
-    lo, hi = r.dataset.percentiles
-    bands = {}
-    for name, res in bs.result((lo, hi)).items():
-        if res["count"]:
-            pct = res["percentiles"]
-            bands[name] = {"mean": res["mean"], "std": res["std"], "min": list(pct.values())[0], "max": list(pct.values())[1],
-                           "count": res["count"], "minimum": res["minimum"], "maximum": res["maximum"],
-                           "percentiles": pct, "exact": res["exact"]}
-    stats = {
-        "computed_on": r.dataset.stats_on, "chips": len(ids), "bands": bands,
-        "note": "min/max are the percentiles of dataset.percentiles (seed 001's names); minimum/maximum are exact; "
-                "values are in the files' own encoding (raw DN, see each file's scale/offset)",
-        "class_weights": class_weights(hist_total, n_classes) if r.labels else None,
-        "class_pixels": {str(k): v for k, v in sorted(hist_total.items())},
-    }
-    if r.labels is not None and r.labels.table:  # codes (CLC) with a multi-label table: weights per class name
-        stats["code_pixels"] = stats["class_pixels"]
-        stats.update(multilabel_stats([ctx.records[c]["metrics"].get("label_hist", {}) for c in ids], r.labels.table))
-    store.write_text("stats.json", json.dumps(stats, indent=2))
-
-
-def multilabel_stats(hists: list[dict], table: str) -> dict[str, Any]:
-    """Class statistics of a multi-label table (``labels.table``, e.g. ``clc-19``) over units' code
-    histograms (``stats.json`` keeps the pixels per code as ``code_pixels``): ``class_weights`` and
-    ``class_pixels`` keyed by class name (UNLABELED codes and the
-    fill left out; the weights are the balanced ones of :func:`class_weights` over the names' pixels)
-    and ``label_units`` (units holding each name: the multi-label frequency), names in table order."""
-    from ..labels.tables import MULTI_LABEL_TABLES
-
-    names_of, _ = MULTI_LABEL_TABLES[table]
-    order = list(dict.fromkeys(names_of.values()))
-    pixels = dict.fromkeys(order, 0)
-    units = dict.fromkeys(order, 0)
-    for h in hists:
-        present = set()
-        for c, n in h.items():
-            name = names_of.get(int(c))
-            if name is not None and int(n):
-                pixels[name] += int(n)
-                present.add(name)
-        for name in present:
-            units[name] += 1
-    w = class_weights({i + 1: pixels[nm] for i, nm in enumerate(order)}, len(order))
-    return {"class_weights": {nm: w[i + 1] for i, nm in enumerate(order)}, "class_pixels": pixels, "label_units": units}
 
 
 @register("plots")
@@ -570,5 +493,6 @@ def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> N
 from . import bigearthnet as _bigearthnet  # noqa: E402,F401 - registers the "bigearthnet" finalizer
 from . import mosaic as _mosaic  # noqa: E402,F401 - registers the "mosaic" finalizer
 from . import archive as _archive  # noqa: E402,F401 - registers the "archive" finalizer
+from .stats import class_weights, multilabel_stats  # noqa: E402,F401 - registers "stats"; both stay importable from here
 
 assert set(FINALIZERS) == set(FINALIZER_NAMES), "every finalizer name of the config has a function"

@@ -1,4 +1,10 @@
-"""Streaming, float-safe per-band statistics for the dataset finaliser.
+"""Streaming, float-safe per-band statistics, and the ``stats`` finalizer (``stats.json`` version 2).
+
+``stats.json`` (:func:`dataset_stats`; contract of issue 14): per chip channel in chip order
+(:mod:`eochips.dataset.channels`) arrays of mean, population std, exact minimum / maximum,
+count and the ``dataset.percentiles``, of the stored values (raw DN, scene DN offsets
+harmonised, below), ready for ``torchvision.transforms.Normalize(mean, std)``; the same pooled
+per band over steps (seed 001's rule); the class table (:func:`class_table`) and weights.
 
 The finaliser reads the chip files of a dataset one at a time (tens of thousands of them)
 and needs, per output band, pooled over every chip and every date: count, mean, population
@@ -61,6 +67,20 @@ Mean and std are exact to float64 rounding on both paths. Count, min, max, ``non
 the histogram, and so the percentiles, are independent of the order in which values are added
 or merged; mean and std agree to float64 rounding (Chan's update is not associative bit for bit).
 
+Harmonised DN offsets
+---------------------
+A file's declared offset may include its scene's DN offset (Sentinel-2 L2A from processing
+baseline 04.00 on: DN = 10000 * reflectance + 1000, declared as ``offset = -0.1`` with scale
+1e-4; :func:`eochips.writers.layouts._offsets`). Pooling raw DN of scenes on both sides of
+such a change would mix two scales. :meth:`RunningStats.add` therefore takes a ``shift`` in DN
+(``(file offset - base offset) / scale``, :func:`eochips.dataset.channels.dn_shift`) that is
+added to every kept value, so all values pool on the DN scale of the profile's base offset
+(physical = DN * scale + base offset). On the exact path the shift must be an integer: the
+values added with each shift keep their own 65536-bin histogram, and results come from their
+sum laid out on the shifted axis, so everything stays exact (memory: 512 KiB per distinct
+shift, usually one or two). On the float path the shift is added in float64 before anything
+is accumulated.
+
 Exclusions
 ----------
 Pixels equal to ``nodata`` are excluded (GDAL's rule: for a float band the nodata value is
@@ -73,6 +93,7 @@ same band of every date under one name, so dates are pooled.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Sequence
@@ -82,7 +103,8 @@ import numpy as np
 
 from ..errors import RecipeError
 
-__all__ = ["RunningStats", "BandStatistics", "DEFAULT_PERCENTILES", "FLOAT_REL_ERROR"]
+__all__ = ["RunningStats", "BandStatistics", "DEFAULT_PERCENTILES", "FLOAT_REL_ERROR", "STATS_VERSION", "class_weights",
+           "multilabel_stats", "class_table", "dataset_stats"]
 
 DEFAULT_PERCENTILES = (1.5, 98.5)
 #: Relative error bound of a float-path percentile: one bin (2**-9) plus float32 rounding.
@@ -190,6 +212,7 @@ class RunningStats:
         self.exact = self.dtype.kind in "iu" and self.dtype.itemsize <= 2
         self._offset = _SIGNED_OFFSET if self.dtype.kind == "i" else 0
         self._hist = np.zeros(_EXACT_BINS if self.exact else _FLOAT_BINS, dtype=np.int64)
+        self._shifted: dict[int, np.ndarray] = {}  # exact path: {DN shift: histogram of the raw values}
         self._nonfinite = 0
         # float path only: Chan et al.'s (count, mean, M2) of values - _shift, exact extremes
         self._count = 0
@@ -204,7 +227,7 @@ class RunningStats:
 
     # -- accumulating -------------------------------------------------------------------
 
-    def add(self, values: np.ndarray, nodata: float | None = None) -> None:
+    def add(self, values: np.ndarray, nodata: float | None = None, shift: float = 0) -> None:
         """Add the pixels of one chip (or one date of one chip).
 
         Parameters
@@ -217,12 +240,17 @@ class RunningStats:
             Pixels equal to it are excluded (compared in the band's dtype; a value the integer
             dtype cannot hold matches nothing). NaN excludes NaNs. For float bands NaN and
             +-inf are always excluded, and counted in ``nonfinite`` unless they are nodata.
+        shift : float
+            Added to every kept value (after the nodata test on the raw values), in the band's
+            units: the DN offset that puts this file on the profile's base DN scale (module
+            docstring, "Harmonised DN offsets"). An integer on the exact path.
 
         Raises
         ------
         RecipeError
             ``values`` would lose values when converted to the accumulator's dtype (the message
-            names both dtypes), or ``nodata`` is not a real number.
+            names both dtypes), ``nodata`` is not a real number, or ``shift`` is not a finite
+            number (an integer on the exact path).
         """
         values = np.asarray(values)
         if not np.can_cast(values.dtype, self.dtype, casting="safe"):
@@ -230,18 +258,33 @@ class RunningStats:
                               f"without losing values; expected a dtype that converts safely to {self.dtype}")
         if nodata is not None and (isinstance(nodata, bool) or not isinstance(nodata, numbers.Real)):
             raise RecipeError(f"nodata {nodata!r}: expected a number, NaN or None")
+        shift = self._check_shift(shift)
         values = values.astype(self.dtype, copy=False).ravel()
         values = values[self._keep(values, nodata)]
         if values.size == 0:
             return
         if self.exact:
-            self._hist += np.bincount(values.astype(np.int64) + self._offset, minlength=_EXACT_BINS)
+            hist = self._hist if shift == 0 else self._shifted.setdefault(int(shift), np.zeros(_EXACT_BINS, np.int64))
+            hist += np.bincount(values.astype(np.int64) + self._offset, minlength=_EXACT_BINS)
             return
+        if shift:
+            values = values.astype(np.float64) + shift
         shift = self._shift if self._count else float(values[0])
         x = values.astype(np.float64) - shift
         mean = float(x.mean())
         self._combine(x.size, shift, mean, float(np.square(x - mean).sum()), values.min(), values.max())
         self._hist += np.bincount(_float32_keys(values) >> _KEY_SHIFT, minlength=_FLOAT_BINS)
+
+    def _check_shift(self, shift: float) -> float:
+        """``shift`` as an int (exact path) or float; raise RecipeError for anything else."""
+        if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not math.isfinite(float(shift)):
+            raise RecipeError(f"shift {shift!r}: expected a finite number of DN")
+        if self.exact:
+            if not float(shift).is_integer():
+                raise RecipeError(f"shift {shift!r}: a {self.dtype} band is shifted by whole DN only; "
+                                  f"expected an integer (round the DN offset)")
+            return int(shift)
+        return float(shift)
 
     def _keep(self, values: np.ndarray, nodata: float | None) -> np.ndarray:
         """Boolean mask of the pixels to keep; counts the excluded non-finite ones."""
@@ -303,21 +346,36 @@ class RunningStats:
             raise RecipeError(f"cannot merge a {other.dtype} accumulator into a {self.dtype} one; "
                               f"expected dtype {self.dtype}")
         self._hist += other._hist
+        for k, h in other._shifted.items():
+            self._shifted.setdefault(k, np.zeros(_EXACT_BINS, np.int64))
+            self._shifted[k] += h
         self._nonfinite += other._nonfinite
         self._combine(other._count, other._shift, other._mean, other._m2, other._min, other._max)
 
     # -- results --------------------------------------------------------------------------
+
+    def _exact_hist(self) -> tuple[np.ndarray, int]:
+        """Exact path: the histogram of every value added, shifts applied, and its offset
+        (bin ``j`` holds the value ``j - offset``)."""
+        if not self._shifted:
+            return self._hist, self._offset
+        lo, hi = min(0, *self._shifted), max(0, *self._shifted)
+        out = np.zeros(_EXACT_BINS + hi - lo, dtype=np.int64)
+        for s, h in ((0, self._hist), *self._shifted.items()):
+            out[s - lo: s - lo + _EXACT_BINS] += h
+        return out, self._offset - lo
 
     def _moments(self) -> tuple[int, float, float, float, float]:
         """count, mean, population std, min, max (zeros when nothing was kept)."""
         if not self.exact:
             n = self._count
             return n, self._shift + self._mean, math.sqrt(self._m2 / n) if n else 0.0, self._min, self._max
-        bins = np.flatnonzero(self._hist)
+        hist, offset = self._exact_hist()
+        bins = np.flatnonzero(hist)
         if bins.size == 0:
             return 0, 0.0, 0.0, 0.0, 0.0
-        counts = self._hist[bins].tolist()
-        vals = (bins - self._offset).tolist()
+        counts = hist[bins].tolist()
+        vals = (bins - offset).tolist()
         n = sum(counts)
         s1 = sum(c * v for c, v in zip(counts, vals))
         s2 = sum(c * v * v for c, v in zip(counts, vals))
@@ -332,10 +390,12 @@ class RunningStats:
         and max), the j-th at ``j / (c - 1)`` of it, a lone value at the bin's middle; ranks 0
         and ``n - 1`` are the exact min and max; the zero bin is exactly zero.
         """
+        if self.exact:
+            hist, offset = self._exact_hist()
+            bins = np.searchsorted(np.cumsum(hist), ranks, side="right")
+            return (bins - offset).astype(np.float64)
         cum = np.cumsum(self._hist)
         bins = np.searchsorted(cum, ranks, side="right")
-        if self.exact:
-            return (bins - self._offset).astype(np.float64)
         c = self._hist[bins]
         j = ranks - (cum[bins] - c)
         left = np.maximum(_bin_edge(bins), lo)
@@ -398,8 +458,12 @@ class BandStatistics:
     def __repr__(self) -> str:
         return f"BandStatistics({', '.join(f'{k}: {v.dtype}' for k, v in self._bands.items())})"
 
-    def add(self, name: str, values: np.ndarray, nodata: float | None = None) -> None:
-        """Add pixels of band ``name``; see :meth:`RunningStats.add`.
+    def __getitem__(self, name: str) -> RunningStats:
+        """The accumulator of band ``name`` (KeyError if nothing was added under it)."""
+        return self._bands[name]
+
+    def add(self, name: str, values: np.ndarray, nodata: float | None = None, shift: float = 0) -> None:
+        """Add pixels of band ``name``; see :meth:`RunningStats.add` (``shift``: DN offset).
 
         Raises
         ------
@@ -411,13 +475,13 @@ class BandStatistics:
         acc = self._bands.get(name)
         if acc is None:
             acc = RunningStats(values.dtype)
-            acc.add(values, nodata)
+            acc.add(values, nodata, shift)
             self._bands[name] = acc
             return
         if values.dtype != acc.dtype:
             raise RecipeError(f"band {name!r}: values of dtype {values.dtype}, but earlier values were "
                               f"{acc.dtype}; expected {acc.dtype}")
-        acc.add(values, nodata)
+        acc.add(values, nodata, shift)
 
     def merge(self, other: BandStatistics) -> None:
         """Add everything ``other`` has seen; its new names go last, in its order.
@@ -449,3 +513,207 @@ class BandStatistics:
         """
         _check_percentiles(percentiles)
         return {name: acc.result(percentiles) for name, acc in self._bands.items()}
+
+
+# -- the "stats" finalizer: stats.json version 2 -------------------------------------------
+
+STATS_VERSION = 2
+
+NOTE = ("statistics of the stored values of the {on} chips, nodata excluded: raw DN for integer bands "
+        "(physical = DN * scale + offset, per channel in 'channels'); a file whose offset carries its scene's DN "
+        "offset (Sentinel-2 processing baseline 04.00) is first shifted onto the profile's base offset, so every "
+        "chip pools on one DN scale (scene DN offsets harmonised). mean/std/minimum/maximum/count/percentiles are "
+        "per channel in chip order (torchvision.transforms.Normalize(mean, std) on the stored values); "
+        "percentiles are numpy's 'linear' percentiles of dataset.percentiles, minimum/maximum exact; band_stats "
+        "and bands pool each band over its steps (seed 001's rule), in band_order")
+
+
+def class_weights(hist: dict[int, int], n_classes: int) -> list[float]:
+    """Balanced class weights for a loss, indexed by class id.
+
+    sklearn's ``compute_class_weight("balanced")`` rule ``N / (K * n_c)`` over the ``K``
+    classes present (class 0, the background, excluded), normalised to sum 1.
+
+    Parameters
+    ----------
+    hist : dict
+        ``{class id: pixels}``.
+    n_classes : int
+        The largest class id; the list has ``n_classes + 1`` entries.
+
+    Returns
+    -------
+    list of float
+        Weight per class id 0..n_classes: 0 for class 0 and for absent classes.
+    """
+    present = {c: n for c, n in hist.items() if c != 0 and n > 0}
+    w = [0.0] * (n_classes + 1)
+    if not present:
+        return w
+    total, k = sum(present.values()), len(present)
+    raw = {c: total / (k * n) for c, n in present.items()}
+    s = sum(raw.values())
+    for c, v in raw.items():
+        if c <= n_classes:
+            w[c] = v / s
+    return w
+
+
+def multilabel_stats(hists: list[dict], table: str) -> dict[str, Any]:
+    """Class statistics of a multi-label table (``labels.table``, e.g. ``clc-19``) over units' code
+    histograms (``stats.json`` keeps the pixels per code as ``code_pixels``): ``class_weights`` and
+    ``class_pixels`` keyed by class name (UNLABELED codes and the
+    fill left out; the weights are the balanced ones of :func:`class_weights` over the names' pixels)
+    and ``label_units`` (units holding each name: the multi-label frequency), names in table order."""
+    from ..labels.tables import MULTI_LABEL_TABLES
+
+    names_of, _ = MULTI_LABEL_TABLES[table]
+    order = list(dict.fromkeys(names_of.values()))
+    pixels = dict.fromkeys(order, 0)
+    units = dict.fromkeys(order, 0)
+    for h in hists:
+        present = set()
+        for c, n in h.items():
+            name = names_of.get(int(c))
+            if name is not None and int(n):
+                pixels[name] += int(n)
+                present.add(name)
+        for name in present:
+            units[name] += 1
+    w = class_weights({i + 1: pixels[nm] for i, nm in enumerate(order)}, len(order))
+    return {"class_weights": {nm: w[i + 1] for i, nm in enumerate(order)}, "class_pixels": pixels, "label_units": units}
+
+
+def _hex(rgba: tuple[int, ...] | None) -> str | None:
+    return None if rgba is None else "#{:02x}{:02x}{:02x}".format(*rgba[:3])
+
+
+def class_table(recipe, hist: dict[int, int]) -> list[dict[str, Any]] | None:
+    """``stats.json`` ``classes``: one entry per class id 0..max of a class map.
+
+    Each entry: ``id``, ``name`` (:func:`eochips.plan.class_names`; ``"class {id}"`` when the
+    recipe names none), ``colour`` (``#rrggbb`` of the label file's colour table, which has no
+    alpha; None without one), ``pixels`` (over ``hist``), ``weight`` (:func:`class_weights`) and
+    ``background`` (True for class 0: pixels without a label, nodata of the class map, weight 0).
+    For a multi-label code table (``labels.table``) one entry per class name of the table
+    (``id`` 1.., ``codes``: the codes it groups, ``units``: units holding it), no colours.
+    None without labels.
+    """
+    from ..labels.tables import MULTI_LABEL_TABLES
+    from ..plan import class_names, label_spec
+
+    lab = recipe.labels
+    if lab is None:
+        return None
+    if lab.table:
+        names_of, _ = MULTI_LABEL_TABLES[lab.table]
+        ml = multilabel_stats([hist], lab.table)
+        order = list(ml["class_pixels"])
+        return [{"id": i + 1, "name": nm, "codes": sorted(c for c, n in names_of.items() if n == nm), "colour": None,
+                 "pixels": ml["class_pixels"][nm], "weight": ml["class_weights"][nm], "background": False}
+                for i, nm in enumerate(order)]
+    names = class_names(recipe)
+    cmap = dict(label_spec(recipe).colormap)
+    n = max([*names, *hist, 0])
+    w = class_weights(hist, n)
+    return [{"id": i, "name": names.get(i, f"class {i}"), "colour": _hex(cmap.get(i)), "pixels": int(hist.get(i, 0)),
+             "weight": w[i], "background": i == 0} for i in range(n + 1)]
+
+
+def _arrays(results: list[dict[str, Any]], qs: list[float]) -> dict[str, Any]:
+    """Per-accumulator results as arrays: mean, std, minimum, maximum, count, percentiles."""
+    keys = [_percentile_key(q) for q in qs]
+    out: dict[str, Any] = {k: [r[k] for r in results] for k in ("mean", "std", "minimum", "maximum", "count")}
+    out["percentiles"] = {k: [r["percentiles"][k] for r in results] for k in keys}
+    return out
+
+
+def dataset_stats(ctx) -> dict[str, Any]:
+    """The ``stats.json`` (version 2) of a dataset (contract in :mod:`eochips.dataset`).
+
+    One pass over the image files of the ``dataset.stats_on`` units (``train`` or ``all`` kept),
+    one :class:`RunningStats` per chip channel (:mod:`eochips.dataset.channels`; each file band
+    shifted onto its profile's base DN offset), pooled per band by merging the channels of the
+    band. Class pixels are the units' ``label_hist`` (the class maps' counts when built).
+
+    Raises
+    ------
+    OutputError
+        Two chips have different channels (order, names, dtypes, nodata, scale or offset: one
+        array of means cannot describe both; both units named), an image file does not decode,
+        or a file's offset is not whole DN from its profile's (:func:`~eochips.dataset.channels.dn_shift`).
+    """
+    from ..errors import OutputError
+    from . import image_files
+    from .channels import base_offsets, chip_channels, dn_shift, read_file, same_layout
+
+    r = ctx.plan.recipe
+    ids = ctx.train if r.dataset.stats_on == "train" else ctx.kept
+    qs = _check_percentiles(r.dataset.percentiles)
+    bases = base_offsets(ctx.plan)
+    accs: list[RunningStats] = []
+    layout: list | None = None
+    first = None
+    hist: dict[int, int] = {}
+    for cid in ids:
+        rec = ctx.records[cid]
+        bands = []
+        for rel in image_files(rec):
+            arr, fbs = read_file(ctx.store, rel)
+            for i, fb in enumerate(fbs):
+                pos = len(bands)
+                bands.append(fb)
+                if layout is None:
+                    accs.append(RunningStats(fb.dtype))
+                if pos >= len(accs) or np.dtype(fb.dtype) != accs[pos].dtype:
+                    continue  # not the first chip's channels: refused below
+                shift = dn_shift(fb.offset, bases.get(fb.band, fb.offset), fb.scale, fb.dtype, f"file {rel} band {i + 1} ({fb.band})")
+                accs[pos].add(arr[i], fb.nodata, shift)
+        chans, _ = chip_channels(bands, bases)
+        if layout is None:
+            layout, first = chans, cid
+        elif not same_layout(layout, chans):
+            show = lambda cs: ", ".join(f"{c.name} {c.dtype} x{c.scale:g}{c.offset:+g}" for c in cs)  # noqa: E731
+            raise OutputError(f"unit {cid}'s image files hold channels [{show(chans)}] but unit {first}'s hold "
+                              f"[{show(layout)}]; stats.json needs one channel order for every chip: rebuild the "
+                              f"odd unit(s) or give the recipe one layout")
+        for c, n in rec["metrics"].get("label_hist", {}).items():
+            hist[int(c)] = hist.get(int(c), 0) + int(n)
+    layout = layout or []
+    per_channel = [a.result(qs) for a in accs]
+    band_order = list(dict.fromkeys(c.band for c in layout))
+    pooled: dict[str, RunningStats] = {}
+    for c, a in zip(layout, accs):
+        pooled.setdefault(c.band, RunningStats(a.dtype)).merge(a)
+    per_band = [pooled[b].result(qs) for b in band_order]
+    stats: dict[str, Any] = {
+        "version": STATS_VERSION, "computed_on": r.dataset.stats_on, "chips": len(ids), "values": "stored",
+        "note": NOTE.format(on="training" if r.dataset.stats_on == "train" else "kept"),
+        "channels": [{**c.as_json(), "exact": res["exact"]} for c, res in zip(layout, per_channel)],
+        **_arrays(per_channel, qs),
+        "band_order": band_order,
+        "band_stats": _arrays(per_band, qs),
+        "bands": {b: {k: res[k] for k in ("mean", "std", "minimum", "maximum", "count", "percentiles", "exact")}
+                  for b, res in zip(band_order, per_band) if res["count"]},
+        "classes": class_table(r, hist),
+    }
+    if r.labels is None:
+        stats.update(class_weights=None, class_pixels={})
+    elif r.labels.table:  # codes (CLC) with a multi-label table: weights per class name
+        stats["code_pixels"] = {str(k): v for k, v in sorted(hist.items())}
+        stats.update(multilabel_stats([ctx.records[c]["metrics"].get("label_hist", {}) for c in ids], r.labels.table))
+    else:
+        names = [c["id"] for c in stats["classes"]]
+        stats.update(class_weights=class_weights(hist, max(names, default=0)),
+                     class_pixels={str(k): v for k, v in sorted(hist.items())})
+    return stats
+
+
+from . import register  # noqa: E402 - eochips.dataset imports this module after defining it
+
+
+@register("stats")
+def _stats(ctx) -> None:
+    """``stats.json`` (:func:`dataset_stats`); sets ``ctx.stats`` for the finalizers after it."""
+    ctx.stats = dataset_stats(ctx)
+    ctx.store.write_text("stats.json", json.dumps(ctx.stats, indent=2))

@@ -124,7 +124,8 @@ class LabelSpec:
     ``burn`` (vector labels): ``classes`` burns the class id of a polygon's ``class_field``
     value, ``value`` the value itself (an integer: the CORINE code). ``dtype`` is the class
     map's (``uint8`` or ``uint16``), ``fill`` the class of pixels no polygon covers, ``table``
-    a multi-label table (:data:`~eochips.labels.tables.MULTI_LABEL_TABLES`) or None.
+    a multi-label table (:data:`~eochips.labels.tables.MULTI_LABEL_TABLES`) or None, ``names``
+    the class names ``(id, name)`` a uint8 class map declares as its category names.
     """
 
     raster: str | None = None
@@ -138,11 +139,12 @@ class LabelSpec:
     dtype: str = "uint8"
     fill: int = 0
     table: str | None = None
+    names: tuple[tuple[int, str], ...] = ()
 
     def __repr__(self) -> str:
         # the fields added for CORINE labels appear only when set, so existing recipes keep their fingerprints
         names = ["raster", "reclass", "vector", "class_field", "classes", "colormap", "nodata_class"]
-        extra = {"burn": "classes", "dtype": "uint8", "fill": 0, "table": None}
+        extra = {"burn": "classes", "dtype": "uint8", "fill": 0, "table": None, "names": ()}
         names += [k for k, d in extra.items() if getattr(self, k) != d]
         return f"LabelSpec({', '.join(f'{k}={getattr(self, k)!r}' for k in names)})"
 

@@ -128,3 +128,69 @@ def write_cog(
         raise _disk_full_hint(exc, rel) from None
     store.publish(staged, rel)
     return digest
+
+
+AUX_SUFFIX = ".aux.xml"
+"""GDAL's PAM sidecar of a raster: ``{file}.aux.xml`` beside it (GDAL, QGIS and rasterio read it)."""
+
+# GDAL's RAT field types and usages (gdal.h: GDALRATFieldType, GDALRATFieldUsage)
+_GFT_INTEGER, _GFT_STRING = 0, 2
+_GFU_MINMAX, _GFU_NAME, _GFU_RED, _GFU_GREEN, _GFU_BLUE = 5, 2, 6, 7, 8
+
+
+def category_sidecar(names: Mapping[int, str], colours: Mapping[int, tuple[int, ...]]) -> bytes:
+    """GDAL PAM XML (``.aux.xml``) declaring band 1's category names and a thematic RAT.
+
+    GeoTIFF has no tag for category names or a raster attribute table: GDAL's GTiff and COG
+    drivers keep both in the PAM sidecar ``{file}.aux.xml`` (GDAL raster data model, "Category
+    names" and "Raster Attribute Table"; the layout of ``gcore/gdalpamrasterband.cpp`` and
+    ``gcore/gdal_rat.cpp``: ``<CategoryNames><Category>``, ``<GDALRasterAttributeTable
+    tableType="thematic">`` with ``<FieldDefn>`` type/usage codes and ``<Row><F>``). ``gdalinfo``
+    shows them as ``categories`` and ``rat``; QGIS reads both.
+
+    Parameters
+    ----------
+    names : mapping
+        Class id -> name; category ``i`` is class id ``i`` (ids without a name get ``""``).
+    colours : mapping
+        Class id -> ``(r, g, b[, a])`` 0..255, the RAT's Red/Green/Blue columns (0 when absent).
+
+    Returns
+    -------
+    bytes
+        UTF-8 XML, the same bytes for the same input.
+    """
+    from xml.sax.saxutils import escape
+
+    n = max([*names, *colours, 0]) + 1
+    cats = "".join(f"      <Category>{escape(names.get(i, ''))}</Category>\n" for i in range(n))
+    fields = [("Value", _GFT_INTEGER, _GFU_MINMAX), ("Class_Name", _GFT_STRING, _GFU_NAME),
+              ("Red", _GFT_INTEGER, _GFU_RED), ("Green", _GFT_INTEGER, _GFU_GREEN), ("Blue", _GFT_INTEGER, _GFU_BLUE)]
+    defs = "".join(f'      <FieldDefn index="{i}">\n        <Name>{nm}</Name>\n        <Type>{t}</Type>\n'
+                   f"        <Usage>{u}</Usage>\n      </FieldDefn>\n" for i, (nm, t, u) in enumerate(fields))
+    rows = []
+    for i, c in enumerate(sorted(names)):
+        r, g, b = (tuple(colours[c])[:3] if c in colours else (0, 0, 0))
+        rows.append(f'      <Row index="{i}">\n' + "".join(f"        <F>{escape(str(v))}</F>\n" for v in (c, names[c], r, g, b))
+                    + "      </Row>\n")
+    xml = ('<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n' + cats + "    </CategoryNames>\n"
+           '    <GDALRasterAttributeTable tableType="thematic">\n' + defs + "".join(rows)
+           + "    </GDALRasterAttributeTable>\n  </PAMRasterBand>\n</PAMDataset>\n")
+    return xml.encode("utf-8")
+
+
+def write_category_sidecar(store: OutputStore, rel: str, names: Mapping[int, str],
+                           colours: Mapping[int, tuple[int, ...]]) -> tuple[str, str]:
+    """Write ``{rel}.aux.xml`` (:func:`category_sidecar`) atomically; return ``(path, sha256)``.
+
+    Raises
+    ------
+    OutputError
+        The file cannot be written.
+    """
+    import hashlib
+
+    data = category_sidecar(names, colours)
+    aux = rel + AUX_SUFFIX
+    store.write_bytes(aux, data)
+    return aux, hashlib.sha256(data).hexdigest()

@@ -5,7 +5,8 @@ kind                   files (relative to the dataset folder)
 =====================  =====================================================================
 ``seed-001``           ``chips/{unit}_merged.tif`` every band x step of the source, time-major
                        (``t0.b0, t0.b1, ..., t1.b0, ...``); ``chips/{unit}.mask.tif`` class map
-                       with colours; ``chips/{unit}_Fmask.tif`` raw QA per step (seed 001)
+                       with colours (and ``.mask.tif.aux.xml``: category names, see
+                       :func:`write_labels`); ``chips/{unit}_Fmask.tif`` raw QA per step (seed 001)
 ``seed-000-cmask``     ``chips/{unit}_{i}_cmask.tif`` per step i: 1 where a chosen Fmask bit is
                        set, 0 clear, 255 fill (seed 000); rows for the ``fmask_tracker.csv`` table
 ``per-band``           one file per band and step: ``{path}/{name}`` templates
@@ -32,7 +33,7 @@ from .. import failpoints
 from ..config import is_nan
 from ..errors import RecipeError
 from ..registry import Registry
-from .cog import write_cog
+from .cog import AUX_SUFFIX, write_category_sidecar, write_cog
 from .store import OutputStore, check_relative, safe_name
 
 CHIPS_DIR = "chips"
@@ -44,7 +45,7 @@ get_layout = LAYOUTS.lookup
 
 def write_layouts(task, data) -> tuple[dict[str, str], dict[str, Any]]:
     """Write every layout of a kept unit; return ``({path: sha256}, extra metrics)``; the
-    metrics hold ``file_roles`` (``image``, ``labels``, ``qa``, ``mask``, ``overview`` per path)
+    metrics hold ``file_roles`` (``image``, ``labels``, ``labels-aux``, ``qa``, ``mask``, ``index``, ``overview`` per path)
     and ``file_order`` (the paths in the order the layouts wrote them: a unit's ``image`` files in
     this order, each file's bands in order, are the chip's channels, ``(channel, y, x)``)."""
     store = OutputStore(task.out)
@@ -104,16 +105,45 @@ def common_fill(bands, where: str) -> float | None:
     return float("nan") if fill == "nan" else fill
 
 
+BACKGROUND_NOTE = ("class 0 is nodata/background: pixels no label covers (not a class to learn; weight 0 in stats.json); "
+                   "the colour table has no alpha, class 0 is drawn black")
+
+
 def write_labels(data, store: OutputStore, rel: str, common: dict) -> dict[str, str]:
-    """The unit's class map as a single-band COG: uint8 with the class colours (if any), or a
-    uint16 map of codes (``labels.dtype: uint16``; BigEarthNet v2's reference maps: DEFLATE with
-    predictor 2 whatever ``output.compress`` says, no colour table)."""
+    """The unit's class map as a single-band COG; returns ``{path: sha256}`` of what it wrote.
+
+    A uint8 class map gets the class colours as its colour table with alpha 255 everywhere
+    (TIFF colour maps hold no alpha: GDAL reads 255 whatever was asked, so a "transparent"
+    class 0 would show opaque black without saying so), tags ``class_names`` (JSON
+    ``{"id": name}``), ``background_class`` (``0``) and ``background`` (:data:`BACKGROUND_NOTE`),
+    and, when the recipe names its classes, the PAM sidecar ``{rel}.aux.xml`` with the
+    category names and a thematic RAT (:func:`~eochips.writers.cog.category_sidecar`: GeoTIFF
+    has no place for them; role ``labels-aux``, hashed like every file). A uint16 map of codes
+    (``labels.dtype: uint16``; BigEarthNet v2's reference maps) is DEFLATE with predictor 2
+    whatever ``output.compress`` says, with no colour table or names.
+    """
+    import json
+
     spec = data.task.labels
     if data.labels.dtype == np.uint16:
         return {rel: write_cog(store, rel, data.labels, data.task.crs, data.task.transform,
                                **{**common, "compress": "deflate"})}
-    return {rel: write_cog(store, rel, data.labels, data.task.crs, data.task.transform,
-                           colormap=dict(spec.colormap) or None, **common)}
+    cmap = {c: (*tuple(rgba)[:3], 255) for c, rgba in spec.colormap}
+    names = dict(spec.names)
+    tags = {"background_class": "0", "background": BACKGROUND_NOTE}
+    if names:
+        tags["class_names"] = json.dumps({str(k): v for k, v in sorted(names.items())})
+    files = {rel: write_cog(store, rel, data.labels, data.task.crs, data.task.transform,
+                            colormap=cmap or None, tags=tags, **common)}
+    if names:
+        aux, digest = write_category_sidecar(store, rel, names, cmap)
+        files[aux] = digest
+    return files
+
+
+def label_roles(files: dict[str, str]) -> dict[str, str]:
+    """Roles of :func:`write_labels`' files: ``labels``, and ``labels-aux`` for the sidecar."""
+    return {k: ("labels-aux" if k.endswith(AUX_SUFFIX) else "labels") for k in files}
 
 
 @register("seed-001")
@@ -130,9 +160,11 @@ def seed_001(cfg, data, store: OutputStore, common: dict) -> tuple[dict[str, str
                             offsets=_offsets(lay), tags={"scene_ids": ",".join(s.scenes[0].scene_id for s in lay.read.steps)},
                             **common)}
     failpoints.hit("chip:after-image")
+    roles = {rel: "image"}
     if data.labels is not None:
-        files.update(write_labels(data, store, f"{CHIPS_DIR}/{task.unit_id}.mask.tif", common))
-    roles = {k: ("image" if k.endswith("_merged.tif") else "labels") for k in files}
+        lab = write_labels(data, store, f"{CHIPS_DIR}/{task.unit_id}.mask.tif", common)
+        files.update(lab)
+        roles.update(label_roles(lab))
     if cfg.write_qa and lay.qa is not None:
         rel = f"{CHIPS_DIR}/{task.unit_id}_Fmask.tif"
         files[rel] = write_cog(store, rel, lay.qa, task.crs, task.transform, nodata=lay.read.qa.nodata,
@@ -199,7 +231,7 @@ def per_band(cfg, data, store: OutputStore, common: dict) -> tuple[dict[str, str
     if data.labels is not None and cfg.labels:
         lab = write_labels(data, store, _path(cfg, _fields(data), cfg.labels), common)
         files.update(lab)
-        roles.update({k: "labels" for k in lab})
+        roles.update(label_roles(lab))
     return files, {"file_roles": roles}
 
 
@@ -256,7 +288,7 @@ def stack(cfg, data, store: OutputStore, common: dict) -> tuple[dict[str, str], 
     if data.labels is not None and cfg.labels:
         lab = write_labels(data, store, _path(cfg, _fields(data, date=first.date), cfg.labels), common)
         files.update(lab)
-        roles.update({k: "labels" for k in lab})
+        roles.update(label_roles(lab))
     return files, {"file_roles": roles}
 
 
