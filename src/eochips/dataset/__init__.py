@@ -9,7 +9,9 @@ finalizer      writes (at the dataset root)
                bad %, mask fractions, label histogram), file names, roles and sha256
 ``split``      ``train_ids.csv`` / ``val_ids.csv`` (column ``ids``), and ``test_ids.csv`` when the
                split has a test part: the kept unit ids of each part of ``dataset.split``
-               (:mod:`eochips.dataset.splits`: ``random``, seed 001; ``tile-ring``, BigEarthNet v2)
+               (:mod:`eochips.dataset.splits`: ``random``, seed 001; ``tile-ring``, BigEarthNet v2;
+               ``spatial-blocks``), and ``summary["split"]``: part sizes, excluded units, the leak
+               check per part pair (:mod:`eochips.dataset.leaks`)
 ``stats``      ``stats.json``: per output band (the bands' recipe names, pooled over dates), mean,
                population std, the 1.5 / 98.5 percentiles as seed 001's "min" / "max", the exact
                minimum and maximum, nodata excluded, in one streaming pass over the image files
@@ -153,10 +155,9 @@ def class_weights(hist: dict[int, int], n_classes: int) -> list[float]:
 
 @register("split")
 def _split(ctx: Context) -> None:
-    ctx.store.write_text("train_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.train))
-    ctx.store.write_text("val_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.val))
-    if has_test_part(ctx.plan.recipe.dataset.split):
-        ctx.store.write_text("test_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.test))
+    from .splits import write_split
+
+    write_split(ctx)
 
 
 def _index_rows(ctx: Context) -> list[dict[str, Any]]:
@@ -514,6 +515,7 @@ def _finalize(store: OutputStore) -> dict[str, Any]:
     kept = sorted(cid for cid, rec in records.items() if rec["status"] == "kept")
     parts = make_split(kept, r.dataset.split, plan)
     ctx = Context(store, plan, records, kept, parts.train, parts.validation, parts.test)
+    ctx.excluded = parts.excluded
     ctx.hashes = hashes
     ctx.rows = _index_rows(ctx)
     ctx.summary = summarize(ctx)
