@@ -231,11 +231,11 @@ def check_blocks(cfg, plan, ids: list[str]) -> None:
         seen.add(key)
         crs = g.crs
         if crs.geographic or tuple(crs.units) != ("metre", "metre"):
-            raise RecipeError(f"dataset.split.kind: spatial-blocks needs a projected grid CRS in metres; grid {up.unit.grid} "
+            raise RecipeError(f"recipe field 'dataset.split.kind': spatial-blocks needs a projected grid CRS in metres; grid {up.unit.grid} "
                               f"is {crs_name(crs)} ({', '.join(crs.units)}); set grid.crs to a UTM or equal-area CRS "
                               f"or use dataset.split.kind: random")
         if g.affine.b or g.affine.d:
-            raise RecipeError(f"dataset.split.kind: spatial-blocks needs a north-up grid; grid {up.unit.grid} is rotated "
+            raise RecipeError(f"recipe field 'dataset.split.kind': spatial-blocks needs a north-up grid; grid {up.unit.grid} is rotated "
                               f"({tuple(g.affine)[:6]}); use dataset.split.kind: random")
         for side in sorted({key[1], key[2]}):
             k = b / side
