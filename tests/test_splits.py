@@ -322,3 +322,65 @@ def test_crop_spatial_blocks_and_random_leaks(crop_blocks):
     want = _leaks(boxes, rnd, 0.0)
     assert want["train/validation"] == len(r.validation)  # every validation chip touches a train chip here too
     assert leak_report(plan, {"train": r.train, "validation": r.validation, "test": []}, 0.0)["leaks"] == want
+
+
+# --------------------------------------------------------------------------------------
+# two UTM zones (scene grids of neighbouring zones): compared after reprojection
+
+def _two_zone_plan():
+    """Two 10 x 10 grids of 32 px x 30 m units at 0 deg E, 50 deg N (the zones' common meridian), one
+    in UTM 30N, one in UTM 31N 5 units further east (half of it over the first), as a plan's
+    ``units`` and ``grids``."""
+    from types import SimpleNamespace
+
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from eochips.geo import Unit
+    from eochips.plan import UnitPlan
+
+    grids, units = [], []
+    for gi, (epsg, x0, y0) in enumerate(((32630, 710400.0, 5548800.0), (32631, 285120.0, 5548800.0))):
+        crs = f"EPSG:{epsg}"
+        grids.append(SimpleNamespace(gbox=GeoBox((320, 320), Affine(30, 0, x0, 0, -30, y0), crs)))
+        for r in range(10):
+            for c in range(10):
+                gb = GeoBox((32, 32), Affine(30, 0, x0 + c * CHIP_M, 0, -30, y0 - r * CHIP_M), crs)
+                units.append(UnitPlan(Unit(gi, r, c, gb), f"{'ab'[gi]}_{r}_{c}"))
+    return SimpleNamespace(units=units, grids=grids)
+
+
+def _in_utm30(plan) -> dict[str, shapely.Geometry]:
+    import shapely.geometry
+
+    """Every unit's footprint in EPSG:32630 (edges cut to 30 m by shapely, then rasterio.warp.transform_geom)."""
+    from rasterio.warp import transform_geom
+
+    out = {}
+    for up in plan.units:
+        box = shapely.box(*up.unit.gbox.boundingbox[:4])
+        crs = plan.grids[up.unit.grid].gbox.crs
+        out[up.id] = box if crs.epsg == 32630 else shapely.geometry.shape(
+            transform_geom(f"EPSG:{crs.epsg}", "EPSG:32630", shapely.geometry.mapping(shapely.segmentize(box, 30.0))))
+    return out
+
+
+def test_leaks_and_blocks_across_utm_zones():
+    from eochips.config.models import SpatialBlocksSplit
+    from eochips.dataset import make_split
+    from eochips.dataset.leaks import leak_report
+
+    plan = _two_zone_plan()
+    geo = _in_utm30(plan)
+    a = [u.id for u in plan.units if u.id.startswith("a")]
+    b = [u.id for u in plan.units if u.id.startswith("b")]
+    rep = leak_report(plan, {"train": a, "validation": b, "test": []}, 0.0)
+    want = sum(1 for v in b if any(geo[v].intersects(geo[t]) for t in a))
+    assert 0 < want < len(b) and rep["leaks"]["train/validation"] == want
+    cfg = SpatialBlocksSplit(kind="spatial-blocks", block_size_m=2880, buffer_m=500, seed=7, train_fraction=0.5)
+    s = make_split(sorted(a + b), cfg, plan)
+    assert {u[0] for u in s.train} == {u[0] for u in s.validation} == {"a", "b"} and s.excluded  # both zones in both parts
+    assert leak_report(plan, {"train": s.train, "validation": s.validation, "test": []}, 500.0)["leaks"]["train/validation"] == 0
+    # independently: every train / validation pair is >= 500 m apart in UTM 30N (to 1 m: two reprojections)
+    gaps = [geo[t].distance(geo[v]) for t in s.train for v in s.validation]
+    assert min(gaps) > 499.0
