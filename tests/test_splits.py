@@ -287,7 +287,7 @@ CROP_BLOCKS = {"kind": "spatial-blocks", "block_size_m": 1920, "buffer_m": 0, "s
 def crop_blocks(stac_api, cdl_raster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("crop")
     # any Fmask share (the default 3 dates drop all but 3 chips for clouds): the units the nodata rule keeps
-    data = crop_recipe(stac_api, cdl_raster, **{"dataset.split": CROP_BLOCKS, FMASK_RULE: 100})
+    data = crop_recipe(stac_api, cdl_raster, **{"dataset.split": CROP_BLOCKS, FMASK_RULE: 100, "engine.processes": False})
     out = tmp / "out"
     proc = run_cli("run", str(write_recipe(tmp / "crop.yaml", data)), "-o", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]

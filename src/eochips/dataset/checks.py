@@ -12,7 +12,8 @@ check                       when it fires                                       
 :func:`check_built`         ``eochips finalize`` on a folder whose plan was never built   2
 :func:`dataset_problems`    after finalisation: units were kept but the split gave 0      3
                             training units (so the statistics would be over 0 units;
-                            a spatial-blocks buffer may exclude every train unit), or more than ``dataset.max_drop_fraction`` (default 0.9) of
+                            a spatial-blocks buffer may exclude every train unit),
+                            or more than ``dataset.max_drop_fraction`` (default 0.9) of
                             the built units were dropped for ONE setup reason
 ==========================  ==========================================================  ======
 
