@@ -1,7 +1,8 @@
 """Splits and the leak check (issue 14 item 2): the demo (108 real Landsat chips of 32 px at 30 m)
 and the crop recipe (real HLS over Exeter, pgstac API) built with the random split and with
-spatial blocks; every expected value is computed here from the index's transforms (the units'
-boxes in their UTM CRS, numpy + shapely) and the recipe's grid origin, not read back from eochips.
+spatial blocks, plus two grids in neighbouring UTM zones; every expected value is computed here
+from the chip files' bounds (rasterio; the units' boxes in their UTM CRS), shapely and the recipe's
+grid origin, with the documented block rule written out again, not read back from eochips.
 """
 
 from __future__ import annotations
