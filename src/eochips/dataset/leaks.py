@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .splits import PARTS, crs_name
+from .splits import PARTS, footprints
 
 PAIRS = tuple((a, b) for i, a in enumerate(PARTS) for b in PARTS[i + 1:])
 """The part pairs, ``("train", "validation"), ("train", "test"), ("validation", "test")``."""
@@ -76,21 +76,17 @@ def near_pairs(plan, held: list[str], others: list[str], distance: float) -> lis
 
     if not held or not others:
         return []
-    by_id = {up.id: up for up in plan.units}
-    crs_of = {u: plan.grids[by_id[u].unit.grid].gbox.crs for u in [*held, *others]}
-    wkt = {crs_name(c): c.to_wkt() for c in crs_of.values()}
-    groups: dict[str, list[str]] = {}
-    for o in others:
-        groups.setdefault(crs_name(crs_of[o]), []).append(o)
+    hf, of = footprints(plan, held), footprints(plan, others)
     out: list[tuple[str, str]] = []
-    for name in sorted({crs_name(crs_of[u]) for u in held}):
-        mine = [u for u in held if crs_name(crs_of[u]) == name]
-        geoms = np.array([by_id[u].unit.polygon for u in mine], dtype=object)
+    for name in sorted(set(hf.crs)):
+        mine = hf.where(name)
+        geoms = hf.boxes[mine]
         region = shapely.box(*shapely.total_bounds(geoms))
         ids, theirs = [], []
-        for src in sorted(groups):
-            for i, g in near_in_crs([by_id[o].unit.polygon for o in groups[src]], wkt[src], wkt[name], region, distance):
-                ids.append(groups[src][i])
+        for src in sorted(set(of.crs)):
+            pos = of.where(src)
+            for i, g in near_in_crs(list(of.boxes[pos]), of.wkt[src], hf.wkt[name], region, distance):
+                ids.append(others[pos[i]])
                 theirs.append(g)
         if not theirs:
             continue
@@ -100,7 +96,7 @@ def near_pairs(plan, held: list[str], others: list[str], distance: float) -> lis
             continue
         a, b = geoms[hi], theirs_arr[oi]
         hit = shapely.intersects(a, b) | (shapely.distance(a, b) < distance)
-        out.extend((mine[i], ids[j]) for i, j in zip(hi[hit], oi[hit]))
+        out.extend((held[mine[i]], ids[j]) for i, j in zip(hi[hit], oi[hit]))
     return sorted(out)
 
 

@@ -207,6 +207,60 @@ def crs_name(crs) -> str:
     return f"EPSG:{crs.epsg}" if crs.epsg else crs.to_wkt()
 
 
+@dataclass(frozen=True)
+class Footprints:
+    """Units' footprints, made once for the split and the leak check (:func:`footprints`).
+
+    Attributes
+    ----------
+    ids : list of str
+        The unit ids, in the order given.
+    crs : list of str
+        Each unit's grid CRS (:func:`crs_name`).
+    boxes : numpy.ndarray
+        ``(n,)`` object array of shapely Polygons: each unit's box in its grid's CRS (metres).
+    origin : numpy.ndarray
+        ``(n, 2)`` float64: the top-left corner ``(x0, y0)`` of each unit's grid.
+    wkt : dict
+        CRS name -> its WKT.
+    """
+
+    ids: list[str]
+    crs: list[str]
+    boxes: Any
+    origin: Any
+    wkt: dict[str, str]
+
+    def where(self, name: str) -> list[int]:
+        """Positions of the units in CRS ``name``."""
+        return [i for i, c in enumerate(self.crs) if c == name]
+
+
+def footprints(plan, ids: list[str]) -> Footprints:
+    """The footprints of the units ``ids`` of ``plan``: the box of each unit's GeoBox from its affine
+    and shape (equal to ``unit.polygon`` for a north-up grid), made with one vectorised
+    ``shapely.box``; CRS names computed once per grid."""
+    import numpy as np
+    import shapely
+
+    by_id = {up.id: up for up in plan.units}
+    names = {gi: crs_name(g.gbox.crs) for gi, g in enumerate(plan.grids)}
+    wkt = {names[gi]: g.gbox.crs.to_wkt() for gi, g in enumerate(plan.grids)}
+    ext = np.empty((len(ids), 4))
+    origin = np.empty((len(ids), 2))
+    crs = []
+    for i, uid in enumerate(ids):
+        u = by_id[uid].unit
+        a, (h, w) = u.gbox.affine, u.gbox.shape
+        ext[i] = (a.c, a.f, a.c + w * a.a + h * a.b, a.f + w * a.d + h * a.e)
+        ga = plan.grids[u.grid].gbox.affine
+        origin[i] = (ga.c, ga.f)
+        crs.append(names[u.grid])
+    boxes = shapely.box(np.minimum(ext[:, 0], ext[:, 2]), np.minimum(ext[:, 1], ext[:, 3]),
+                        np.maximum(ext[:, 0], ext[:, 2]), np.maximum(ext[:, 1], ext[:, 3])) if len(ids) else np.array([], dtype=object)
+    return Footprints(list(ids), crs, boxes, origin, wkt)
+
+
 def check_blocks(cfg, plan, ids: list[str]) -> None:
     """Refuse a spatial-blocks split that cannot hold its rule on the units ``ids`` of ``plan``.
 
@@ -245,13 +299,18 @@ def check_blocks(cfg, plan, ids: list[str]) -> None:
                                   f"multiple of {side:g} m, e.g. {', '.join(f'{side * i:g}' for i in (2, 4, 8))} m")
 
 
-def block_of(plan, up, b: float) -> BlockKey:
-    """The block (side ``b`` metres) holding the centroid of unit ``up`` (a :class:`~eochips.plan.UnitPlan`)."""
-    g = plan.grids[up.unit.grid].gbox
-    x0, y0 = g.affine.c, g.affine.f
-    minx, miny, maxx, maxy = up.unit.gbox.boundingbox[:4]
-    cx, cy = (minx + maxx) / 2, (miny + maxy) / 2
-    return (crs_name(g.crs), x0, y0, int(math.floor((y0 - cy) / b)), int(math.floor((cx - x0) / b)))
+def blocks_of(fp: Footprints, b: float) -> list[BlockKey]:
+    """The block (side ``b`` metres, anchored at the unit's grid corner) holding each unit's centroid."""
+    import numpy as np
+    import shapely
+
+    if not fp.ids:
+        return []
+    bb = shapely.bounds(fp.boxes)
+    cx, cy = (bb[:, 0] + bb[:, 2]) / 2, (bb[:, 1] + bb[:, 3]) / 2
+    rows = np.floor((fp.origin[:, 1] - cy) / b).astype(int)
+    cols = np.floor((cx - fp.origin[:, 0]) / b).astype(int)
+    return [(c, float(x0), float(y0), int(r), int(k)) for c, (x0, y0), r, k in zip(fp.crs, fp.origin, rows, cols)]
 
 
 def block_polygon(key: BlockKey, b: float):
@@ -274,9 +333,8 @@ def assign_blocks(keys: set[BlockKey], seed: int, fractions: tuple[float, float,
     return {k: ("train" if i < k1 else "validation" if i < k2 else "test") for i, k in enumerate(order)}
 
 
-def near_other_part(plan, ids: list[str], part: dict[str, str], blocks: dict[BlockKey, str], b: float,
-                    distance: float) -> list[str]:
-    """The ids (of ``ids``, unit ``u`` in part ``part[u]``) whose footprint touches (or overlaps) a
+def near_other_part(fp: Footprints, part: list[str], blocks: dict[BlockKey, str], b: float, distance: float) -> list[str]:
+    """The ids of ``fp`` (unit ``i`` in part ``part[i]``) whose footprint touches (or overlaps) a
     block of another part (``blocks``: block -> part) or lies closer than ``distance`` metres to one.
 
     Computed in each unit's grid CRS with a shapely STRtree over the blocks; blocks in another CRS
@@ -292,20 +350,17 @@ def near_other_part(plan, ids: list[str], part: dict[str, str], blocks: dict[Blo
 
     from .leaks import near_in_crs
 
-    by_id = {up.id: up for up in plan.units}
-    crs_of = {u: plan.grids[by_id[u].unit.grid].gbox.crs for u in ids}
-    wkt = {crs_name(c): c.to_wkt() for c in crs_of.values()}
     by_crs: dict[str, list[BlockKey]] = {}
     for k in sorted(blocks):
         by_crs.setdefault(k[0], []).append(k)
     out: set[str] = set()
-    for name in sorted({crs_name(c) for c in crs_of.values()}):
-        mine = [u for u in ids if crs_name(crs_of[u]) == name]
-        geoms = np.array([by_id[u].unit.polygon for u in mine], dtype=object)
+    for name in sorted(set(fp.crs)):
+        mine = fp.where(name)
+        geoms = fp.boxes[mine]
         region = shapely.box(*shapely.total_bounds(geoms))
         keys, polys = [], []
         for src, ks in sorted(by_crs.items()):
-            for i, g in near_in_crs([block_polygon(k, b) for k in ks], wkt[src], wkt[name], region, distance):
+            for i, g in near_in_crs([block_polygon(k, b) for k in ks], fp.wkt[src], fp.wkt[name], region, distance):
                 keys.append(ks[i])
                 polys.append(g)
         arr = np.array(polys, dtype=object)
@@ -314,7 +369,7 @@ def near_other_part(plan, ids: list[str], part: dict[str, str], blocks: dict[Blo
             continue
         other = np.array([blocks[keys[j]] != part[mine[i]] for i, j in zip(ui, bi)], dtype=bool)
         hit = other & (shapely.intersects(geoms[ui], arr[bi]) | (shapely.distance(geoms[ui], arr[bi]) < distance))
-        out.update(mine[i] for i in ui[hit])
+        out.update(fp.ids[mine[i]] for i in ui[hit])
     return sorted(out)
 
 
@@ -340,19 +395,23 @@ def spatial_blocks(ids: list[str], cfg, plan) -> SplitIds:
     RecipeError
         :func:`check_blocks`.
     """
+    import numpy as np
+    import shapely
+
     check_blocks(cfg, plan, ids)
     b = float(cfg.block_size_m)
-    by_id = {up.id: up for up in plan.units}
-    block = {u: block_of(plan, by_id[u], b) for u in ids}
-    parts = assign_blocks(set(block.values()), cfg.seed, cfg.fractions)
-    part = {u: parts[block[u]] for u in ids}
-    for u in ids:  # the guarantee's premise (check_blocks makes it true on a grid's own lattice)
-        if not block_polygon(block[u], b).covers(by_id[u].unit.polygon):
-            raise RecipeError(f"recipe field 'dataset.split.block_size_m': unit {u} straddles two blocks of {b:g} m "
-                              f"(its grid's units do not start at whole units from the grid's corner); use a block size "
-                              f"that is a whole multiple of the units' size or dataset.split.kind: random")
-    excluded = set(near_other_part(plan, ids, part, parts, b, float(cfg.buffer_m)))
-    out = {p: [u for u in ids if part[u] == p and u not in excluded] for p in PARTS}
+    fp = footprints(plan, ids)
+    block = blocks_of(fp, b)
+    parts = assign_blocks(set(block), cfg.seed, cfg.fractions)
+    part = [parts[k] for k in block]
+    squares = np.array([block_polygon(k, b) for k in block], dtype=object)
+    outside = np.flatnonzero(~shapely.covers(squares, fp.boxes)) if ids else []
+    if len(outside):  # the guarantee's premise (check_blocks makes it true on a grid's own lattice)
+        raise RecipeError(f"recipe field 'dataset.split.block_size_m': unit {ids[outside[0]]} straddles two blocks of "
+                          f"{b:g} m (its grid's units do not start at whole units from the grid's corner); use a block "
+                          f"size that is a whole multiple of the units' size or dataset.split.kind: random")
+    excluded = set(near_other_part(fp, part, parts, b, float(cfg.buffer_m)))
+    out = {p: [u for u, q in zip(ids, part) if q == p and u not in excluded] for p in PARTS}
     return SplitIds(out["train"], out["validation"], out["test"], sorted(excluded))
 
 
@@ -380,8 +439,7 @@ def split_section(ctx) -> dict[str, Any]:
     if cfg.kind == "spatial-blocks":
         out["settings"]["validation_fraction"] = round(cfg.fractions[1], 12)
         b = float(cfg.block_size_m)
-        by_id = {up.id: up for up in ctx.plan.units}
-        drawn = assign_blocks({block_of(ctx.plan, by_id[u], b) for u in ctx.kept}, cfg.seed, cfg.fractions)
+        drawn = assign_blocks(set(blocks_of(footprints(ctx.plan, ctx.kept), b)), cfg.seed, cfg.fractions)
         out["blocks"] = {p: sum(1 for v in drawn.values() if v == p) for p in PARTS}  # the draw, before the buffer
     out.update(leak_report(ctx.plan, parts, leak_distance(cfg)))
     return out
