@@ -264,7 +264,7 @@ ERRORS = {
     "unknown key, layout": ({"output.layout": [{"kind": "seed-001", "sourc": "hls"}]},
         "recipe field 'output.layout.0.sourc': unknown key; valid keys: kind, source, write_qa"),
     "unknown key, split": ({"dataset.split.seeds": 1},
-        "recipe field 'dataset.split.seeds': unknown key; valid keys: kind, seed, train_fraction"),
+        "recipe field 'dataset.split.seeds': unknown key; valid keys: kind, seed, test_fraction, train_fraction"),
     "unknown key, search": ({"sources.hls.search.catalogue": "x.json"},
         "recipe field 'sources.hls.search.catalogue': unknown key; valid keys: auth, auth_hosts, catalog, cloud_cover, collections, "
         "date_pattern, datetime, filter, id_pattern, max_items, max_retries, page_size, sortby"),
@@ -288,7 +288,7 @@ ERRORS = {
     "unknown layout kind": ({"output.layout": [{"kind": "zarr"}]},
         f"recipe field 'output.layout.0.kind': unknown kind 'zarr'; valid: {KINDS['layouts']}"),
     "unknown split kind": ({"dataset.split.kind": "spatial"},
-        "recipe field 'dataset.split.kind': unknown kind 'spatial'; valid: random, tile-ring"),
+        "recipe field 'dataset.split.kind': unknown kind 'spatial'; valid: random, spatial-blocks, tile-ring"),
     "missing kind": ({"sources.hls.selection": {"min_scenes": 3}}, "recipe field 'sources.hls.selection': needs a 'kind'"),
     # missing required fields
     "missing grid path": ({"grid": {"kind": "label-raster"}}, "recipe field 'grid.path': required but missing"),
@@ -431,7 +431,7 @@ def test_model_kinds_match_the_registries():
              "filters": (m.Filter, FILTERS), "layouts": (m.Layout, LAYOUTS)}
     for name, (union, registry) in pairs.items():
         assert kinds(union) == set(registry) == set(KINDS[name].split(", ")), name
-    assert kinds(m.Split) == set(SPLITS) == {"random", "tile-ring"}
+    assert kinds(m.Split) == set(SPLITS) == {"random", "tile-ring", "spatial-blocks"}
     assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest",
                                                     "bigearthnet", "archive"}
     assert m.DatasetConfig().finalizers == list(m.DEFAULT_FINALIZERS) == ["index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest"]

@@ -1020,11 +1020,22 @@ class OutputConfig(_Model):
 # dataset
 
 class RandomSplit(_Model):
-    """Seed 001: sort ids, shuffle with ``random.Random(seed)``, first ``int(train_fraction * n)`` train."""
+    """Seed 001: sort ids, shuffle with ``random.Random(seed)``, first ``int(train_fraction * n)`` train,
+    the last ``int(test_fraction * n)`` test (none by default: seed 001's split), the rest validation."""
 
     kind: Literal["random"] = "random"
     seed: int = 42
     train_fraction: float = Field(0.8, gt=0, lt=1)
+    test_fraction: float = Field(0, ge=0, lt=1, description=(
+        "Share of the kept units in a test part (the last int(test_fraction * n) of the shuffled order); "
+        "0: no test part (seed 001)."))
+
+    @model_validator(mode="after")
+    def _room_for_validation(self):
+        if self.train_fraction + self.test_fraction >= 1:
+            raise ValueError(f"train_fraction {self.train_fraction:g} + test_fraction {self.test_fraction:g} must be < 1 "
+                             f"(the rest is the validation part); lower one of them")
+        return self
 
 
 class TileRingSplit(_Model):
@@ -1036,7 +1047,47 @@ class TileRingSplit(_Model):
     tile_size_m: float = Field(109800, gt=0, description="Side of the tile square (metres; a Sentinel-2 tile: 109,800).")
 
 
-Split = Annotated[Union[RandomSplit, TileRingSplit], Field(discriminator="kind")]
+class SpatialBlocksSplit(_Model):
+    """Square blocks of ``block_size_m`` anchored at each unit's grid origin (the grid's top-left
+    corner, in the grid's CRS: metres; a geographic CRS is refused), each assigned to train /
+    validation / test by a seeded shuffle of the sorted block keys; a unit goes to the block holding
+    its centroid. A unit closer than ``buffer_m`` to a block of another part (or touching one, with
+    ``buffer_m: 0``) is excluded (kept on disk, split null, counted). ``block_size_m`` must be a whole
+    multiple of the units' size, so every unit lies inside its block: 0 leaks by construction
+    (:mod:`eochips.dataset.splits`)."""
+
+    kind: Literal["spatial-blocks"]
+    block_size_m: float = Field(..., gt=0, description=(
+        "Side of a block (metres, the grid CRS); a whole multiple of the unit size (units.size x resolution, or units.size_m)."))
+    buffer_m: float = Field(0, ge=0, description=(
+        "Units closer than this to a block of another part are excluded; 0 excludes units touching one."))
+    seed: int = 42
+    train_fraction: float = Field(0.8, gt=0, le=1, description="Share of the blocks in train (rounded to whole blocks).")
+    validation_fraction: float | None = Field(None, ge=0, le=1, description=(
+        "Share of the blocks in validation; default 1 - train_fraction - test_fraction."))
+    test_fraction: float = Field(0, ge=0, lt=1, description="Share of the blocks in test; 0: no test part.")
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        total = self.train_fraction + (self.validation_fraction or 0.0) + self.test_fraction
+        given = "train_fraction + validation_fraction + test_fraction"
+        if self.validation_fraction is None:
+            if self.train_fraction + self.test_fraction >= 1:
+                raise ValueError(f"train_fraction {self.train_fraction:g} + test_fraction {self.test_fraction:g} must be < 1 "
+                                 f"(the rest is the validation part); lower one of them or set validation_fraction")
+        elif abs(total - 1) > 1e-9:
+            raise ValueError(f"{given} = {self.train_fraction:g} + {self.validation_fraction:g} + "
+                             f"{self.test_fraction:g} = {total:g}; they must sum to 1")
+        return self
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        """``(train, validation, test)`` shares of the blocks (validation filled in)."""
+        val = self.validation_fraction if self.validation_fraction is not None else 1.0 - self.train_fraction - self.test_fraction
+        return self.train_fraction, val, self.test_fraction
+
+
+Split = Annotated[Union[RandomSplit, TileRingSplit, SpatialBlocksSplit], Field(discriminator="kind")]
 DEFAULT_FINALIZERS = ("index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest")
 """The finalizers a recipe runs when ``dataset.finalizers`` is not given."""
 FINALIZERS = (*DEFAULT_FINALIZERS, "bigearthnet", "archive")

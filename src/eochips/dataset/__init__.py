@@ -9,7 +9,9 @@ finalizer      writes (at the dataset root)
                bad %, mask fractions, label histogram), file names, roles and sha256
 ``split``      ``train_ids.csv`` / ``val_ids.csv`` (column ``ids``), and ``test_ids.csv`` when the
                split has a test part: the kept unit ids of each part of ``dataset.split``
-               (:mod:`eochips.dataset.splits`: ``random``, seed 001; ``tile-ring``, BigEarthNet v2)
+               (:mod:`eochips.dataset.splits`: ``random``, seed 001; ``tile-ring``, BigEarthNet v2;
+               ``spatial-blocks``), and ``summary["split"]``: part sizes, excluded units, the leak
+               check per part pair (:mod:`eochips.dataset.leaks`)
 ``stats``      ``stats.json`` (version 2, :mod:`eochips.dataset.stats`): per chip channel in chip order
                (:mod:`eochips.dataset.channels`: ``channels`` with band, step, dtype, nodata, scale,
                offset, units) arrays ``mean``, population ``std``, exact ``minimum`` / ``maximum``,
@@ -142,10 +144,9 @@ register = FINALIZERS.register
 
 @register("split")
 def _split(ctx: Context) -> None:
-    ctx.store.write_text("train_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.train))
-    ctx.store.write_text("val_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.val))
-    if has_test_part(ctx.plan.recipe.dataset.split):
-        ctx.store.write_text("test_ids.csv", "ids\n" + "".join(f"{c}\n" for c in ctx.test))
+    from .splits import write_split
+
+    write_split(ctx)
 
 
 def _index_rows(ctx: Context) -> list[dict[str, Any]]:
@@ -438,6 +439,7 @@ def _finalize(store: OutputStore) -> dict[str, Any]:
     kept = sorted(cid for cid, rec in records.items() if rec["status"] == "kept")
     parts = make_split(kept, r.dataset.split, plan)
     ctx = Context(store, plan, records, kept, parts.train, parts.validation, parts.test)
+    ctx.excluded = parts.excluded
     ctx.hashes = hashes
     ctx.rows = _index_rows(ctx)
     ctx.summary = summarize(ctx)

@@ -5,10 +5,14 @@ check                       when it fires                                       
 ==========================  ==========================================================  ======
 :func:`check_plan`          the split would give 0 training units (``int(f * n) == 0``)   2
                             whatever the build keeps (too few units planned); the
-                            bigearthnet finalizer's files do not read (countries, s2v1)
+                            bigearthnet finalizer's files do not read (countries, s2v1);
+                            a spatial-blocks split on a geographic or rotated grid, or
+                            with blocks that are not whole multiples of the units
+                            (:func:`eochips.dataset.splits.check_blocks`)
 :func:`check_built`         ``eochips finalize`` on a folder whose plan was never built   2
 :func:`dataset_problems`    after finalisation: units were kept but the split gave 0      3
-                            training units (so the statistics would be over 0 units),
+                            training units (so the statistics would be over 0 units;
+                            a spatial-blocks buffer may exclude every train unit),
                             or more than ``dataset.max_drop_fraction`` (default 0.9) of
                             the built units were dropped for ONE setup reason
 ==========================  ==========================================================  ======
@@ -46,7 +50,8 @@ def _split_cfg(recipe) -> tuple[bool, float | None]:
     """(the dataset uses the train part, the random split's train_fraction; None for a split by position)."""
     fin = recipe.dataset.finalizers
     uses_train = "split" in fin or ("stats" in fin and recipe.dataset.stats_on == "train")
-    return uses_train, getattr(recipe.dataset.split, "train_fraction", None)
+    split = recipe.dataset.split
+    return uses_train, split.train_fraction if split.kind == "random" else None
 
 
 def check_plan(plan) -> None:
@@ -55,7 +60,8 @@ def check_plan(plan) -> None:
     Raises
     ------
     RecipeError
-        Naming ``dataset.split.train_fraction``, the planned count and what would work.
+        Naming ``dataset.split.train_fraction``, the planned count and what would work; a
+        spatial-blocks split the grid cannot hold (:func:`eochips.dataset.splits.check_blocks`).
     OutputError
         A file of ``dataset.metadata`` does not read (:func:`eochips.dataset.bigearthnet.check_inputs`).
     """
@@ -63,6 +69,10 @@ def check_plan(plan) -> None:
         from .bigearthnet import check_inputs
 
         check_inputs(plan.recipe.dataset.metadata)
+    if plan.recipe.dataset.split.kind == "spatial-blocks":
+        from .splits import check_blocks
+
+        check_blocks(plan.recipe.dataset.split, plan, [u.id for u in plan.units if u.status == "planned"])
     uses_train, f = _split_cfg(plan.recipe)
     n = sum(1 for u in plan.units if u.status == "planned")
     if uses_train and f is not None and n and int(f * n) == 0:
@@ -95,7 +105,14 @@ def dataset_problems(summary: dict[str, Any], recipe) -> list[str]:
     out: list[str] = []
     kept = summary["kept"]
     uses_train, f = _split_cfg(recipe)
-    if uses_train and kept and summary["train"] == 0 and f is None:
+    split = recipe.dataset.split
+    if uses_train and kept and summary["train"] == 0 and split.kind == "spatial-blocks":
+        excluded = kept - summary["validation"] - summary.get("test", 0)
+        out.append(f"split: 0 training units of {kept} kept (spatial-blocks of {split.block_size_m:g} m: "
+                   f"{excluded} unit(s) within dataset.split.buffer_m ({split.buffer_m:g} m) of another part's block, "
+                   f"{summary['validation']} validation, {summary.get('test', 0)} test); the statistics are over 0 "
+                   f"units; enlarge the AOI, lower buffer_m, or raise block_size_m or train_fraction")
+    elif uses_train and kept and summary["train"] == 0 and f is None:
         out.append(f"split: 0 training units of {kept} kept ({recipe.dataset.split.kind}: no kept unit lies in a train part; "
                    f"{summary['validation']} validation, {summary.get('test', 0)} test); the statistics are over 0 units; "
                    f"cover more of the tiles or set dataset.stats_on: all")
