@@ -118,7 +118,7 @@ class Context:
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # index rows, typed as index.INDEX_SCHEMA (index.index_rows)
     summary: dict[str, Any] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)  # verified sha256 of the kept units' files
     excluded: list[str] = field(default_factory=list)  # kept units the split leaves out (a spatial-blocks buffer)

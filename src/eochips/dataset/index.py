@@ -64,13 +64,14 @@ longitude, latitude whatever the CRS says), ``bbox`` of all rows and ``covering`
 group holds neighbouring units).
 
 ``index.gpkg`` holds the same rows for GIS without GeoParquet support (Debian's GDAL 3.6, distro
-QGIS): layer ``units``, EPSG:4326. GeoPackage has no list, struct or map type: the nested columns
-are JSON text of the same values (``scenes``, ``files``, ``mask_fractions``, ``transform``,
-``bad_qa_pct``, ``label_names``; the maps ``label_hist`` / ``unknown_codes`` as objects keyed by
-the id as text; datetimes ISO 8601 with ``Z``); ``bbox`` is dropped (the GeoPackage's R-tree
-holds each feature's envelope); GeoPackage version 1.2 (:data:`GPKG_VERSION`); ``start_datetime`` / ``end_datetime`` are DateTime fields. Its
-``last_change`` dates (GeoPackage's ``gpkg_contents``, normally the write time) are the newest
-scene datetime of the index, so a second ``eochips finalize`` writes the same bytes.
+QGIS): layer ``units``, EPSG:4326, GeoPackage version 1.2 (:data:`GPKG_VERSION`). GeoPackage has
+no list, struct or map type: the nested columns are JSON text of the same values (``scenes``,
+``files``, ``mask_fractions``, ``transform``, ``bad_qa_pct``, ``label_names``; the maps
+``label_hist`` / ``unknown_codes`` as objects keyed by the id as text; datetimes ISO 8601 with
+``Z``); ``bbox`` is dropped (the GeoPackage's R-tree holds each feature's envelope);
+``start_datetime`` / ``end_datetime`` are DateTime fields (UTC, millisecond precision: GeoPackage's).
+Its ``last_change`` dates (``gpkg_contents``, normally the write time) are the newest scene
+datetime of the index, so a second ``eochips finalize`` writes the same bytes.
 """
 
 from __future__ import annotations
@@ -164,14 +165,19 @@ def index_rows(ctx: Context) -> list[dict[str, Any]]:
             "cloud_fraction": max((f["cloud"] + f["shadow"] for f in fr), default=None),
             "nodata_fraction": max((f["nodata"] for f in fr), default=None),
             "mask_fractions": fr or None,
-            "label_hist": {int(k): int(v) for k, v in sorted(hist.items(), key=lambda kv: int(kv[0]))} if hist is not None else None,
+            "label_hist": _int_map(hist) if hist is not None else None,
             "label_names": _label_names(plan, up, m),
-            "unknown_codes": {int(k): int(v) for k, v in sorted(unknown.items(), key=lambda kv: int(kv[0]))},
+            "unknown_codes": _int_map(unknown),
             "files": _files(rec),
             "bbox": {"xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax},
             "geometry": geom,
         })
     return rows
+
+
+def _int_map(counts: dict) -> dict[int, int]:
+    """``{id: count}`` with int keys in ascending order (JSON state gives the keys as text)."""
+    return {int(k): int(v) for k, v in sorted(counts.items(), key=lambda kv: int(kv[0]))}
 
 
 def _tile(tile: Any) -> str | None:
@@ -306,7 +312,8 @@ def gpkg_bytes(rows: list[dict[str, Any]]) -> bytes:
     temporary file, its ``last_change`` the newest scene datetime (module docstring)."""
     import pyogrio
 
-    newest = max((r["end_datetime"] for r in rows if r["end_datetime"] is not None), default=dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
+    newest = max((r["end_datetime"] for r in rows if r["end_datetime"] is not None),
+                 default=dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
     stamp = newest.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     frame = gpkg_frame(rows)
     with tempfile.TemporaryDirectory(prefix="eochips-gpkg-") as tmp:
