@@ -138,10 +138,10 @@ def test_tile_patches_counts_names_and_nodata_drop(tile_34sga):
     for u in kept:
         x, y = int(u[-5:-3]), int(u[-2:])
         block = scl[6 * y:6 * y + 6, 6 * x:6 * x + 6]
-        f = json.loads(idx.loc[u, "mask_fractions"])[0]
+        f = idx.loc[u, "mask_fractions"][0]
         want = (np.isin(block, [8, 9, 10]).mean(), np.isin(block, [3]).mean(), np.isin(block, [11]).mean())
         assert (f["cloud"], f["shadow"], f["snow"]) == pytest.approx(want, abs=1e-6)  # fractions kept to 6 decimals
-    fracs = [json.loads(idx.loc[u, "mask_fractions"])[0]["cloud"] for u in kept]
+    fracs = [idx.loc[u, "mask_fractions"][0]["cloud"] for u in kept]
     assert any(0 < v < 1 for v in fracs)  # the real tile is 90 % cloudy: some kept patches are partly cloudy
     # the per-band files of a kept patch: 12 x 12 px, the source pixels, under patches/{product}/{patch}/
     for uid in kept[:: max(1, len(kept) // 25)]:

@@ -288,7 +288,7 @@ def test_metadata_parquet_of_a_run(tmp_path):
     assert {r["patch_id"]: r["labels"] for r in everything} == {
         "T29UPU_00_00": ["Arable land"], "T29UPU_01_00": ["Arable land", "Pastures"], "T29UPU_02_00": ["Pastures"]}
     # the SCL counts behind the flags: 5 snow pixels of 20 m = 20 of 10 m in unit 0 of 120 x 120
-    fr = {u: json.loads(v) for u, v in idx.mask_fractions.items()}
+    fr = {u: list(v) for u, v in idx.mask_fractions.items()}
     assert fr["T29UPU_00_00"][0]["snow"] == round(20 / 14400, 6) and fr["T29UPU_01_00"][0]["cloud"] == round(12 / 14400, 6)
 
     before = {n: (out / n).read_bytes() for n in ("metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet")}
@@ -309,7 +309,7 @@ def test_metadata_s1_name_is_the_paired_s1_scene(tmp_path):
     import pyarrow.parquet as pq
 
     out, idx = _run(tmp_path, _ben_recipe(tmp_path, s1=True))
-    assert set(idx.status) == {"kept"} and all(list(v) == [S1_ID] for v in idx["ids_s1"])
+    assert set(idx.status) == {"kept"} and all([s["id"] for s in v if s["source"] == "s1"] == [S1_ID] for v in idx["scenes"])
     names = [r["s1_name"] for n in ("metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
              for r in pq.read_table(out / n).to_pylist()]
     assert names == [S1_ID] * 3

@@ -350,14 +350,19 @@ def test_scene_ids_per_source_and_time_differences(run, chips, expected, clay):
         t2 = _dt(e["item"]["properties"]["datetime"])
         for ch in chips[e["year"]]:
             row = idx.loc[ch["unit_id"]]
-            assert list(row.ids_s2) == [e["s2_chosen"]]
-            assert list(row.ids_s1) == e["s1_chosen"] or sorted(row.ids_s1) == sorted(e["s1_chosen"]), ch["unit_id"]
+            assert list(_ids(row, "s2")) == [e["s2_chosen"]]
+            assert list(_ids(row, "s1")) == e["s1_chosen"] or sorted(_ids(row, "s1")) == sorted(e["s1_chosen"]), ch["unit_id"]
             # DEM (intersecting, per: grid): every tile over the S2 scene's grid, as datacube.py's search_dem over the
             # scene; those over the chip among them, never the far one over Rome
-            assert sorted(row.ids_dem) == sorted(_dem_tiles_of_grid(data, e["item"])), ch["unit_id"]
-            assert set(_dem_tiles_of(data, ch)) <= set(row.ids_dem) and "ROME" not in " ".join(row.ids_dem).upper()
-            want_dt = {sid: (_dt(s1_by_id[sid]["properties"]["datetime"]) - t2).total_seconds() / 3600 for sid in row.ids_s1}
-            assert list(row.dt_hours_s1) == pytest.approx([want_dt[sid] for sid in row.ids_s1], abs=0.01)
+            assert sorted(_ids(row, "dem")) == sorted(_dem_tiles_of_grid(data, e["item"])), ch["unit_id"]
+            assert set(_dem_tiles_of(data, ch)) <= set(_ids(row, "dem")) and "ROME" not in " ".join(_ids(row, "dem")).upper()
+            want_dt = {sid: (_dt(s1_by_id[sid]["properties"]["datetime"]) - t2).total_seconds() / 3600 for sid in _ids(row, "s1")}
+            assert [s["dt_hours"] for s in row.scenes if s["source"] == "s1"] == pytest.approx([want_dt[sid] for sid in _ids(row, "s1")], abs=0.01)
+
+
+def _ids(row, source: str) -> list[str]:
+    """The scene ids of one source in an index row (its ``scenes`` entries of that source, in order)."""
+    return [s["id"] for s in row.scenes if s["source"] == source]
 
 
 def _dem_tiles_of_grid(data, item) -> list[str]:
@@ -390,9 +395,9 @@ def test_scene_ids_tag_names_every_scene_used(run):
     assert len(kept) > 0
     bad = []
     for uid, row in kept.iterrows():
-        with rasterio.open(run / row.files[0]) as ds:
+        with rasterio.open(run / row.files[0]["path"]) as ds:
             tag = ds.tags()["scene_ids"].split(",")
-        if sorted(tag) != sorted([*row.ids_s2, *row.ids_s1, *row.ids_dem]):
+        if sorted(tag) != sorted([*_ids(row, "s2"), *_ids(row, "s1"), *_ids(row, "dem")]):
             bad.append((uid, tag))
     assert bad == []
 
@@ -410,7 +415,7 @@ def test_seed_bug_fixed_both_half_scenes_used(run, chips, clay):
     assert west and east
     for ch in west + east:
         row = idx.loc[ch["unit_id"]]
-        assert row.status == "kept" and set(row.ids_s1) == {w, e} and t not in list(row.ids_s1)
+        assert row.status == "kept" and set(_ids(row, "s1")) == {w, e} and t not in list(_ids(row, "s1"))
     # the west chips' S1 pixels are W's, the east chips' E's (each alone would leave the other side NaN)
     for ch, key in [(west[0], "W"), (east[-1], "E")]:
         ref = _nearest(data["assets"] / data["s1_by_key"][key]["assets"]["vv"]["href"], ch["crs"], ch["transform"])

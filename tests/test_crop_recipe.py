@@ -63,8 +63,8 @@ def test_selected_dates_and_summary(crop_run):
     idx = _index(out)
     kept = idx[idx.status == "kept"]
     assert len(kept) > 0
-    for dts in kept.datetimes:
-        assert [d[:10] for d in dts] == ["2021-06-08", "2021-06-23", "2021-07-18"]
+    for scenes in kept.scenes:
+        assert [f"{s['datetime']:%Y-%m-%d}" for s in scenes] == ["2021-06-08", "2021-06-23", "2021-07-18"]
     assert summary["unknown_label_codes"] == {str(UNKNOWN_CODE): 9}
     assert "kept" in proc.stdout and str(summary["kept"]) in proc.stdout
 

@@ -38,8 +38,8 @@ def test_demo_on_real_sample(tmp_path):
     import geopandas as gpd
 
     idx = gpd.read_parquet(out / "index.parquet")
-    classes = set().union(*(json.loads(h) for h in idx.label_hist))
-    assert classes == {"0", "1", "2", "3", "4"}  # all four land-cover polygons are burnt in
+    classes = set().union(*(dict(h) for h in idx.label_hist))
+    assert classes == {0, 1, 2, 3, 4}  # all four land-cover polygons are burnt in
     assert set(idx.split) == {"train", "validation"} and (idx.split == "train").sum() == int(0.8 * 108)
 
 

@@ -254,7 +254,7 @@ def test_intersecting_scenes_are_composited_first_valid(tmp_path):
     valid = dem != nodata
     covers = {"DEM_west": valid & (cols < 200), "DEM_east": valid & (cols >= 160)}
     for uid, row in kept.iterrows():
-        assert list(row.scene_steps) == [0] * len(row.scene_ids)  # one step, whatever the number of tiles
+        assert [s["step"] for s in row.scenes] == [0] * len(row.scenes)  # one step, whatever the number of tiles
         a, b, c, d, e, f = row["transform"]
         col, r = int(round((c - tr.c) / tr.a)), int(round((f - tr.f) / tr.e))
         with rasterio.open(out / "chips" / f"{uid}.tif") as ds:
@@ -262,7 +262,7 @@ def test_intersecting_scenes_are_composited_first_valid(tmp_path):
         with rasterio.open(out / "chips" / f"{uid}_dem_scene_index.tif") as ds:
             assert ds.dtypes[0] == "int16" and ds.nodata == -1
             got = ds.read(1)
-        ids = list(row.scene_ids)  # the step's tiles in (datetime, id) order: DEM_east before DEM_west
+        ids = [s["id"] for s in row.scenes]  # the step's tiles in (datetime, id) order: DEM_east before DEM_west
         assert ids == sorted(ids)
         # first-valid: each pixel from the first tile of the step that has data there; the index is its position
         want = np.full((64, 64), -1, np.int16)
@@ -328,7 +328,7 @@ def test_s2cloudless_mask_in_a_recipe_reads_through_the_batch_reader(tmp_path):
                 reproject(rasterio.band(src, 1), dst, dst_transform=tr60, dst_crs=crs, resampling=Resampling.bilinear)
             x[..., i] = dst / 10000.0
         cloud = det.get_mask_from_prob(det.get_cloud_probability_maps(x[None]))[0].astype(bool)
-        got = json.loads(row.mask_fractions)[0]["cloud"]
+        got = row.mask_fractions[0]["cloud"]
         assert got == pytest.approx(cloud.mean(), abs=0.01), uid  # each 60 m pixel is 3 x 3 chip pixels
         clouded += cloud.mean() > 0.01
     assert clouded > 0  # the real scene has clouds where the chips are

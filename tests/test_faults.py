@@ -139,7 +139,7 @@ def test_404_asset_fails_only_its_chip_then_rerun_completes(faulty, baseline, hl
         assert s["failed"] == 0
         ix = gpd.read_parquet(out / "index.parquet").set_index("unit_id")
         assert ix.loc[target].status in ("kept", "dropped")
-        assert [d[:10] for d in ix.loc[target].datetimes] == ["2021-06-08", "2021-06-23", "2021-07-25"]
+        assert [f"{s['datetime']:%Y-%m-%d}" for s in ix.loc[target].scenes] == ["2021-06-08", "2021-06-23", "2021-07-25"]
         from eochips.engine import State
 
         st = State(out / "state.sqlite").all()

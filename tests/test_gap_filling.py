@@ -45,9 +45,9 @@ def test_six_seeded_scenes_and_mask_files(gap_run, hls_dir):
     kept = idx[idx.status == "kept"]
     assert len(kept) >= 25
     for cid, row in kept.iterrows():
-        cloudy = [sid for sid, src in zip(row.scene_ids, row.scene_sources) if src == "cloudy"]
+        cloudy = [s["id"] for s in row.scenes if s["source"] == "cloudy"]
         assert cloudy == [it["id"] for it in chosen]
-        assert [sid for sid, src in zip(row.scene_ids, row.scene_sources) if src == "hls"] == [
+        assert [s["id"] for s in row.scenes if s["source"] == "hls"] == [
             it["id"] for it in sorted(items, key=lambda i: i["properties"]["datetime"]) if it["properties"]["datetime"][:10] in
             ("2021-06-08", "2021-06-23", "2021-07-18")]
         r, c = (int(v) for v in cid.split("_")[1:])

@@ -79,9 +79,9 @@ def _check_chips(out, d, items, grid_crs):
             assert ds.offsets[0] == pytest.approx(-0.1) and ds.scales[0] == pytest.approx(1e-4)  # baseline >= 04.00
         with rasterio.open(out / "chips" / f"{uid}_Fmask.tif") as ds:
             scl_got = ds.read()
-        scene_ids = [s for s, src in zip(row.scene_ids, row.scene_sources) if src == "s2"]
+        scene_ids = [s["id"] for s in row.scenes if s["source"] == "s2"]
         assert len(scene_ids) == 5 and dates == sorted(dates)
-        fractions = json.loads(row.mask_fractions)
+        fractions = list(row.mask_fractions)
         for t, sid in enumerate(scene_ids):
             it = by_id[sid]
             for bi, band in enumerate(S2_BANDS[:4]):
@@ -121,7 +121,7 @@ def test_scene_grid_is_the_grid_scenes_own(s2, tmp_path):
         col, r = (~src_tr) @ (row["transform"][2], row["transform"][5])
         col, r = int(round(col)), int(round(r))
         assert (col % CHIP, r % CHIP) == (0, 0)  # on the scene's own pixel edges, in whole chips
-        t = [s for s, src in zip(row.scene_ids, row.scene_sources) if src == "s2"].index(grid_item["id"])
+        t = [s["id"] for s in row.scenes if s["source"] == "s2"].index(grid_item["id"])
         with rasterio.open(tmp_path / "out" / "chips" / f"{uid}_merged.tif") as ds:
             np.testing.assert_array_equal(ds.read(t * 4 + 1), raw[r:r + CHIP, col:col + CHIP])
     plan = json.loads((out / "plan" / "plan.json").read_text())

@@ -57,7 +57,7 @@ def snapshot(out: Path) -> dict[str, tuple[str, int]]:
 def index_rows(out: Path) -> tuple[list[str], list]:
     """The rows of ``index.parquet`` (sorted by unit id) as JSON texts, and their geometries."""
     df = gpd.read_parquet(out / "index.parquet").sort_values("unit_id").reset_index(drop=True)
-    rows = [json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}, sort_keys=True)
+    rows = [json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}, sort_keys=True, default=str)
             for r in df.drop(columns="geometry").to_dict("records")]
     return rows, list(df.geometry)
 

@@ -3,10 +3,12 @@
 =============  ===================================================================================
 finalizer      writes (at the dataset root)
 =============  ===================================================================================
-``index``      ``index.parquet``: GeoParquet, one row per unit of the plan, geometry in EPSG:4326
-               plus the unit's CRS and transform; status, typed reason code, reason, split,
-               scenes per source and step with roles and datetimes, measures (nodata pixels, Fmask
-               bad %, mask fractions, label histogram), file names, roles and sha256
+``index``      ``index.parquet``: GeoParquet 1.1 with a ``bbox`` covering column, one row per unit of
+               the plan, one schema for every recipe (:data:`eochips.dataset.index.INDEX_SCHEMA`):
+               geometry in EPSG:4326 plus the unit's CRS and transform; status, typed reason code,
+               reason, split, scenes (source, step, id, datetime, role), measures (nodata pixels,
+               Fmask bad %, mask fractions, label histogram), files (path, role, sha256); and
+               ``index.gpkg`` (the same rows for GIS without GeoParquet: :mod:`eochips.dataset.index`)
 ``split``      ``train_ids.csv`` / ``val_ids.csv`` (column ``ids``), and ``test_ids.csv`` when the
                split has a test part: the kept unit ids of each part of ``dataset.split``
                (:mod:`eochips.dataset.splits`: ``random``, seed 001; ``tile-ring``, BigEarthNet v2;
@@ -123,7 +125,7 @@ class Context:
     train: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # index rows, typed as index.INDEX_SCHEMA (index.index_rows)
     summary: dict[str, Any] = field(default_factory=dict)
     hashes: dict[str, str] = field(default_factory=dict)  # verified sha256 of the kept units' files
     excluded: list[str] = field(default_factory=list)  # kept units the split leaves out (a spatial-blocks buffer)
@@ -147,89 +149,6 @@ def _split(ctx: Context) -> None:
     from .splits import write_split
 
     write_split(ctx)
-
-
-def _index_rows(ctx: Context) -> list[dict[str, Any]]:
-    from ..geo import reproject_geometry
-
-    plan, records = ctx.plan, ctx.records
-    split_of = ctx.split_of
-    rows = []
-    for up in sorted(plan.units, key=lambda u: u.key):
-        rec = records.get(up.id) or {"status": "pending", "code": "", "reason": "not built", "files": {}, "metrics": {}}
-        m = rec["metrics"]
-        picks = [(s, t, p) for s, groups in up.groups.items() for t, grp in enumerate(groups) for p in grp]
-        files = sorted(rec["files"])
-        roles = m.get("file_roles", {})
-        g = plan.grids[up.unit.grid].gbox
-        crs = g.crs.epsg
-        rows.append({
-            "unit_id": up.id, "grid": up.unit.grid, "row": up.unit.row, "col": up.unit.col, "tile": up.tile,
-            "crs": f"EPSG:{crs}" if crs else g.crs.to_wkt(), "transform": list(tuple(up.unit.gbox.affine)[:6]),
-            "status": rec["status"], "reason_code": rec.get("code") or up.code or "", "reason": redact(rec["reason"] or ""),
-            "split": split_of.get(up.id),
-            "scene_ids": m.get("scene_ids") or [p.scene.id for _, _, p in picks],
-            "datetimes": m.get("datetimes") or [p.scene.datetime.isoformat() for _, _, p in picks],
-            "scene_sources": m.get("scene_sources") or [s for s, _, _ in picks],
-            "scene_steps": m.get("scene_steps") or [t for _, t, _ in picks],
-            "scene_roles": m.get("scene_roles") or [p.role for _, _, p in picks],
-            "bad_qa_pct": m.get("bad_qa_pct"), "nodata_pixels": m.get("nodata_pixels"), "nan_pixels": m.get("nan_pixels"),
-            "value_pixels": m.get("value_pixels"),
-            "label_hist": json.dumps(m.get("label_hist", {}), sort_keys=True),
-            "label_names": _label_names(plan, up, m),
-            "unknown_codes": json.dumps(m.get("unknown_codes") or up.label_info.get("unknown_codes") or {}, sort_keys=True),
-            "mask_fractions": json.dumps(m["mask_fractions"], sort_keys=True) if m.get("mask_fractions") else None,
-            "files": files, "roles": [roles.get(f, "") for f in files], "sha256": [rec["files"][n] for n in files],
-            **_provenance(plan, up, m),
-            "geometry": reproject_geometry(up.unit.polygon, g.crs.to_wkt(), "EPSG:4326"),
-        })
-    return rows
-
-
-def _label_names(plan: Plan, up, metrics: dict[str, Any]) -> list[str] | None:
-    """The unit's multi-labels (``labels.table``): the built unit's ``label_names``, else (dropped at
-    plan time) those of its plan-time class counts; None without a table."""
-    from ..labels import label_names
-
-    table = plan.recipe.labels.table if plan.recipe.labels is not None else None
-    if table is None:
-        return None
-    if "label_names" in metrics:
-        return list(metrics["label_names"])
-    pixels = up.label_info.get("class_pixels")
-    return label_names(pixels, table) if pixels else None
-
-
-def _provenance(plan: Plan, up, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Per-source columns of one index row: ``ids_{source}`` (its scene ids, all steps), for a
-    source matched in time to another (``nearest-in-time``) ``dt_hours_{source}`` (each scene's
-    datetime minus its reference scene's, hours: Clay's S1 - S2), and the unit's worst
-    ``cloud_fraction`` (cloud + shadow) and ``nodata_fraction`` (0..1) over the mask steps."""
-    out: dict[str, Any] = {}
-    for s, cfg in plan.recipe.sources.items():
-        groups = up.groups.get(s, [])
-        out[f"ids_{s}"] = [p.scene.id for grp in groups for p in grp]
-        sel = cfg.selection
-        if sel.kind == "nearest-in-time":
-            refs = up.groups.get(sel.relative_to, [])
-            out[f"dt_hours_{s}"] = [round((p.scene.datetime - refs[t][0].scene.datetime).total_seconds() / 3600.0, 4)
-                                    for t, grp in enumerate(groups) if t < len(refs) for p in grp]
-    fr = metrics.get("mask_fractions") or []
-    out["cloud_fraction"] = max((f["cloud"] + f["shadow"] for f in fr), default=None)
-    out["nodata_fraction"] = max((f["nodata"] for f in fr), default=None)
-    return out
-
-
-@register("index")
-def _index(ctx: Context) -> None:
-    import io
-
-    import geopandas as gpd
-
-    buf = io.BytesIO()
-    gpd.GeoDataFrame(ctx.rows, geometry="geometry", crs="EPSG:4326").to_parquet(buf, index=False)
-    ctx.store.write_bytes("index.parquet", buf.getvalue())
-    failpoints.hit("finalize:after-index")
 
 
 @register("tables")
@@ -303,15 +222,15 @@ def summarize(ctx: Context) -> dict[str, Any]:
             failed[cid] = redact(rec["reason"])
     unknown: dict[str, int] = {}
     for row in ctx.rows:
-        for code, n in json.loads(row["unknown_codes"]).items():
-            unknown[code] = unknown.get(code, 0) + n
+        for code, n in row["unknown_codes"].items():
+            unknown[str(code)] = unknown.get(str(code), 0) + n
     plan = ctx.plan
     return {
         "recipe": plan.recipe.name, "units_total": len(plan.units), "kept": len(ctx.kept), "dropped": dropped,
         "failed": len(failed), "failed_reasons": failed, "train": len(ctx.train), "validation": len(ctx.val),
         **({"test": len(ctx.test)} if has_test_part(plan.recipe.dataset.split) else {}),
         "scenes": sum(len(v) for v in plan.scenes.values()), "grids": len(plan.grids), "unknown_label_codes": unknown,
-        "selected_dates": sorted({d[:10] for row in ctx.rows if row["status"] == "kept" for d in row["datetimes"]}),
+        "selected_dates": sorted({f"{sc['datetime']:%Y-%m-%d}" for row in ctx.rows if row["status"] == "kept" for sc in row["scenes"]}),
         **match_summary(plan), **_mosaic_section(ctx),
     }
 
@@ -492,6 +411,7 @@ def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> N
     store.write_text(MANIFEST, "".join(lines))
 
 
+from .index import index_rows as _index_rows  # noqa: E402 - registers the "index" finalizer
 from . import bigearthnet as _bigearthnet  # noqa: E402,F401 - registers the "bigearthnet" finalizer
 from . import mosaic as _mosaic  # noqa: E402,F401 - registers the "mosaic" finalizer
 from . import archive as _archive  # noqa: E402,F401 - registers the "archive" finalizer

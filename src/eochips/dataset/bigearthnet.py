@@ -20,7 +20,7 @@ Columns, in this order (:data:`SCHEMA`):
 - ``split`` (string): ``train`` / ``validation`` / ``test`` (:mod:`eochips.dataset.splits`).
 - ``country`` (string): the nearest country polygon of ``countries`` (:func:`nearest_countries`).
 - ``s1_name`` (string, null): with ``s1_source``, the first scene id of that source for the unit
-  (the index's ``ids_{source}``); null without it or when the unit has no such scene.
+  (the index's ``scenes`` of that source); null without it or when the unit has no such scene.
 - ``s2v1_name`` (string, null): from the ``s2v1`` CSV (``patch_id,s2v1_name``); null otherwise.
 - ``contains_seasonal_snow`` (bool): the scl mask's ``snow`` fraction of the unit (worst time step of
   ``metrics["mask_fractions"]`` of the scl mask's source, 0..1, rounded to 6 decimals by the build)
@@ -253,6 +253,7 @@ def metadata_rows(ctx: Context) -> list[dict[str, Any]]:
     import shapely
 
     from ..plan import class_names
+    from .index import source_scene_ids
 
     r = ctx.plan.recipe
     cfg = r.dataset.metadata
@@ -274,7 +275,7 @@ def metadata_rows(ctx: Context) -> list[dict[str, Any]]:
     for uid in kept:
         m = ctx.records[uid]["metrics"]
         snow, cloud = flags(m, scl, cfg, uid)
-        s1 = (index.get(uid) or {}).get(f"ids_{cfg.s1_source}") if cfg.s1_source else None
+        s1 = source_scene_ids(index[uid], cfg.s1_source) if cfg.s1_source and uid in index else None
         rows.append({"patch_id": uid, "labels": label_list(m, names, nodata_class), "split": split_of.get(uid),
                      "country": country[uid], "s1_name": s1[0] if s1 else None, "s2v1_name": s2v1.get(uid),
                      "contains_seasonal_snow": snow, "contains_cloud_or_shadow": cloud})
