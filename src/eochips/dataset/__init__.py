@@ -568,5 +568,6 @@ def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> N
 from . import bigearthnet as _bigearthnet  # noqa: E402,F401 - registers the "bigearthnet" finalizer
 from . import mosaic as _mosaic  # noqa: E402,F401 - registers the "mosaic" finalizer
 from . import archive as _archive  # noqa: E402,F401 - registers the "archive" finalizer
+from . import stac as _stac_catalog  # noqa: E402,F401 - registers the "stac" finalizer
 
 assert set(FINALIZERS) == set(FINALIZER_NAMES), "every finalizer name of the config has a function"
