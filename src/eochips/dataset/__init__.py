@@ -24,6 +24,9 @@ finalizer      writes (at the dataset root)
 ``bigearthnet`` BigEarthNet v2's ``metadata.parquet`` and
                ``metadata_for_patches_with_snow_cloud_or_shadow.parquet``
                (:mod:`eochips.dataset.bigearthnet`)
+``stac``       ``stac/collection.json`` and ``stac/items/{unit}.json``: a self-contained STAC 1.1 catalog,
+               one item per kept unit (projection, raster, eo, label, ml-aoi; derived_from links to
+               the source items without credentials: :mod:`eochips.dataset.stac`)
 ``summary``    ``summary.json``: counts by status and reason code, dates, unknown label codes; for a
                mosaic recipe its ``mosaic`` section (:func:`eochips.dataset.mosaic.mosaic_summary`)
 ``manifest``   ``checksums.sha256`` (sha256sum format, sorted paths, every file but itself, the

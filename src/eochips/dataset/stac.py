@@ -17,7 +17,8 @@ folder can move or be copied to object storage as it is):
 An item holds
 
 - ``geometry`` / ``bbox``: the unit footprint reprojected to EPSG:4326 (densified, as the index:
-  :func:`eochips.geo.reproject_geometry`);
+  :func:`eochips.geo.reproject_geometry`, then the vertices within :data:`GEOMETRY_TOLERANCE` of
+  a straight edge left out); ``bbox`` is the index geometry's bounds;
 - ``datetime``: the unit's one scene datetime, or ``null`` with ``start_datetime`` /
   ``end_datetime`` over its scenes (STAC 1.1 item spec, "datetime");
 - projection v2.0.0: ``proj:code`` (``EPSG:n``, or null with ``proj:wkt2``), ``proj:shape``
@@ -95,6 +96,8 @@ COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 MEDIA_TYPES = {".tif": COG, ".tiff": COG, ".png": "image/png", ".jpg": "image/jpeg", ".json": "application/json",
                ".parquet": "application/vnd.apache.parquet", ".zarr": "application/vnd+zarr"}
 RASTER_SUFFIXES = (".tif", ".tiff")
+GEOMETRY_TOLERANCE = 1e-7
+"""Degrees (about 1 cm) an item geometry may deviate from the unit's densified footprint."""
 
 
 # --------------------------------------------------------------------------------------
@@ -405,8 +408,12 @@ class _Builder:
         props["eochips:grid"], props["eochips:row"], props["eochips:col"] = up.unit.grid, up.unit.row, up.unit.col
         if isinstance(up.tile, str) and up.tile not in ("", "<NA>", "nan", "None"):  # a plan read back may hold "<NA>"
             props["eochips:tile"] = up.tile
+        # the densified footprint less its near-collinear vertices (within GEOMETRY_TOLERANCE): a
+        # chip's 129 points become its 4 corners, a 110 km tile keeps the ones its curvature needs;
+        # the bbox stays the densified footprint's bounds (the index's)
+        shape = geometry.simplify(GEOMETRY_TOLERANCE, preserve_topology=True)
         return {"type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": exts, "id": uid,
-                "geometry": mapping(geometry), "bbox": [float(v) for v in geometry.bounds], "properties": props,
+                "geometry": mapping(shape), "bbox": [float(v) for v in geometry.bounds], "properties": props,
                 "links": self.links(up), "assets": self.assets(uid, rec), "collection": ctx.plan.recipe.name}
 
 
@@ -454,7 +461,8 @@ def collection_dict(ctx: Context, items: list[dict[str, Any]]) -> dict[str, Any]
             href = (f"{clean_href(cfg.search.catalog).rstrip('/')}/collections/{quote(c, safe='')}" if api
                     else clean_href(cfg.search.catalog))
             links.append({"rel": "derived_from", "href": href, "type": "application/json", "title": f"source {s}: collection {c}"})
-    links += [{"rel": "item", "href": _relative(item_path(it["id"]), STAC_DIR), "type": "application/geo+json"} for it in items]
+    links += [{"rel": "item", "href": "./" + _relative(item_path(it["id"]), STAC_DIR), "type": "application/geo+json"}
+              for it in items]
     summaries: dict[str, Any] = {}
     splits = sorted({it["properties"]["ml-aoi:split"] for it in items if "ml-aoi:split" in it["properties"]})
     if splits:
