@@ -67,6 +67,29 @@ def crop(stac_api, cdl_raster, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def demo_per_band(tmp_path_factory) -> Path:
+    """The demo with one file per band and band names that differ only in digits (b2, b3, b4):
+    one file pattern ``chips/{unit}_b#.tif`` for three bands, told apart by their file position."""
+    import yaml
+
+    from eochips.config import recipe_text
+
+    if not (SAMPLE / "catalog.json").is_file():
+        pytest.skip(f"no sample at {SAMPLE}; run `make demo` (needs the package index)")
+    data = yaml.safe_load(recipe_text("demo")[0])
+    data["sources"]["landsat"]["profile"]["bands"] = {"b2": "B2", "b3": "B3", "b4": "B4"}
+    data["sources"]["landsat"]["bands"] = ["b2", "b3", "b4"]
+    data["output"]["layout"] = {"kind": "per-band", "name": "{unit}_{band}.tif", "labels": "{unit}_labels.tif"}
+    data["filters"] = [{"kind": "nodata", "max_pixels": 0}]
+    tmp = tmp_path_factory.mktemp("stac")
+    out = tmp / "per-band"
+    proc = run_cli("run", str(write_recipe(tmp / "per-band.yaml", data)), "--output", str(out), "--no-progress", "--workers", "1",
+                   env={"EOCHIPS_SAMPLE_DIR": str(SAMPLE)})
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
 @pytest.fixture(params=["demo", "crop"])
 def dataset(request) -> Path:
     return request.getfixturevalue(request.param)
@@ -314,3 +337,16 @@ def test_stac_geoparquet_round_trip(dataset, tmp_path):
         assert b["properties"].get("ml-aoi:split") == it["properties"].get("ml-aoi:split")
         assert {k: [dict(x) for x in a["raster:bands"]] for k, a in b["assets"].items()} == \
                {k: a["raster:bands"] for k, a in it["assets"].items()}
+
+
+def test_per_band_files_keep_their_own_band(demo_per_band):
+    from eochips.dataset.stac import validate_catalog
+
+    assert validate_catalog(demo_per_band) == 108
+    for it in _items(demo_per_band).values():
+        images = {k: a for k, a in it["assets"].items() if a["roles"] == ["data"]}
+        assert sorted(images) == ["b2", "b3", "b4"]
+        for key, a in images.items():
+            with rasterio.open((demo_per_band / "stac" / "items" / a["href"]).resolve()) as ds:
+                assert [b["name"] for b in a["eo:bands"]] == [ds.descriptions[0].split("@")[0]] == [key]
+            assert "common_name" not in a["eo:bands"][0]

@@ -28,8 +28,9 @@ An item holds
   ``qa`` / ``mask`` / ``index`` -> ``metadata``, ``overview`` -> ``overview``;
 - raster v1.1.0 ``raster:bands`` per GeoTIFF asset (``data_type``, ``nodata`` (a number or
   ``"nan"``), ``scale``, ``offset``, ``spatial_resolution``) read from the header of one file per
-  *file pattern* (the path with the unit id and digits masked, e.g. ``chips/{unit}_merged.tif``):
-  the layouts write every unit of a pattern alike, so headers are not opened per unit;
+  *file pattern* (the file's position in the unit's file order, its role, and its path with the
+  unit id and digits masked, e.g. ``chips/{unit}_merged.tif``): the layouts write every unit of
+  a pattern alike, so headers are not opened per unit;
 - eo v1.1.0 ``eo:bands`` on the image assets: each channel's name (``blue``, or ``blue@t1`` when a
   band recurs: the chip channel rule of issue 14) and its ``common_name`` where the band name is
   one (:data:`EO_COMMON_NAMES`; ``rededge1..3`` -> ``rededge``);
@@ -306,7 +307,13 @@ class _Builder:
         self.api = {s: is_api(cfg.search.catalog) for s, cfg in ctx.plan.recipe.sources.items()}
 
     def header(self, rel: str, unit_id: str) -> dict[str, Any]:
-        key = file_pattern(rel, unit_id)
+        """The header of ``rel``, read once per (position in the unit's file order, role, pattern):
+        the position keeps apart files whose names differ only in digits (``B02`` at 10 m,
+        ``B05`` at 20 m: one pattern ``B##``)."""
+        m = self.ctx.records[unit_id]["metrics"]
+        order = m.get("file_order") or sorted(self.ctx.records[unit_id]["files"])
+        pos = order.index(rel) if rel in order else -1
+        key = f"{pos}|{m.get('file_roles', {}).get(rel, '')}|{file_pattern(rel, unit_id)}"
         if key not in self.headers:
             self.headers[key] = read_header(self.ctx.store, rel)
         return self.headers[key]
