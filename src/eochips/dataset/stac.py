@@ -236,11 +236,25 @@ def band_name(description: str | None, i: int) -> str:
     return (description or f"band{i + 1}").split("@")[0]
 
 
-def common_name(band: str) -> str | None:
-    """The eo ``common_name`` of a band name, or None (``rededge1`` -> ``rededge``)."""
+def common_name(band: str, known: dict[str, str] | None = None) -> str | None:
+    """The eo ``common_name`` of a band name, or None: the name itself when it is one,
+    ``rededge`` for ``rededge1..3``; else what ``known`` (:func:`profile_common_names`) maps it to."""
     if band in EO_COMMON_NAMES:
         return band
-    return "rededge" if re.fullmatch(r"rededge\d?", band) else None
+    if re.fullmatch(r"rededge\d?", band):
+        return "rededge"
+    got = (known or {}).get(band)
+    return common_name(got) if got and got != band else None
+
+
+def profile_common_names(plan) -> dict[str, str]:
+    """Band name -> the profile's band name, over the plan's sources: a recipe that names bands
+    by asset key (Clay's ``B02``, ``B8A``) gets the profile's common names (``blue``, ``nir08``)."""
+    out: dict[str, str] = {}
+    for sp in plan.sources.values():
+        for b in sp.profile.bands:
+            out.setdefault(b.asset, b.name)
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -305,6 +319,7 @@ class _Builder:
         self.split_of = ctx.split_of
         self.units = {u.id: u for u in ctx.plan.units}
         self.api = {s: is_api(cfg.search.catalog) for s, cfg in ctx.plan.recipe.sources.items()}
+        self.known = profile_common_names(ctx.plan)
 
     def header(self, rel: str, unit_id: str) -> dict[str, Any]:
         """The header of ``rel``, read once per (position in the unit's file order, role, pattern):
@@ -347,7 +362,7 @@ class _Builder:
         out: dict[str, dict[str, Any]] = {}
         for rel in order:
             role = roles.get(rel, "")
-            key = self._asset_key(rel, uid, out)
+            key = self._asset_key(rel, uid, role, out)
             name = rel.rsplit("/", 1)[-1]
             suffix = _suffix(name)
             a: dict[str, Any] = {"href": _relative(rel, ITEMS_DIR), "type": MEDIA_TYPES.get(suffix, "application/octet-stream"),
@@ -356,7 +371,7 @@ class _Builder:
                 h = self.header(rel, uid)
                 a["raster:bands"] = raster_bands(h)
                 if rel in names:
-                    a["eo:bands"] = [{"name": n, **({"common_name": c} if (c := common_name(n.split("@")[0])) else {})}
+                    a["eo:bands"] = [{"name": n, **({"common_name": c} if (c := common_name(n.split("@")[0], self.known)) else {})}
                                      for n in names[rel]]
             if role == "labels" and self.label is not None:
                 a.update(self.label)
@@ -381,12 +396,15 @@ class _Builder:
         return out
 
     @staticmethod
-    def _asset_key(rel: str, uid: str, taken: dict) -> str:
-        """The asset key of a file: its name without the unit id, suffix and separators
-        (``chip_000_000_merged.tif`` -> ``merged``; ``chip_000_000.mask.tif`` -> ``mask``)."""
+    def _asset_key(rel: str, uid: str, role: str, taken: dict) -> str:
+        """The asset key of a file, the same in every item of a layout: its name without the unit
+        id, suffix and separators when the name holds the id (``chip_000_000_merged.tif`` ->
+        ``merged``; ``chip_000_000.mask.tif`` -> ``mask``), else its role (``image``; a name
+        holding dates or tile numbers instead, as Clay's ``claytile_{tile}_{date}_v02_{n}.tif``);
+        ``_2``, ``_3`` ... for repeats."""
         stem = rel.rsplit("/", 1)[-1]
         stem = stem[: -len(_suffix(stem))] if _suffix(stem) else stem
-        key = stem.replace(uid, "").strip("_.-") or stem
+        key = (stem.replace(uid, "").strip("_.-") if uid in stem else "") or role or "file"
         base, n = key, 1
         while key in taken:
             n += 1
@@ -400,7 +418,10 @@ class _Builder:
         rec, up = ctx.records[uid], self.units[uid]
         g = up.unit.gbox
         epsg = g.crs.epsg
-        dts = _datetimes(rec, up)
+        dts = _datetimes(rec, up) or ([_iso(str(ctx.plan.grids[up.unit.grid].date))] if ctx.plan.grids[up.unit.grid].date else [])
+        if not dts:
+            raise OutputError(f"unit {uid} of {ctx.store.location!r} has no scene datetime for its STAC item; "
+                              f"leave 'stac' out of dataset.finalizers for this recipe")
         props: dict[str, Any] = {}
         if len(dts) == 1:
             props["datetime"] = dts[0]
