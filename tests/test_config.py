@@ -432,9 +432,10 @@ def test_model_kinds_match_the_registries():
     for name, (union, registry) in pairs.items():
         assert kinds(union) == set(registry) == set(KINDS[name].split(", ")), name
     assert kinds(m.Split) == set(SPLITS) == {"random", "tile-ring", "spatial-blocks"}
-    assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest",
-                                                    "bigearthnet", "archive"}
-    assert m.DatasetConfig().finalizers == list(m.DEFAULT_FINALIZERS) == ["index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest"]
+    assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "stac", "summary",
+                                                    "manifest", "bigearthnet", "archive"}
+    assert m.DatasetConfig().finalizers == list(m.DEFAULT_FINALIZERS) == ["index", "split", "stats", "plots", "tables", "mosaic", "stac",
+                                                                          "summary", "manifest"]
 
 
 # --------------------------------------------------------------------------------------

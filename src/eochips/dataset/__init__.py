@@ -32,6 +32,9 @@ finalizer      writes (at the dataset root)
 ``bigearthnet`` BigEarthNet v2's ``metadata.parquet`` and
                ``metadata_for_patches_with_snow_cloud_or_shadow.parquet``
                (:mod:`eochips.dataset.bigearthnet`)
+``stac``       ``stac/collection.json`` and ``stac/items/{unit}.json``: a self-contained STAC 1.1 catalog,
+               one item per kept unit (projection, raster, eo, label, ml-aoi; derived_from links to
+               the source items without credentials: :mod:`eochips.dataset.stac`)
 ``summary``    ``summary.json``: counts by status and reason code, dates, unknown label codes; for a
                mosaic recipe its ``mosaic`` section (:func:`eochips.dataset.mosaic.mosaic_summary`)
 ``manifest``   ``checksums.sha256`` (sha256sum format, sorted paths, every file but itself, the
@@ -416,5 +419,6 @@ from . import bigearthnet as _bigearthnet  # noqa: E402,F401 - registers the "bi
 from . import mosaic as _mosaic  # noqa: E402,F401 - registers the "mosaic" finalizer
 from . import archive as _archive  # noqa: E402,F401 - registers the "archive" finalizer
 from .stats import class_weights, multilabel_stats  # noqa: E402,F401 - registers "stats"; both stay importable from here
+from . import stac as _stac_catalog  # noqa: E402,F401 - registers the "stac" finalizer
 
 assert set(FINALIZERS) == set(FINALIZER_NAMES), "every finalizer name of the config has a function"
