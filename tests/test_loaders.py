@@ -348,3 +348,59 @@ def test_torchgeo_reads_the_demo_folder(demo):
             if b == 2:
                 break
     assert checked == 18
+
+
+# -- a dataset in object storage ---------------------------------------------------------------
+
+def test_open_dataset_from_object_storage(demo):
+    """The demo's files put into a moto S3 bucket (127.0.0.1): open_dataset reads its index, splits,
+    markers and stats through fsspec and gives the chips' URLs."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from servers import moto_s3
+
+    from eochips import open_dataset
+
+    with moto_s3("eochips-loaders") as (env, client):
+        for p in sorted(demo.rglob("*")):
+            if p.is_file() and p.name != "state.sqlite":
+                client.put_object(Bucket="eochips-loaders", Key=f"demo/{p.relative_to(demo).as_posix()}", Body=p.read_bytes())
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            import fsspec
+
+            fsspec.filesystem("s3", skip_instance_cache=True)  # a fresh instance for this endpoint
+            ds = open_dataset("s3://eochips-loaders/demo")
+            val = ds.ids("validation")
+            paths = ds.paths("validation")
+            files = ds.files(val[0])
+            mean, std = ds.normalization()
+            channels = ds.channels()  # from the first kept unit's image file, read through fsspec
+            classes = ds.classes  # colours from a labels file's colour map, through fsspec
+            item = None
+            try:
+                from eochips.torch import ChipTorchDataset
+
+                item = ChipTorchDataset(ds, "validation")[0]
+            except ImportError:
+                pass
+            with pytest.raises(Exception, match=r"'s3://eochips-loaders/nothing' is not a finalised eochips dataset"):
+                open_dataset("s3://eochips-loaders/nothing")
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert len(ds.kept_ids()) == 108 and val == _csv_ids(demo / "val_ids.csv")
+    assert [p.images for p in paths] == [(f"s3://eochips-loaders/demo/chips/{u}_merged.tif",) for u in val]
+    assert [p.labels for p in paths] == [f"s3://eochips-loaders/demo/chips/{u}.mask.tif" for u in val]
+    assert [f["path"] for f in files] == [f"chips/{val[0]}_merged.tif", f"chips/{val[0]}.mask.tif"]  # the marker's order
+    want_mean, want_std = _reference_norm(demo, _csv_ids(demo / "train_ids.csv"), "{}_merged.tif", per_channel=True, bands=3)
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-9)
+    np.testing.assert_allclose(std, want_std, rtol=1e-9)
+    assert [c["name"] for c in channels] == ["blue", "green", "red"]
+    assert [c["name"] for c in classes] == ["unlabelled", "water", "crop", "tree", "developed"] and classes[0]["colour"]
+    if item is not None:  # torch installed: one item read from the bucket equals the local file's
+        arr, _ = _read(demo / "chips" / f"{val[0]}_merged.tif")
+        want = (arr - want_mean[:, None, None]) / want_std[:, None, None]
+        np.testing.assert_allclose(item[0].numpy(), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(item[1].numpy(), _read(demo / "chips" / f"{val[0]}.mask.tif")[0][0])

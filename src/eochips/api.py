@@ -29,8 +29,9 @@ import csv
 import io
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -71,6 +72,31 @@ class UnitPaths:
     unit_id: str
     images: tuple[str, ...]
     labels: str | None
+
+
+@contextmanager
+def open_raster(path: str) -> Iterator[Any]:
+    """Open a dataset file for reading: a local path with rasterio; a URL (``s3://...``, any fsspec
+    URL, as :meth:`ChipDataset.path` gives for a remote dataset) fetched whole through fsspec (the
+    same credentials and endpoint as the dataset's store, not GDAL's own) and opened in memory.
+
+    Yields
+    ------
+    rasterio.io.DatasetReader
+    """
+    import rasterio
+
+    if "://" not in path:
+        with rasterio.open(path) as src:
+            yield src
+        return
+    import fsspec
+    from rasterio.io import MemoryFile
+
+    with fsspec.open(path, "rb") as f:
+        data = f.read()
+    with MemoryFile(data) as mem, mem.open() as src:
+        yield src
 
 
 class ChipDataset:
@@ -223,11 +249,9 @@ class ChipDataset:
         kept = self.kept_ids()
         if not kept:
             raise DatasetContentError(f"{self.location!r} has no kept unit and its stats.json no 'channels'")
-        import rasterio
-
         found: list[tuple[str, Any, str]] = []
         for p in self.unit_paths(kept[0]).images:
-            with rasterio.open(p) as src:
+            with open_raster(p) as src:
                 for i, (desc, nd) in enumerate(zip(src.descriptions, src.nodatavals)):
                     found.append(((desc or f"band{i + 1}").split("@")[0], nd, src.dtypes[i]))
         bands = [b for b, _, _ in found]
@@ -291,13 +315,11 @@ class ChipDataset:
         return [{"id": c, "name": names.get(c, str(c)), "colour": cmap.get(c)} for c in ids]
 
     def _colormap(self) -> dict[int, str]:
-        import rasterio
-
         for uid in self.kept_ids()[:1]:
             labels = self.unit_paths(uid).labels
             if labels is None:
                 break
-            with rasterio.open(labels) as src:
+            with open_raster(labels) as src:
                 try:
                     cm = src.colormap(1)
                 except ValueError:  # no colour map

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .api import ChipDataset, DatasetContentError, MissingExtraError, UnitPaths, open_dataset
+from .api import ChipDataset, DatasetContentError, MissingExtraError, UnitPaths, open_dataset, open_raster
 
 try:
     import torch
@@ -47,7 +47,8 @@ def read_unit(unit: UnitPaths) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
     Parameters
     ----------
     unit
-        The unit's files (:meth:`eochips.api.ChipDataset.unit_paths`).
+        The unit's files (:meth:`eochips.api.ChipDataset.unit_paths`): local paths, or URLs read
+        whole through fsspec (:func:`eochips.api.open_raster`).
 
     Returns
     -------
@@ -64,11 +65,9 @@ def read_unit(unit: UnitPaths) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
     DatasetContentError
         The unit's files do not share one pixel shape (they cannot be stacked into one tensor).
     """
-    import rasterio
-
     parts, valids = [], []
     for path in unit.images:
-        with rasterio.open(path) as src:
+        with open_raster(path) as src:
             arr = src.read().astype(np.float64)
             ok = ~np.isnan(arr)
             for b, nd in enumerate(src.nodatavals):
@@ -78,7 +77,7 @@ def read_unit(unit: UnitPaths) -> tuple[np.ndarray, np.ndarray, np.ndarray | Non
         valids.append(ok)
     labels = None
     if unit.labels is not None:
-        with rasterio.open(unit.labels) as src:
+        with open_raster(unit.labels) as src:
             labels = src.read(1).astype(np.int64)
     shapes = {a.shape[1:] for a in parts} | ({labels.shape} if labels is not None else set())
     if len(shapes) > 1:
