@@ -99,9 +99,10 @@ def test_open_dataset_demo(demo):
     for p in paths:
         assert p.images == (str(demo / "chips" / f"{p.unit_id}_merged.tif"),) and Path(p.images[0]).is_file()
         assert p.labels == str(demo / "chips" / f"{p.unit_id}.mask.tif") and Path(p.labels).is_file()
-    files = ds.files("chip_000_000")  # in file order (the marker's: image first), with the index's sha256
-    assert [f["path"] for f in files] == ["chips/chip_000_000_merged.tif", "chips/chip_000_000.mask.tif"]
-    assert [f["role"] for f in files] == ["image", "labels"]
+    files = ds.files("chip_000_000")  # in file order (image first), with the index's sha256
+    main = [(f["path"], f["role"]) for f in files if f["role"] in ("image", "labels")]
+    assert main == [("chips/chip_000_000_merged.tif", "image"), ("chips/chip_000_000.mask.tif", "labels")]
+    assert {f["path"] for f in files} == {p.relative_to(demo).as_posix() for p in (demo / "chips").glob("chip_000_000[._]*")}
     for f in files:
         assert f["sha256"] == hashlib.sha256((demo / f["path"]).read_bytes()).hexdigest()
 
@@ -141,34 +142,52 @@ def test_refuses_a_folder_that_is_not_a_finalised_dataset(demo, tmp_path):
     assert "\n" not in str(exc.value)
 
 
-def test_index_with_files_structs_in_file_order(demo, tmp_path):
-    """The index helper's new form (``files: list<struct<path, role, sha256>>`` in file order, no
-    ``roles`` list) is read as given, without the markers; the old form follows the marker's order."""
+def test_both_index_forms_of_the_files(demo, tmp_path):
+    """The index's ``files`` as a list of ``{path, role, sha256}`` structs in file order (issue 14's
+    index) is read as given, without the markers; the plain ``files`` / ``roles`` / ``sha256`` lists
+    (sorted names, before it) follow the completion marker's ``file_order``, else stay sorted.
+    Both forms are written here from the built index, whichever it is."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from eochips import open_dataset
 
-    copy = tmp_path / "copy"
-    shutil.copytree(demo, copy, ignore=shutil.ignore_patterns("state", "state.sqlite"))
-    t = pq.read_table(copy / "index.parquet")
-    structs = [[{"path": f, "role": r, "sha256": s} for f, r, s in sorted(zip(fs, rs, ss), key=lambda e: e[1] != "image")]
-               for fs, rs, ss in zip(t["files"].to_pylist(), t["roles"].to_pylist(), t["sha256"].to_pylist())]
+    t = pq.read_table(demo / "index.parquet")
+    if "roles" in t.schema.names:  # plain lists: the struct form, image files first
+        entries = [[{"path": f, "role": r, "sha256": h} for f, r, h in sorted(zip(fs, rs, hs), key=lambda e: e[1] != "image")]
+                   for fs, rs, hs in zip(t["files"].to_pylist(), t["roles"].to_pylist(), t["sha256"].to_pylist())]
+    else:
+        entries = t["files"].to_pylist()
+    base = t.drop_columns([c for c in ("files", "roles", "sha256") if c in t.schema.names])
     typ = pa.list_(pa.struct([("path", pa.string()), ("role", pa.string()), ("sha256", pa.string())]))
-    t = t.drop_columns(["files", "roles", "sha256"]).append_column("files", pa.array(structs, type=typ))
-    pq.write_table(t, copy / "index.parquet")
-    ds = open_dataset(copy)
-    assert ds.files("chip_002_003") == structs[[u for u in t["unit_id"].to_pylist()].index("chip_002_003")]
-    assert ds.unit_paths("chip_002_003").images == (str(copy / "chips" / "chip_002_003_merged.tif"),)
-    assert ds.unit_paths("chip_002_003").labels == str(copy / "chips" / "chip_002_003.mask.tif")
-    assert [p.unit_id for p in ds.paths("validation")] == _csv_ids(demo / "val_ids.csv")
-
-    # old form, no markers (removed above): sorted names, roles still pick the image and the labels
-    old = tmp_path / "old"
-    shutil.copytree(demo, old, ignore=shutil.ignore_patterns("state", "state.sqlite"))
-    ds = open_dataset(old)
-    assert [f["path"] for f in ds.files("chip_000_000")] == ["chips/chip_000_000.mask.tif", "chips/chip_000_000_merged.tif"]
-    assert ds.unit_paths("chip_000_000").images == (str(old / "chips" / "chip_000_000_merged.tif"),)
+    sorted_entries = [sorted(es, key=lambda e: e["path"]) for es in entries]
+    forms = {
+        "structs": base.append_column("files", pa.array(entries, type=typ)),
+        "lists": base.append_column("files", pa.array([[e["path"] for e in es] for es in sorted_entries]))
+                     .append_column("roles", pa.array([[e["role"] for e in es] for es in sorted_entries]))
+                     .append_column("sha256", pa.array([[e["sha256"] for e in es] for es in sorted_entries])),
+    }
+    ids = t["unit_id"].to_pylist()
+    u = ids.index("chip_002_003")
+    for name, table in forms.items():
+        for markers in (True, False):
+            copy = tmp_path / f"{name}-{markers}"
+            shutil.copytree(demo, copy, ignore=None if markers else shutil.ignore_patterns("state", "state.sqlite"))
+            pq.write_table(table, copy / "index.parquet")
+            ds = open_dataset(copy)
+            got = ds.files("chip_002_003")
+            if name == "structs":
+                assert got == entries[u]
+            elif markers:  # the marker's order: the layout wrote the image first
+                order = json.loads((demo / "state" / "units" / "chip_002_003.json").read_text())["metrics"]["file_order"]
+                assert [f["path"] for f in got][:len(order)] == [p for p in order if p in {e["path"] for e in entries[u]}]
+                assert got[0]["path"] == "chips/chip_002_003_merged.tif"
+            else:
+                assert got == sorted_entries[u]
+            assert sorted(got, key=lambda e: e["path"]) == sorted_entries[u]
+            assert ds.unit_paths("chip_002_003").images == (str(copy / "chips" / "chip_002_003_merged.tif"),)
+            assert ds.unit_paths("chip_002_003").labels == str(copy / "chips" / "chip_002_003.mask.tif")
+            assert [p.unit_id for p in ds.paths("validation")] == _csv_ids(demo / "val_ids.csv")
 
 
 # -- the PyTorch Dataset ---------------------------------------------------------------------
@@ -393,7 +412,7 @@ def test_open_dataset_from_object_storage(demo):
     assert len(ds.kept_ids()) == 108 and val == _csv_ids(demo / "val_ids.csv")
     assert [p.images for p in paths] == [(f"s3://eochips-loaders/demo/chips/{u}_merged.tif",) for u in val]
     assert [p.labels for p in paths] == [f"s3://eochips-loaders/demo/chips/{u}.mask.tif" for u in val]
-    assert [f["path"] for f in files] == [f"chips/{val[0]}_merged.tif", f"chips/{val[0]}.mask.tif"]  # the marker's order
+    assert [f["path"] for f in files if f["role"] in ("image", "labels")] == [f"chips/{val[0]}_merged.tif", f"chips/{val[0]}.mask.tif"]
     want_mean, want_std = _reference_norm(demo, _csv_ids(demo / "train_ids.csv"), "{}_merged.tif", per_channel=True, bands=3)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-9)
     np.testing.assert_allclose(std, want_std, rtol=1e-9)
