@@ -193,7 +193,8 @@ def test_both_index_forms_of_the_files(demo, tmp_path):
 # -- the PyTorch Dataset ---------------------------------------------------------------------
 
 def test_import_without_torch_names_the_extra():
-    code = "import sys; sys.modules['torch'] = None\ntry:\n    import eochips.torch\nexcept ImportError as e:\n    print(type(e).__name__, '|', e)\n"
+    code = ("import sys; sys.modules['torch'] = None\n"  # `import torch` then raises ImportError, as without torch
+            "try:\n    import eochips.torch\nexcept ImportError as e:\n    print(type(e).__name__, '|', e)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
     assert proc.returncode == 0, proc.stderr
@@ -312,7 +313,6 @@ def test_torchgeo_reads_the_demo_folder(demo):
     pytest.importorskip("torch", reason=NO_TORCH)
     _torchgeo_or_skip()
     import torch
-    from rasterio.windows import from_bounds
     from torch.utils.data import DataLoader
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler, RandomGeoSampler

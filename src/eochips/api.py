@@ -119,6 +119,13 @@ class ChipDataset:
         self.index = index
         self.stats = stats
         self._by_id = {uid: i for i, uid in enumerate(index["unit_id"])}
+        self._kept = [uid for uid, st in zip(index["unit_id"], index["status"]) if st == "kept"]
+        cols = index.columns
+        n = len(index)
+        # the file columns as Python lists once (row access through pandas is slow on large indexes)
+        self._files = index["files"].tolist() if "files" in cols else [None] * n
+        self._roles = index["roles"].tolist() if "roles" in cols else [None] * n
+        self._shas = index["sha256"].tolist() if "sha256" in cols else [None] * n
         self._markers: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
@@ -127,7 +134,7 @@ class ChipDataset:
     # -- units and splits ------------------------------------------------------------
     def kept_ids(self) -> list[str]:
         """Ids of the kept units (status ``kept``), in index order (numeric grid, row, col)."""
-        return [uid for uid, st in zip(self.index["unit_id"], self.index["status"]) if st == "kept"]
+        return list(self._kept)
 
     def splits(self) -> list[str]:
         """The split parts this dataset has: ``["train", "validation"]`` plus ``"test"`` when written."""
@@ -186,12 +193,12 @@ class ChipDataset:
         """
         if unit_id not in self._by_id:
             raise DatasetContentError(f"unit {unit_id!r} is not in the index of {self.location!r}")
-        row = self.index.iloc[self._by_id[unit_id]]
-        entries = list(row["files"]) if row["files"] is not None else []
+        i = self._by_id[unit_id]
+        entries = [] if self._files[i] is None else list(self._files[i])
         if entries and isinstance(entries[0], dict):  # list<struct<path, role, sha256>>, in file order
             return [{"path": e["path"], "role": e.get("role") or "", "sha256": e.get("sha256") or ""} for e in entries]
-        roles = list(row["roles"]) if "roles" in row and row["roles"] is not None else [""] * len(entries)
-        shas = list(row["sha256"]) if "sha256" in row and row["sha256"] is not None else [""] * len(entries)
+        roles = [""] * len(entries) if self._roles[i] is None else list(self._roles[i])
+        shas = [""] * len(entries) if self._shas[i] is None else list(self._shas[i])
         by_name = {f: {"path": f, "role": r, "sha256": s} for f, r, s in zip(entries, roles, shas)}
         order = self._marker(unit_id).get("metrics", {}).get("file_order") or sorted(by_name)
         return [by_name[f] for f in order if f in by_name] + [by_name[f] for f in sorted(by_name) if f not in order]
@@ -356,7 +363,8 @@ def open_dataset(path: str | os.PathLike) -> ChipDataset:
     missing = [f for f in ("index.parquet", "stats.json") if not store.exists(f)]
     if missing:
         built = store.exists("plan/plan.json") or store.exists("state.sqlite")
-        fix = f"run 'eochips finalize {loc}'" if built else f"build it with 'eochips run RECIPE -o {loc}' (or 'eochips finalize {loc}' after 'eochips build')"
+        fix = (f"run 'eochips finalize {loc}'" if built else
+               f"build it with 'eochips run RECIPE -o {loc}' (or 'eochips finalize {loc}' after 'eochips build')")
         raise NotADataset(f"{loc!r} is not a finalised eochips dataset: it has no {' and no '.join(missing)}; {fix}")
     src = store.local_path("index.parquet") if store.is_local else io.BytesIO(store.read_bytes("index.parquet"))
     try:
