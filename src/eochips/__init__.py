@@ -7,7 +7,9 @@ The pipeline, each stage a function and a CLI verb::
     build(out)                                          # eochips build
     finalize(out)                                       # eochips finalize
 
-:func:`run` does all three.
+:func:`run` does all three. :func:`open_dataset` opens the result for training (its index,
+splits, chip files in channel order, normalisation, classes); ``eochips.torch`` (extra
+``eochips[torch]``) wraps a split as a PyTorch ``Dataset``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .api import ChipDataset, open_dataset
 from .config import Recipe, load_recipe
 from .errors import EochipsError
 
 __version__ = "0.2.0"
-__all__ = ["Recipe", "load_recipe", "run", "EochipsError", "__version__"]
+__all__ = ["Recipe", "load_recipe", "run", "open_dataset", "ChipDataset", "EochipsError", "__version__"]
 
 
 def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, scheduler: str | None = None,
