@@ -16,8 +16,13 @@ $(VENV)/.runtime: pyproject.toml
 	$(PY) -m compileall -q -j 0 $(VENV)/lib src > /dev/null || true  # PYTHONDONTWRITEBYTECODE machines: no per-process recompiles
 	touch $@
 
+# torch for eochips.torch's tests: the CPU build when the machine's wheel source has it (~190 MB, ~25 s);
+# never PyPI's default build (CUDA: GBs of nvidia wheels). Without it the torch tests skip with the reason.
+TORCH_CPU ?= torch==2.13.0+cpu
+
 $(VENV)/.installed: $(VENV)/.runtime
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q "$(TORCH_CPU)" || echo "note: no CPU torch wheel ($(TORCH_CPU)) here: the torch tests skip"
 	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
 
