@@ -34,7 +34,7 @@ needs_sample = pytest.mark.skipif(not (SAMPLE / "catalog.json").is_file(), reaso
 needs_ogr = pytest.mark.skipif(shutil.which("ogrinfo") is None or shutil.which("ogr2ogr") is None,
                                reason="Debian gdal-bin (ogrinfo, ogr2ogr) not installed")
 UTC = dt.timezone.utc
-ROLES = {"image", "labels", "qa", "mask", "index", "overview"}  # the file roles of issue 14's design
+ROLES = {"image", "labels", "labels-aux", "qa", "mask", "index", "overview"}  # the file roles (labels-aux: a mask's .aux.xml)
 
 
 @pytest.fixture(scope="module")

@@ -95,8 +95,8 @@ GPKG_LAYER = "units"
 GPKG_VERSION = "1.2"
 """GeoPackage version of ``index.gpkg``: 1.2, which GDAL 3.6 (Debian 12) and older QGIS read
 without the "may only be partially supported" warning GDAL 3.6 gives for 1.4."""
-FILE_ROLES = ("image", "labels", "qa", "mask", "index", "overview")
-"""File roles of ``files[].role`` (``metrics["file_roles"]`` of the layouts, :mod:`eochips.writers.layouts`)."""
+FILE_ROLES = ("image", "labels", "labels-aux", "qa", "mask", "index", "overview")
+"""File roles of ``files[].role`` (``metrics["file_roles"]`` of the layouts, :mod:`eochips.writers.layouts`; ``labels-aux``: a class map's GDAL ``.aux.xml`` with its category names)."""
 
 _S = pa.string()
 _F = pa.float64()

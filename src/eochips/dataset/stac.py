@@ -82,7 +82,7 @@ SCHEMA_FILES = {PROJECTION: "projection-v2.0.0.json", RASTER: "raster-v1.1.0.jso
                 LABEL: "label-v1.0.1.json", ML_AOI: "ml-aoi-v0.1.0.json"}
 """Extension schema URI -> its copy in ``eochips/schema/stac/``."""
 
-ASSET_ROLES = {"image": ["data"], "labels": ["labels"], "qa": ["metadata"], "mask": ["metadata"],
+ASSET_ROLES = {"image": ["data"], "labels": ["labels"], "labels-aux": ["metadata"], "qa": ["metadata"], "mask": ["metadata"],
                "index": ["metadata"], "overview": ["overview"]}
 """eochips file role (``metrics["file_roles"]``) -> STAC asset roles."""
 
@@ -95,7 +95,7 @@ EO_COMMON_NAMES = frozenset({"coastal", "blue", "green", "red", "rededge", "yell
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 MEDIA_TYPES = {".tif": COG, ".tiff": COG, ".png": "image/png", ".jpg": "image/jpeg", ".json": "application/json",
-               ".parquet": "application/vnd.apache.parquet", ".zarr": "application/vnd+zarr"}
+               ".parquet": "application/vnd.apache.parquet", ".zarr": "application/vnd+zarr", ".xml": "application/xml"}
 RASTER_SUFFIXES = (".tif", ".tiff")
 WRITE_THREADS = 8
 """Item files written at once (their fsyncs, or PUTs to object storage, overlap)."""
