@@ -433,8 +433,9 @@ def test_model_kinds_match_the_registries():
         assert kinds(union) == set(registry) == set(KINDS[name].split(", ")), name
     assert kinds(m.Split) == set(SPLITS) == {"random", "tile-ring"}
     assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest",
-                                                    "bigearthnet", "archive"}
-    assert m.DatasetConfig().finalizers == list(m.DEFAULT_FINALIZERS) == ["index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest"]
+                                                    "bigearthnet", "archive", "card", "report"}
+    assert m.DatasetConfig().finalizers == list(m.DEFAULT_FINALIZERS) == ["index", "split", "stats", "plots", "tables", "mosaic", "summary", "card",
+                                                                           "report", "manifest"]
 
 
 # --------------------------------------------------------------------------------------

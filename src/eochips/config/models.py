@@ -1037,7 +1037,7 @@ class TileRingSplit(_Model):
 
 
 Split = Annotated[Union[RandomSplit, TileRingSplit], Field(discriminator="kind")]
-DEFAULT_FINALIZERS = ("index", "split", "stats", "plots", "tables", "mosaic", "summary", "manifest")
+DEFAULT_FINALIZERS = ("index", "split", "stats", "plots", "tables", "mosaic", "summary", "card", "report", "manifest")
 """The finalizers a recipe runs when ``dataset.finalizers`` is not given."""
 FINALIZERS = (*DEFAULT_FINALIZERS, "bigearthnet", "archive")
 """Every finalizer name (eochips.dataset.FINALIZERS)."""

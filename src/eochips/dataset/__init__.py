@@ -16,7 +16,8 @@ finalizer      writes (at the dataset root)
                in their own dtypes (exact for 8/16-bit integers, float-safe otherwise:
                :mod:`eochips.dataset.stats`); class weights (sklearn "balanced" ``N / (K * n_c)``
                over the classes present, normalised to sum 1, 0 for class 0 and absent classes)
-``plots``      ``class_distribution_{split}.png``: pixels per class
+``plots``      ``class_distribution_{split}.png``: pixels per class on a log axis, per class name
+               (:mod:`eochips.dataset.plots`)
 ``tables``     the tables layouts ask for (seed 000's ``fmask_tracker.csv``)
 ``mosaic``     a mosaic recipe's ``{name}-cloudless.tif``, ``-cloudy.tif``, ``-source.tif`` (COGs assembled
                from the tiles' parts), ``sources.csv`` and ``quicklooks/``
@@ -353,20 +354,6 @@ def multilabel_stats(hists: list[dict], table: str) -> dict[str, Any]:
     return {"class_weights": {nm: w[i + 1] for i, nm in enumerate(order)}, "class_pixels": pixels, "label_units": units}
 
 
-@register("plots")
-def _plots(ctx: Context) -> None:
-    r = ctx.plan.recipe
-    if not r.labels:
-        return
-    names = class_names(r)
-    hists = {c: ctx.records[c]["metrics"].get("label_hist", {}) for c in ctx.kept}
-    n_classes = max([*names, *(int(k) for h in hists.values() for k in h), 0])
-    parts = (("train", ctx.train), ("validation", ctx.val)) + ((("test", ctx.test),) if has_test_part(r.dataset.split) else ())
-    for split, ids in parts:
-        png = _plot_classes([hists[c] for c in ids], names, n_classes, f"{r.name}: {split} ({len(ids)} units)")
-        ctx.store.write_bytes(f"class_distribution_{split}.png", png)
-
-
 def summarize(ctx: Context) -> dict[str, Any]:
     """The dataset's counts: units by status and reason code, split sizes, dates, unknown codes."""
     dropped: dict[str, int] = {}
@@ -523,33 +510,6 @@ def _finalize(store: OutputStore) -> dict[str, Any]:
     return {**ctx.summary, "rebuilt": sorted(bad)}
 
 
-def _plot_classes(hists: list[dict], names: dict[int, str], n_classes: int, title: str) -> bytes:
-    """PNG bytes of a bar chart: pixels per class."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = np.zeros(n_classes + 1, dtype=np.int64)
-    for h in hists:
-        for c, n in h.items():
-            if int(c) <= n_classes:
-                counts[int(c)] += int(n)
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * (n_classes + 1)), 4), dpi=100)
-    labels = [names.get(i, str(i)) for i in range(n_classes + 1)]
-    ax.bar(range(n_classes + 1), counts, color="#4c72b0")
-    ax.set_xticks(range(n_classes + 1), labels, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("pixels")
-    ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> None:
     """Write ``checksums.sha256`` over every file of the store but itself, the states, the
     write locks (``.eochips.lock*``: a killed shard's may remain) and ``archive/`` (the archives
@@ -568,5 +528,8 @@ def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> N
 from . import bigearthnet as _bigearthnet  # noqa: E402,F401 - registers the "bigearthnet" finalizer
 from . import mosaic as _mosaic  # noqa: E402,F401 - registers the "mosaic" finalizer
 from . import archive as _archive  # noqa: E402,F401 - registers the "archive" finalizer
+from .plots import _plot_classes  # noqa: E402,F401 - registers the "plots" finalizer; _plot_classes stays importable
+from . import card as _card  # noqa: E402,F401 - registers the "card" finalizer
+from . import report as _report  # noqa: E402,F401 - registers the "report" finalizer
 
 assert set(FINALIZERS) == set(FINALIZER_NAMES), "every finalizer name of the config has a function"
