@@ -281,6 +281,10 @@ def test_report_map_and_drop_reasons_on_crop(crop):
         assert f"<td>dropped: {code}</td><td>{n:,}</td>" in page
     assert [r for r in _attrs(page) if not r.startswith("data:image/png;base64,")] == []
     assert page.count("<td>HLSS30_2.0</td>") >= summary["scenes"]
+    kept = json.loads((out / "summary.json").read_text())["kept"]
+    assert page.count('<div class="chip">') == min(kept, 12)
+    # 3 dates per chip: the quicklook is the first date's red, green, blue; the Fmask (qa) file is not drawn
+    assert page.count("red@t0/green@t0/blue@t0 | labels</div>") == min(kept, 12)
 
 
 # --------------------------------------------------------------------------------------
@@ -332,7 +336,7 @@ async def _cdp_render(url: str, png: Path, width: int = 1280, height: int = 2000
     """Load ``url`` in headless chromium over the DevTools protocol; write a screenshot of the
     viewport to ``png``; return the page's errors: console errors/asserts, uncaught exceptions
     and log entries of level error (failed loads)."""
-    import aiohttp
+    aiohttp = pytest.importorskip("aiohttp", reason="aiohttp (the test extra) drives chromium's DevTools protocol")
 
     profile = tempfile.mkdtemp(prefix="eochips-chromium-")
     proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

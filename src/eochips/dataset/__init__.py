@@ -27,6 +27,10 @@ finalizer      writes (at the dataset root)
                (:mod:`eochips.dataset.bigearthnet`)
 ``summary``    ``summary.json``: counts by status and reason code, dates, unknown label codes; for a
                mosaic recipe its ``mosaic`` section (:func:`eochips.dataset.mosaic.mosaic_summary`)
+``card``       ``README.md``: the dataset card (recipe, build date, versions, sources and licences,
+               counts, split sizes, band and class tables, how to load it; :mod:`eochips.dataset.card`)
+``report``     ``report.html``: one self-contained page (summary, map of the units, class distribution
+               per split, quicklooks, drop reasons, scenes; :mod:`eochips.dataset.report`)
 ``manifest``   ``checksums.sha256`` (sha256sum format, sorted paths, every file but itself, the
                state (``state.sqlite``, the ``state/`` completion markers), ``plan/run.json``
                and ``archive/``)

@@ -11,7 +11,8 @@ the page, drawn by matplotlib or Pillow, no web tiles) with
 - quicklooks of up to :data:`QUICKLOOKS` sample units (evenly spaced over the kept units in id
   order): an RGB of the chip (its ``red``, ``green``, ``blue`` channels when it has them, else
   its first three; each stretched between the stats percentiles ``dataset.percentiles`` of its
-  band, nodata black) beside its label map in the class colours and its mask,
+  band, nodata black) beside its label map in the class colours and its ``mask`` file (non-zero
+  white; ``qa`` files such as Fmask are bit fields and are not drawn),
 - the drop reasons (count and one example message per reason code),
 - per source, the scenes of the plan (id, date, collection, cloud cover, kept units using it).
 
@@ -35,6 +36,8 @@ from .plots import ClassRow, class_pixels, class_rows, codes_seen, hists_of, plo
 REPORT = "report.html"
 QUICKLOOKS = 12
 """Sample units shown as quicklooks (at most)."""
+MAX_SCENE_ROWS = 2000
+"""Scenes listed per source (the page's scene table; the plan's ``scenes.parquet`` holds them all)."""
 QUICKLOOK_PX = 256
 """Largest side of a quicklook PNG: larger chips are decimated (every k-th pixel)."""
 STATUS_COLOURS = {"train": "#1f77b4", "validation": "#ff7f0e", "test": "#2ca02c", "excluded": "#9467bd",
@@ -177,6 +180,14 @@ def rgb_channels(names: list[str]) -> list[int]:
     return list(range(min(3, len(names)))) or []
 
 
+def channel_name(names: list[str], i: int) -> str:
+    """The name of channel ``i`` of a chip whose channels' bands are ``names``: the band, with
+    ``@t{k}`` (k: 0-based occurrence of that band in the chip) when the band occurs more than once."""
+    if names.count(names[i]) == 1:
+        return names[i]
+    return f"{names[i]}@t{names[:i].count(names[i])}"
+
+
 def chip_rgb(arr: np.ndarray, nodata: list[Any], bands: list[str], stats: dict[str, Any] | None,
              percentiles: tuple[float, float]) -> np.ndarray:
     """``(y, x, 3)`` uint8 of three channels of ``arr`` (``(channel, y, x)``), each stretched
@@ -215,6 +226,19 @@ def _decimate(a: np.ndarray) -> np.ndarray:
     return a[..., ::k, ::k]
 
 
+def _same_shape(planes: list[np.ndarray]) -> np.ndarray:
+    """``(channel, y, x)`` of 2-D planes, each repeated (nearest) onto the largest plane's shape
+    (files of one unit at several resolutions: BigEarthNet's 10 / 20 / 60 m bands)."""
+    h = max(p.shape[0] for p in planes)
+    w = max(p.shape[1] for p in planes)
+    out = []
+    for p in planes:
+        if p.shape != (h, w):
+            p = p[np.ix_(np.arange(h) * p.shape[0] // h, np.arange(w) * p.shape[1] // w)]
+        out.append(p)
+    return np.stack(out)
+
+
 def quicklooks(ctx: Context, stats: dict[str, Any] | None, rows: list[ClassRow]) -> list[dict[str, Any]]:
     """Per sample unit (:func:`sample_units`): ``unit_id``, ``split``, ``channels`` (names shown),
     ``rgb`` / ``labels`` / ``mask`` (PNG bytes, None where the unit has no such file)."""
@@ -225,15 +249,16 @@ def quicklooks(ctx: Context, stats: dict[str, Any] | None, rows: list[ClassRow])
         files = image_files(rec)
         if not files:
             continue
-        arrs, names, nodata = [], [], []
+        planes, names, nodata = [], [], []
         for rel in files:
             a, desc, nds = _read_image(ctx.store, rel)
-            arrs.append(_decimate(a))
+            planes += list(_decimate(a))
             names += [(d or f"band{i + 1}").split("@")[0] for i, d in enumerate(desc)]
             nodata += list(nds)
         idx = rgb_channels(names)
-        arr = np.concatenate(arrs)[idx]
-        item = {"unit_id": uid, "split": split_of.get(uid, ""), "channels": [names[i] for i in idx],
+        arr = _same_shape([planes[i] for i in idx])
+        shown = [channel_name(names, i) for i in idx]
+        item = {"unit_id": uid, "split": split_of.get(uid, ""), "channels": shown,
                 "rgb": _png(chip_rgb(arr, [nodata[i] for i in idx], [names[i] for i in idx], stats,
                                      tuple(ctx.plan.recipe.dataset.percentiles))),
                 "labels": None, "mask": None}
@@ -243,7 +268,7 @@ def quicklooks(ctx: Context, stats: dict[str, Any] | None, rows: list[ClassRow])
         if lab is not None and rows:
             a, _, _ = _read_image(ctx.store, lab)
             item["labels"] = _png(label_rgb(_decimate(a[0]), rows))
-        mask = next((f for f in order if roles.get(f) in ("mask", "qa")), None)
+        mask = next((f for f in order if roles.get(f) == "mask"), None)  # not "qa": bit fields (Fmask) have no one picture
         if mask is not None:
             a, _, nds = _read_image(ctx.store, mask)
             m = _decimate(a[0])
@@ -270,7 +295,8 @@ def drop_reasons(ctx: Context) -> list[list[Any]]:
 
 
 def scene_rows(ctx: Context) -> list[list[Any]]:
-    """Per source and scene of the plan: source, id, date, collection, cloud %, kept units using it."""
+    """Per source and scene of the plan (the first :data:`MAX_SCENE_ROWS` by date): source, id,
+    date, collection, cloud %, kept units using it."""
     use: dict[str, int] = {}
     for row in ctx.rows:
         if row["status"] == "kept":
@@ -278,7 +304,7 @@ def scene_rows(ctx: Context) -> list[list[Any]]:
                 use[sid] = use.get(sid, 0) + 1
     out = []
     for src, scenes in ctx.plan.scenes.items():
-        for s in sorted(scenes.values(), key=lambda s: (s.datetime, s.id)):
+        for s in sorted(scenes.values(), key=lambda s: (s.datetime, s.id))[:MAX_SCENE_ROWS]:
             out.append([src, s.id, s.datetime.strftime("%Y-%m-%d %H:%M"), s.collection, s.cloud_cover, use.get(s.id, 0)])
     return out
 
@@ -288,7 +314,7 @@ h1{font-size:22px;margin:0 0 8px}h2{font-size:17px;margin:28px 0 8px;border-bott
 table{border-collapse:collapse;font-size:12px;margin:4px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f0f0f0}img.plot{max-width:100%;border:1px solid #ddd}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.chip{border:1px solid #ccc;padding:6px;font-size:11px}
-.chip img{width:128px;height:128px;image-rendering:pixelated;margin-right:4px;background:#000}
+.chip img{width:128px;height:128px;image-rendering:pixelated;margin-right:4px;background:#000;border:1px solid #999}
 .swatch{display:inline-block;width:12px;height:12px;border:1px solid #555;vertical-align:middle;margin-right:4px}
 .scroll{max-height:420px;overflow:auto}"""
 
@@ -350,6 +376,10 @@ def report_html(ctx: Context) -> str:
                        for f in source_facts(ctx.plan)]))
     out.append("<div class=\"scroll\">" + _table(["source", "scene", "datetime (UTC)", "collection", "cloud %", "kept units"],
                                                   scene_rows(ctx)) + "</div>")
+    big = {src: len(sc) for src, sc in ctx.plan.scenes.items() if len(sc) > MAX_SCENE_ROWS}
+    if big:
+        out.append("<p>" + "; ".join(f"{_esc(src)}: the first {MAX_SCENE_ROWS:,} of {n:,} scenes" for src, n in big.items())
+                   + " (all are in plan/scenes.parquet).</p>")
     out.append("</body></html>\n")
     return "\n".join(out)
 
