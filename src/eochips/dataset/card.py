@@ -325,6 +325,8 @@ def card_text(ctx: Context) -> str:
                      [[b["index"] if b["index"] is not None else i, b["name"], b["band"], b["dtype"], b["nodata"], b["scale"],
                        b["offset"], b["mean"], b["std"], b["minimum"], b["percentiles"].get(lo, b["percentiles"].get(str(float(lo)))),
                        b["percentiles"].get(hi, b["percentiles"].get(str(float(hi)))), b["maximum"]] for i, b in enumerate(bt)]))
+    if isinstance((stats or {}).get("note"), str):
+        parts.append(f"From stats.json: {stats['note']}\n")
     ct = class_table(ctx, stats)
     if ct:
         parts.append(f"## Classes\n\nLabelled pixels over the {on} units; weights: sklearn \"balanced\" over the classes "

@@ -89,7 +89,7 @@ def footprint_map(ctx: Context) -> bytes:
     for row in ctx.rows:
         key = row["split"] if row["status"] == "kept" and row.get("split") else (
             "excluded" if row["unit_id"] in excluded else row["status"] if row["status"] in STATUS_COLOURS else "pending")
-        geom = row["geometry"]
+        geom = _geometry(row.get("geometry"))
         for g in getattr(geom, "geoms", [geom]):
             if g.is_empty or not hasattr(g, "exterior"):
                 continue
@@ -126,6 +126,19 @@ def footprint_map(ctx: Context) -> bytes:
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def _geometry(v: Any):
+    """A row's footprint as a shapely geometry (it may come as shapely, WKB bytes or WKT text)."""
+    import shapely
+
+    if v is None:
+        return shapely.Polygon()
+    if isinstance(v, (bytes, bytearray)):
+        return shapely.from_wkb(bytes(v))
+    if isinstance(v, str):
+        return shapely.from_wkt(v)
+    return v
 
 
 def _aoi_outline(ctx: Context):
