@@ -8,8 +8,8 @@ the page, drawn by matplotlib or Pillow, no web tiles) with
   split part, dropped / failed / unbuilt ones by status,
 - the class distribution per split part on a log axis with the class names
   (:func:`eochips.dataset.plots.plot_classes`),
-- quicklooks of up to :data:`QUICKLOOKS` sample units (evenly spaced over the kept units in id
-  order): an RGB of the chip (its ``red``, ``green``, ``blue`` channels when it has them, else
+- quicklooks of up to :data:`QUICKLOOKS` sample units (:func:`sample_units`: half the units
+  holding the most classes, half evenly spaced over the other kept units): an RGB of the chip (its ``red``, ``green``, ``blue`` channels when it has them, else
   its first three; each stretched between the stats percentiles ``dataset.percentiles`` of its
   band, nodata black) beside its label map in the class colours and its ``mask`` file (non-zero
   white; ``qa`` files such as Fmask are bit fields and are not drawn),
@@ -156,11 +156,18 @@ def _aoi_outline(ctx: Context):
 # --------------------------------------------------------------------------------------
 # quicklooks
 
-def sample_units(kept: list[str], n: int = QUICKLOOKS) -> list[str]:
-    """Up to ``n`` unit ids evenly spaced over ``kept`` (in its order), first and last included."""
+def sample_units(kept: list[str], n: int = QUICKLOOKS, score: dict[str, int] | None = None) -> list[str]:
+    """Up to ``n`` unit ids of ``kept``, in its order: with ``score`` (unit id -> the number of
+    non-background classes it holds) the ``n // 2`` best-scoring units with a positive score (ties:
+    first in ``kept``), then units evenly spaced over the others (first and last included)."""
     if len(kept) <= n:
         return list(kept)
-    return [kept[round(i * (len(kept) - 1) / (n - 1))] for i in range(n)]
+    top = sorted((u for u in kept if (score or {}).get(u, 0) > 0), key=lambda u: -score[u])[:n // 2] if score else []
+    rest = [u for u in kept if u not in set(top)]
+    k = n - len(top)
+    spread = [rest[round(i * (len(rest) - 1) / (k - 1))] for i in range(k)] if k > 1 else rest[:k]
+    chosen = set(top) | set(spread)
+    return [u for u in kept if u in chosen]
 
 
 def _stretch_bounds(stats: dict[str, Any] | None, band: str, lo: str, hi: str) -> tuple[float, float] | None:
@@ -257,7 +264,10 @@ def quicklooks(ctx: Context, stats: dict[str, Any] | None, rows: list[ClassRow])
     ``rgb`` / ``labels`` / ``mask`` (PNG bytes, None where the unit has no such file)."""
     out = []
     split_of = ctx.split_of
-    for uid in sample_units(ctx.kept):
+    background = {c for r in rows if r.background for c in r.codes}
+    score = {u: sum(1 for c, n in ctx.records[u]["metrics"].get("label_hist", {}).items() if int(n) and int(c) not in background)
+             for u in ctx.kept}
+    for uid in sample_units(ctx.kept, QUICKLOOKS, score if rows else None):
         rec = ctx.records[uid]
         files = image_files(rec)
         if not files:
