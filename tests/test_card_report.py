@@ -452,3 +452,28 @@ def test_report_renders_in_chromium(demo, tmp_path):
         assert (np.abs(flat.astype(int) - rgb).max(1) <= 2).sum() > 500, rgb
     if SCREENSHOT_NOTE.parent.is_dir():
         shutil.copy(png, SCREENSHOT_NOTE)
+
+
+def test_band_table_reads_stats_v2(demo):
+    """The card reads the stats.json version-2 layout (per-channel lists in chip order) as well
+    as the earlier per-band one; here a version-2 document of two steps of one band."""
+    from eochips.dataset.card import band_table
+    from eochips.plan import load_plan
+    from eochips.writers import OutputStore
+
+    plan = load_plan(OutputStore(demo))
+    v2 = {"version": 2, "computed_on": "train", "chips": 3,
+          "channels": [{"index": 0, "name": "red@t0", "band": "red", "step": 0, "dtype": "uint16", "nodata": 0,
+                        "scale": 0.0001, "offset": 0.0, "units": "DN"},
+                       {"index": 1, "name": "red@t1", "band": "red", "step": 1, "dtype": "uint16", "nodata": "nan",
+                        "scale": 0.0001, "offset": -0.1, "units": "DN"}],
+          "mean": [10.5, 20.25], "std": [1.0, 2.0], "minimum": [1, 2], "maximum": [30, 40], "count": [100, 90],
+          "percentiles": {"1.5": [2.0, 3.0], "98.5": [29.0, 39.0]}}
+    rows = band_table(v2, plan)
+    assert [(r["index"], r["name"], r["band"], r["nodata"], r["offset"]) for r in rows] == [
+        (0, "red@t0", "red", 0, 0.0), (1, "red@t1", "red", "nan", -0.1)]
+    assert [r["mean"] for r in rows] == [10.5, 20.25] and [r["percentiles"]["98.5"] for r in rows] == [29.0, 39.0]
+    old = json.loads((demo / "stats.json").read_text())
+    if "bands" in old and "channels" not in old:
+        rows = band_table(old, plan)
+        assert [r["name"] for r in rows] == ["blue", "green", "red"] and rows[0]["mean"] == old["bands"]["blue"]["mean"]
