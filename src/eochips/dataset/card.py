@@ -30,7 +30,7 @@ from . import Context, register
 from ..plan import PLAN_DIR, RUN_FILE, Plan
 from ..search import redact, redact_obj
 from ..writers import OutputStore
-from .plots import class_pixels, class_rows, codes_seen, hists_of, split_parts
+from .plots import class_id, class_pixels, class_rows, codes_seen, hists_of, split_parts
 
 CARD = "README.md"
 UNKNOWN_LICENCE = "see the source catalog"
@@ -152,7 +152,7 @@ def band_table(stats: dict[str, Any] | None, plan: Plan) -> list[dict[str, Any]]
 
 
 def class_table(ctx: Context, stats: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The dataset's classes: ``id``, ``name``, ``colour``, ``pixels`` (over the units the stats
+    """The dataset's classes: ``id`` (a code table: the codes of the name), ``name``, ``colour``, ``pixels`` (over the units the stats
     were computed on, else the kept units), ``weight`` and ``background``; empty without labels.
 
     Stats version 2 ``classes`` are taken as they are; otherwise names and colours come from the
@@ -176,7 +176,7 @@ def class_table(ctx: Context, stats: dict[str, Any] | None) -> list[dict[str, An
             w = weights[row.key]
         elif isinstance(weights, dict):
             w = weights.get(str(row.key))
-        out.append({"id": row.key, "name": row.name, "colour": row.colour, "pixels": n, "weight": w,
+        out.append({"id": row.key if isinstance(row.key, int) else class_id(row), "name": row.name, "colour": row.colour, "pixels": n, "weight": w,
                     "background": row.background})
     return out
 

@@ -50,6 +50,11 @@ class ClassRow:
     codes: tuple[int, ...]
 
 
+def class_id(row: ClassRow) -> str:
+    """What identifies a class in the files: its id (a class map) or its codes (a code table)."""
+    return str(row.key) if isinstance(row.key, int) else ", ".join(str(c) for c in row.codes)
+
+
 def _hex(rgba: tuple[int, ...]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgba[:3])
 

@@ -31,11 +31,13 @@ import numpy as np
 
 from . import Context, _read_image, image_files, register
 from .card import band_table, built_on, counts, read_stats, source_facts, split_sizes, versions
-from .plots import ClassRow, class_pixels, class_rows, codes_seen, hists_of, plot_classes, split_parts
+from .plots import ClassRow, class_id, class_pixels, class_rows, codes_seen, hists_of, plot_classes, split_parts
 
 REPORT = "report.html"
 QUICKLOOKS = 12
 """Sample units shown as quicklooks (at most)."""
+RGB_ALIASES = {"B04": "red", "B03": "green", "B02": "blue"}
+"""Band ids that are red, green and blue (Sentinel-2 MSI and HLS S30 / L30: ESA's and NASA's band tables)."""
 MAX_SCENE_ROWS = 2000
 """Scenes listed per source (the page's scene table; the plan's ``scenes.parquet`` holds them all)."""
 QUICKLOOK_PX = 256
@@ -191,10 +193,11 @@ def _stretch_bounds(stats: dict[str, Any] | None, band: str, lo: str, hi: str) -
 
 def rgb_channels(names: list[str]) -> list[int]:
     """Channel indexes of the quicklook: the first ``red``, ``green``, ``blue`` when all three are
-    there, else the first three channels (one channel: grey)."""
-    first = {}
+    there (:data:`RGB_ALIASES`: Sentinel-2 / HLS band ids count), else the first three channels
+    (one channel: grey)."""
+    first: dict[str, int] = {}
     for i, n in enumerate(names):
-        first.setdefault(n, i)
+        first.setdefault(RGB_ALIASES.get(n, n), i)
     if all(c in first for c in ("red", "green", "blue")):
         return [first["red"], first["green"], first["blue"]]
     return list(range(min(3, len(names)))) or []
@@ -366,7 +369,7 @@ def report_html(ctx: Context) -> str:
         series = {name: class_pixels(rows, hists_of(ctx, ids)) for name, ids in split_parts(ctx)}
         out.append(f"<img class=\"plot\" alt=\"class distribution\" src=\"{_b64png(plot_classes(rows, series, f'{r.name}: labelled pixels per class and split'))}\">")
         out.append(_table(["class", "name", *series], [[
-            f"{row.key}", row.name, *(series[k][i] for k in series)] for i, row in enumerate(rows)]))
+            class_id(row), row.name, *(series[k][i] for k in series)] for i, row in enumerate(rows)]))
     else:
         out.append("<p>This recipe has no labels.</p>")
     out.append("<h2>Bands</h2>")
