@@ -269,7 +269,7 @@ def _cell(v: Any) -> str:
         return f"{v:.6g}"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}" if abs(v) >= 10_000 else str(v)
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    return redact(str(v)).replace("|", "\\|").replace("\n", " ")  # every cell: no credential (search.redact)
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
@@ -346,7 +346,7 @@ def card_text(ctx: Context) -> str:
     recipe_yaml = yaml.safe_dump(recipe_doc(plan), sort_keys=True, allow_unicode=True, default_flow_style=False, width=100)
     parts.append("## Recipe\n\nThe resolved recipe (as `plan/plan.json` stores it; `description`, `reading` and `engine` "
                  "cannot change an output byte and are left out):\n\n```yaml\n" + recipe_yaml + "```\n")
-    return "\n".join(parts)
+    return redact("\n".join(parts))  # the whole card once more: no credential in any line (search.redact)
 
 
 @register("card")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import Context, _read_image, image_files, register
+from ..search import redact
 from .card import band_table, built_on, counts, read_stats, source_facts, split_sizes, versions
 from .plots import ClassRow, class_id, class_pixels, class_rows, codes_seen, hists_of, plot_classes, split_parts
 
@@ -65,7 +66,7 @@ def _esc(v: Any) -> str:
         return "nan" if math.isnan(v) else f"{v:.6g}"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
-    return html.escape("" if v is None else str(v))
+    return html.escape(redact("" if v is None else str(v)))  # every text of the page: no credential (search.redact)
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
@@ -310,8 +311,6 @@ def quicklooks(ctx: Context, stats: dict[str, Any] | None, rows: list[ClassRow])
 
 def drop_reasons(ctx: Context) -> list[list[Any]]:
     """``[[reason code, units, an example message]]`` of the dropped and failed units."""
-    from ..search import redact
-
     by: dict[tuple[str, str], list[str]] = {}
     for uid in sorted(ctx.records):
         rec = ctx.records[uid]
