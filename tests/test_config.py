@@ -433,9 +433,9 @@ def test_model_kinds_match_the_registries():
         assert kinds(union) == set(registry) == set(KINDS[name].split(", ")), name
     assert kinds(m.Split) == set(SPLITS) == {"random", "tile-ring", "spatial-blocks"}
     assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "stac", "summary",
-                                                    "manifest", "bigearthnet", "archive"}
+                                                    "card", "report", "manifest", "bigearthnet", "archive"}
     assert m.DatasetConfig().finalizers == list(m.DEFAULT_FINALIZERS) == ["index", "split", "stats", "plots", "tables", "mosaic", "stac",
-                                                                          "summary", "manifest"]
+                                                                          "summary", "card", "report", "manifest"]
 
 
 # --------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ finalizer      writes (at the dataset root)
                (id, name, colour, pixels, weight, background) and class weights (sklearn
                "balanced" ``N / (K * n_c)`` over the classes present, normalised to sum 1, 0 for
                class 0 and absent classes); sets ``Context.stats``
-``plots``      ``class_distribution_{split}.png``: pixels per class
+``plots``      ``class_distribution_{split}.png``: pixels per class on a log axis, per class name
+               (:mod:`eochips.dataset.plots`)
 ``tables``     the tables layouts ask for (seed 000's ``fmask_tracker.csv``)
 ``mosaic``     a mosaic recipe's ``{name}-cloudless.tif``, ``-cloudy.tif``, ``-source.tif`` (COGs assembled
                from the tiles' parts), ``sources.csv`` and ``quicklooks/``
@@ -37,6 +38,10 @@ finalizer      writes (at the dataset root)
                the source items without credentials: :mod:`eochips.dataset.stac`)
 ``summary``    ``summary.json``: counts by status and reason code, dates, unknown label codes; for a
                mosaic recipe its ``mosaic`` section (:func:`eochips.dataset.mosaic.mosaic_summary`)
+``card``       ``README.md``: the dataset card (recipe, build date, versions, sources and licences,
+               counts, split sizes, band and class tables, how to load it; :mod:`eochips.dataset.card`)
+``report``     ``report.html``: one self-contained page (summary, map of the units, class distribution
+               per split, quicklooks, drop reasons, scenes; :mod:`eochips.dataset.report`)
 ``manifest``   ``checksums.sha256`` (sha256sum format, sorted paths, every file but itself, the
                state (``state.sqlite``, the ``state/`` completion markers), ``plan/run.json``
                and ``archive/``)
@@ -200,18 +205,6 @@ def _read_image(store: OutputStore, rel: str, attempts: int = 3) -> tuple[np.nda
                       f"({error_text(last)}); check the object, then rerun 'eochips finalize'")
 
 
-@register("plots")
-def _plots(ctx: Context) -> None:
-    r = ctx.plan.recipe
-    if not r.labels:
-        return
-    names = class_names(r)
-    hists = {c: ctx.records[c]["metrics"].get("label_hist", {}) for c in ctx.kept}
-    n_classes = max([*names, *(int(k) for h in hists.values() for k in h), 0])
-    parts = (("train", ctx.train), ("validation", ctx.val)) + ((("test", ctx.test),) if has_test_part(r.dataset.split) else ())
-    for split, ids in parts:
-        png = _plot_classes([hists[c] for c in ids], names, n_classes, f"{r.name}: {split} ({len(ids)} units)")
-        ctx.store.write_bytes(f"class_distribution_{split}.png", png)
 
 
 def summarize(ctx: Context) -> dict[str, Any]:
@@ -372,33 +365,6 @@ def _finalize(store: OutputStore) -> dict[str, Any]:
     return {**ctx.summary, "rebuilt": sorted(bad)}
 
 
-def _plot_classes(hists: list[dict], names: dict[int, str], n_classes: int, title: str) -> bytes:
-    """PNG bytes of a bar chart: pixels per class."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = np.zeros(n_classes + 1, dtype=np.int64)
-    for h in hists:
-        for c, n in h.items():
-            if int(c) <= n_classes:
-                counts[int(c)] += int(n)
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * (n_classes + 1)), 4), dpi=100)
-    labels = [names.get(i, str(i)) for i in range(n_classes + 1)]
-    ax.bar(range(n_classes + 1), counts, color="#4c72b0")
-    ax.set_xticks(range(n_classes + 1), labels, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("pixels")
-    ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def write_manifest(store: OutputStore, known: dict[str, str] | None = None) -> None:
     """Write ``checksums.sha256`` over every file of the store but itself, the states, the
     write locks (``.eochips.lock*``: a killed shard's may remain) and ``archive/`` (the archives
@@ -420,5 +386,8 @@ from . import mosaic as _mosaic  # noqa: E402,F401 - registers the "mosaic" fina
 from . import archive as _archive  # noqa: E402,F401 - registers the "archive" finalizer
 from .stats import class_weights, multilabel_stats  # noqa: E402,F401 - registers "stats"; both stay importable from here
 from . import stac as _stac_catalog  # noqa: E402,F401 - registers the "stac" finalizer
+from .plots import _plot_classes  # noqa: E402,F401 - registers the "plots" finalizer; _plot_classes stays importable
+from . import card as _card  # noqa: E402,F401 - registers the "card" finalizer
+from . import report as _report  # noqa: E402,F401 - registers the "report" finalizer
 
 assert set(FINALIZERS) == set(FINALIZER_NAMES), "every finalizer name of the config has a function"
