@@ -434,7 +434,7 @@ def test_model_kinds_match_the_registries():
     assert kinds(m.Split) == set(SPLITS) == {"random", "tile-ring", "spatial-blocks"}
     assert set(m.FINALIZERS) == set(FINALIZERS) == {"index", "split", "stats", "plots", "tables", "mosaic", "stac", "summary",
                                                     "card", "report", "manifest", "bigearthnet", "archive"}
-    assert m.DatasetConfig().finalizers == list(m.DEFAULT_FINALIZERS) == ["index", "split", "stats", "plots", "tables", "mosaic", "stac",
+    assert m.DatasetConfig().finalizers == list(m.DEFAULT_FINALIZERS) == ["index", "split", "stats", "plots", "tables", "stac", "mosaic",
                                                                           "summary", "card", "report", "manifest"]
 
 

@@ -1088,7 +1088,7 @@ class SpatialBlocksSplit(_Model):
 
 
 Split = Annotated[Union[RandomSplit, TileRingSplit, SpatialBlocksSplit], Field(discriminator="kind")]
-DEFAULT_FINALIZERS = ("index", "split", "stats", "plots", "tables", "mosaic", "stac", "summary", "card", "report", "manifest")
+DEFAULT_FINALIZERS = ("index", "split", "stats", "plots", "tables", "stac", "mosaic", "summary", "card", "report", "manifest")
 """The finalizers a recipe runs when ``dataset.finalizers`` is not given."""
 FINALIZERS = (*DEFAULT_FINALIZERS, "bigearthnet", "archive")
 """Every finalizer name (eochips.dataset.FINALIZERS)."""
