@@ -75,7 +75,8 @@ def _ids(path: Path) -> list[str]:
 def _md_table(text: str, heading: str) -> list[list[str]]:
     """The rows (cells) of the first Markdown table after ``## heading``."""
     part = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    lines = [ln for ln in part.splitlines() if ln.startswith("|")]
+    lines = part.split("\n|", 1)[1].split("\n\n", 1)[0]  # the first table of the section
+    lines = ("|" + lines).splitlines()
     return [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines[2:]]
 
 
@@ -122,6 +123,9 @@ def test_card_counts_split_bands_classes(demo):
     train, val = _ids(demo / "train_ids.csv"), _ids(demo / "val_ids.csv")
     assert {k: int(_num(v)) for k, v in _md_table(text, "Split")} == {"train": len(train), "validation": len(val)} \
         == {"train": summary["train"], "validation": summary["validation"]}
+    # the leak check of the random split, as summary.json has it; every validation chip of the demo touches a train chip
+    leaks = text.split("## Split\n", 1)[1].split("\n## ", 1)[0].split("Leak check", 1)[1]
+    assert "| train/validation | 22 |" in leaks and summary["split"]["leaks"]["train/validation"] == 22 == len(val)
     # bands: per channel of the train chips, nodata (0) excluded, computed here with rasterio + numpy
     px = {b: [] for b in ("blue", "green", "red")}
     for cid in train:

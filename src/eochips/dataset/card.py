@@ -282,8 +282,11 @@ LOAD_SNIPPET = '''```python
 import eochips
 ds = eochips.open_dataset("path/to/{name}")  # this folder (or its URL)
 ds.index                # one row per unit: status, split, scenes, files (geopandas)
-ds.paths("train")       # the files of the training units
+ds.paths("train")       # the files of the training units (images in channel order, labels)
 ```
+
+For PyTorch (`pip install "eochips[torch]"`): `eochips.torch.ChipTorchDataset(ds, "train")` yields `(image, mask)`
+tensors, the image normalised with stats.json's per-channel mean and std.
 '''
 
 
@@ -315,6 +318,10 @@ def card_text(ctx: Context) -> str:
                      f"{f' and {len(dates) - 12} more' if len(dates) > 12 else ''}.\n")
     sp = r.dataset.split
     parts.append(f"## Split\n\nKind `{sp.kind}`.\n\n" + _table(["part", "units"], [list(s) for s in split_sizes(ctx)]))
+    leaks = (summary.get("split") or {}).get("leaks")
+    if leaks:  # eochips.dataset.leaks: held-out units touching (or within the buffer of) a unit of another part
+        parts.append("Leak check (units of the second part touching, or within the split's buffer of, a unit of the "
+                     "first; 0 means spatially separate):\n\n" + _table(["parts", "units"], [[k, n] for k, n in leaks.items()]))
     bt = band_table(stats, plan)
     lo, hi = (f"{p:g}" for p in r.dataset.percentiles)
     on = (stats or {}).get("computed_on", r.dataset.stats_on)
@@ -336,12 +343,19 @@ def card_text(ctx: Context) -> str:
                            "yes" if c["background"] else ""] for c in ct]))
     else:
         parts.append("## Classes\n\nThis recipe has no labels.\n")
-    parts.append("## Files\n\n" + _table(["file", "what"], [
-        ["index.parquet", "GeoParquet, one row per unit: status, reason, split, scenes, file paths and sha256"],
-        ["train_ids.csv, val_ids.csv" + (", test_ids.csv" if len(split_parts(ctx)) > 2 else ""), "unit ids per split part"],
-        ["stats.json", "band and class statistics"], ["summary.json", "counts by status and reason"],
-        ["report.html", "the dataset report (maps, class plots, quicklooks), when built"],
-        ["plan/", "the plan: resolved recipe, units, scenes"], ["checksums.sha256", "sha256 of every file (sha256sum -c)"]]))
+    fin = set(r.dataset.finalizers)
+    files = [(f, w) for f, w, by in [
+        ("index.parquet", "GeoParquet 1.1, one row per unit: status, reason, split, scenes, files with roles and sha256", "index"),
+        ("index.gpkg", "the same rows as a GeoPackage, for GIS without GeoParquet", "index"),
+        ("train_ids.csv, val_ids.csv" + (", test_ids.csv" if len(split_parts(ctx)) > 2 else ""), "unit ids per split part", "split"),
+        ("stats.json", "band and class statistics", "stats"),
+        ("class_distribution_*.png", "pixels per class and split part (log axis)", "plots"),
+        ("stac/collection.json", "a STAC catalog of the dataset: one item per kept unit (stac/items/)", "stac"),
+        ("summary.json", "counts by status and reason, the split's leak check", "summary"),
+        ("report.html", "the dataset report (map, class plots, quicklooks, drop reasons, scenes)", "report"),
+        ("plan/", "the plan: resolved recipe, units, scenes", None),
+        ("checksums.sha256", "sha256 of every file (sha256sum -c)", "manifest")] if by is None or by in fin]
+    parts.append("## Files\n\n" + _table(["file", "what"], [list(x) for x in files]))
     parts.append("## Load\n\n" + LOAD_SNIPPET.format(name=r.name))
     recipe_yaml = yaml.safe_dump(recipe_doc(plan), sort_keys=True, allow_unicode=True, default_flow_style=False, width=100)
     parts.append("## Recipe\n\nThe resolved recipe (as `plan/plan.json` stores it; `description`, `reading` and `engine` "

@@ -544,7 +544,7 @@ def collection_dict(ctx: Context, items: list[dict[str, Any]]) -> dict[str, Any]
     if label is not None:
         summaries["label:type"] = ["raster"]
         summaries["label:classes"] = label["label:classes"]
-    desc = (r.description or f"eochips dataset of recipe {r.name}").strip()
+    desc = redact((r.description or f"eochips dataset of recipe {r.name}").strip())  # a ${..._TOKEN} may sit in it
     return {"type": "Collection", "stac_version": STAC_VERSION, "stac_extensions": [], "id": r.name,
             "title": r.name, "description": desc + f" ({len(items)} chips; built by eochips {__version__})",
             "keywords": ["eochips", "machine learning", "training data"],
