@@ -197,6 +197,15 @@ def clean_crop_run(stac_api: str, cdl_raster: Path, tmp: Path) -> tuple[Path, Pa
     return recipe, clean
 
 
+def build_recipe(tmp: Path, data: dict, *args: str, env: dict | None = None):
+    """Write ``data`` as ``tmp/recipe.yaml`` and ``eochips run`` it into ``tmp/out`` (no progress);
+    return ``(dataset folder, CompletedProcess)`` after checking the run exited 0."""
+    out = tmp / "out"
+    proc = run_cli("run", str(write_recipe(tmp / "recipe.yaml", data)), "-o", str(out), "--no-progress", *args, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
 def write_recipe(path: Path, data: dict) -> Path:
     import yaml
 

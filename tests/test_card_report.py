@@ -29,7 +29,7 @@ import pytest
 import rasterio
 import yaml
 
-from conftest import REPO, crop_recipe, run_cli, write_recipe
+from conftest import REPO, build_recipe, crop_recipe, run_cli
 
 SAMPLE = Path(os.environ.get("EOCHIPS_SAMPLE_DIR", REPO / "sample-data"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -304,11 +304,8 @@ def test_report_map_and_drop_reasons_on_crop(crop):
 
 @pytest.fixture(scope="module")
 def crop(stac_api, cdl_raster, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("crop-card")
     data = crop_recipe(stac_api, cdl_raster)
-    out = tmp / "out"
-    proc = run_cli("run", str(write_recipe(tmp / "crop.yaml", data)), "-o", str(out), "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, _ = build_recipe(tmp_path_factory.mktemp("crop-card"), data)
     return out, data
 
 

@@ -21,7 +21,7 @@ import rasterio
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 
-from conftest import FMASK_RULE, crop_recipe, run_cli, write_recipe
+from conftest import FMASK_RULE, build_recipe, crop_recipe, run_cli, write_recipe
 from conftest import CDL_NODATA_CHIP, HLS_BANDS, LABEL_ORIGIN, LABEL_SHAPE, UNKNOWN_CODE
 
 CHIP = 32
@@ -40,11 +40,8 @@ def cdl13() -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def crop_run(stac_api, cdl_raster, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("crop")
     data = crop_recipe(stac_api, cdl_raster)
-    out = tmp / "out"
-    proc = run_cli("run", str(write_recipe(tmp / "crop.yaml", data)), "-o", str(out), "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, proc = build_recipe(tmp_path_factory.mktemp("crop"), data)
     return out, proc, data
 
 

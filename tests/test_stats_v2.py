@@ -25,7 +25,7 @@ import rasterio
 import yaml
 from affine import Affine
 
-from conftest import FMASK_RULE, REPO, crop_recipe, run_cli, write_recipe
+from conftest import FMASK_RULE, REPO, build_recipe, crop_recipe, run_cli
 
 SAMPLE = Path(os.environ.get("EOCHIPS_SAMPLE_DIR", REPO / "sample-data"))
 QS = (1.5, 98.5)
@@ -172,11 +172,7 @@ def test_demo_finalize_twice_same_bytes(demo):
 
 @pytest.fixture(scope="module")
 def crop(stac_api, cdl_raster, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("crop-stats")
-    data = crop_recipe(stac_api, cdl_raster, **{FMASK_RULE: 100, "engine.processes": False})
-    out = tmp / "out"
-    proc = run_cli("run", str(write_recipe(tmp / "crop.yaml", data)), "-o", str(out), "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, _ = build_recipe(tmp_path_factory.mktemp("crop-stats"), crop_recipe(stac_api, cdl_raster, **{FMASK_RULE: 100, "engine.processes": False}))
     return out, json.loads((out / "stats.json").read_text())
 
 
