@@ -67,7 +67,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 
 from .. import failpoints
 from ..config.models import FINALIZERS as FINALIZER_NAMES
@@ -75,7 +74,6 @@ from ..engine import MARKERS, STATE_FILE, open_state
 from ..errors import OutputError
 from ..plan import Plan, class_names, load_plan, make_tasks
 from ..progress import stage
-from ..reading import error_text
 from ..registry import Registry
 from ..search import redact, redact_obj
 from ..writers import OutputStore
@@ -176,33 +174,6 @@ def image_files(rec: dict[str, Any]) -> list[str]:
 
 
 _image_files = image_files
-
-
-def _read_image(store: OutputStore, rel: str, attempts: int = 3) -> tuple[np.ndarray, tuple, tuple]:
-    """``(band, y, x)`` pixels, band descriptions and nodata of a dataset file. From object
-    storage the object is fetched whole and decoded in memory; a body that does not decode (a
-    transfer cut short: seen once from a local S3 server) is fetched again, ``attempts`` times.
-
-    Raises
-    ------
-    OutputError
-        The file still does not decode (named).
-    """
-    import rasterio
-    from rasterio.io import MemoryFile
-
-    if store.is_local:
-        with rasterio.open(store.local_path(rel)) as ds:
-            return ds.read(), ds.descriptions, ds.nodatavals
-    for attempt in range(attempts):
-        data = store.read_bytes(rel)
-        try:
-            with MemoryFile(data) as mem, mem.open() as ds:
-                return ds.read(), ds.descriptions, ds.nodatavals
-        except rasterio.errors.RasterioError as exc:
-            last = exc
-    raise OutputError(f"file {rel} of {store.location!r} does not decode as a GeoTIFF after {attempts} reads "
-                      f"({error_text(last)}); check the object, then rerun 'eochips finalize'")
 
 
 

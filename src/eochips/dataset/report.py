@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from . import Context, _read_image, image_files, register
+from . import Context, image_files, register
+from .channels import read_file
 from ..search import redact
 from .card import band_table, built_on, counts, read_stats, source_facts, split_sizes, versions
 from .plots import ClassRow, class_id, class_pixels, class_rows, codes_seen, hists_of, plot_classes, split_parts
@@ -278,10 +279,10 @@ def quicklooks(ctx: Context, stats: dict[str, Any] | None, rows: list[ClassRow])
             continue
         planes, names, nodata = [], [], []
         for rel in files:
-            a, desc, nds = _read_image(ctx.store, rel)
+            a, bands = read_file(ctx.store, rel)
             planes += list(_decimate(a))
-            names += [(d or f"band{i + 1}").split("@")[0] for i, d in enumerate(desc)]
-            nodata += list(nds)
+            names += [b.band for b in bands]
+            nodata += [b.nodata for b in bands]
         idx = rgb_channels(names)
         arr = _same_shape([planes[i] for i in idx])
         shown = [channel_name(names, i) for i in idx]
@@ -293,13 +294,13 @@ def quicklooks(ctx: Context, stats: dict[str, Any] | None, rows: list[ClassRow])
         order = rec["metrics"].get("file_order") or sorted(rec["files"])
         lab = next((f for f in order if roles.get(f) == "labels"), None)
         if lab is not None and rows:
-            a, _, _ = _read_image(ctx.store, lab)
+            a, _ = read_file(ctx.store, lab)
             item["labels"] = _png(label_rgb(_decimate(a[0]), rows))
         mask = next((f for f in order if roles.get(f) == "mask"), None)  # not "qa": bit fields (Fmask) have no one picture
         if mask is not None:
-            a, _, nds = _read_image(ctx.store, mask)
+            a, bands = read_file(ctx.store, mask)
             m = _decimate(a[0])
-            on = (m != 0) if nds[0] is None else ((m != 0) & (m != nds[0]))
+            on = (m != 0) if bands[0].nodata is None else ((m != 0) & (m != bands[0].nodata))
             item["mask"] = _png(np.repeat(np.where(on, 255, 0).astype(np.uint8)[..., None], 3, axis=2))
             item["mask_role"] = roles.get(mask)
         out.append(item)
