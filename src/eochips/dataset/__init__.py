@@ -148,8 +148,6 @@ FINALIZERS = Registry("finalizer")
 register = FINALIZERS.register
 
 
-
-
 @register("split")
 def _split(ctx: Context) -> None:
     from .splits import write_split
@@ -171,11 +169,6 @@ def image_files(rec: dict[str, Any]) -> list[str]:
     roles = rec["metrics"].get("file_roles", {})
     order = rec["metrics"].get("file_order") or sorted(rec["files"])
     return [f for f in order if roles.get(f) == "image"]
-
-
-_image_files = image_files
-
-
 
 
 def summarize(ctx: Context) -> dict[str, Any]:
