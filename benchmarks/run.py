@@ -40,7 +40,13 @@ EOCHIPS = str(Path(sys.executable).with_name("eochips"))
 CORES = os.cpu_count() or 1
 
 CASES = ["seed-loopback", "medium-loopback", "dense-loopback", "seed-proxy", "dense-proxy"]
-CONTENDERS = ["eochips-1w", "eochips-2w", "seed", "odc-stac", "limit"]
+CONTENDERS = ["eochips-1w", "eochips-2w", "torchgeo", "torchgeo-files", "rslearn", "seed", "odc-stac", "limit"]
+# the peers users pick instead of a notebook, each a script of its own (they import torch):
+# name -> (script, arguments before the common ones). Each prints one JSON line
+# {"chips", "kept", "files", "seconds"} and takes --workers (as many as eochips-2w's).
+PEERS = {"torchgeo": ("torchgeo_contender.py", ["tensors"]), "torchgeo-files": ("torchgeo_contender.py", ["files"]),
+         "rslearn": ("rslearn_contender.py", [])}
+PEER_WORKERS = 2
 LOOPBACK_ONLY = {"eochips-1w"}  # the 1-vs-2-worker comparison is a CPU question
 # The seed method and odc-stac decode and warp every granule whole whatever its chips (about
 # 28 s per granule here). To keep `make bench` under 20 minutes they run --heavy-runs times
@@ -149,6 +155,12 @@ def run_one(contender: str, case: str, wl: dict, scratch: Path) -> dict:
         m["chips"] = len(chips)
         # per worker: the worker processes are every process but the main one and the nannies
         m["worker_rss_mb"] = max((v for v in m["rss_by_process_mb"] if v != m["root_rss_mb"]), default=0.0)
+    elif contender in PEERS:
+        script, pre = PEERS[contender]
+        m = measure([PY, str(HERE / script), *pre, str(Path(wl["root"]) / "workload.json"), density, net, str(out),
+                     "--workers", str(PEER_WORKERS)])
+        res = json.loads(m["stdout"].strip().splitlines()[-1])
+        m["kept"], m["chips"] = res["kept"], res["chips"]
     else:
         name = {"seed": "seed", "odc-stac": "odc", "limit": "limit"}[contender]
         args = [PY, str(HERE / "contenders.py"), name, str(Path(wl["root"]) / "workload.json"), density, net, str(out)]
@@ -233,6 +245,7 @@ def summarise(records: list[dict], wl: dict, tiles: dict[str, int]) -> list[dict
                 "chips_per_s": round(chips / med_wall, 3), "chips_per_s_min_max": [round(cps[0], 3), round(cps[-1], 3)],
                 "cpu_s": round(med_cpu, 1), "cores_busy": round(med_cpu / med_wall, 2),
                 "chips_per_s_per_core": round(chips / med_cpu, 3),
+                "cpu_s_per_chip": round(med_cpu / chips, 4),
                 "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in rs), 1),
                 "peak_rss_sum_mb": round(statistics.median(r["peak_rss_sum_mb"] for r in rs), 1),
                 "peak_pss_sum_mb": round(statistics.median(r["peak_pss_sum_mb"] for r in rs), 1),
@@ -341,7 +354,7 @@ def main(argv=None) -> None:
     tmp.rename(args.results / "latest.json")
     (args.results / "latest.md").write_text(md)
     readme = HERE / "README.md"
-    if readme.exists():
+    if readme.exists() and args.results == HERE / "results":
         text = readme.read_text()
         a, b = "<!-- results -->", "<!-- /results -->"
         if a in text and b in text:
