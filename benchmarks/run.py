@@ -40,7 +40,10 @@ EOCHIPS = str(Path(sys.executable).with_name("eochips"))
 CORES = os.cpu_count() or 1
 
 CASES = ["seed-loopback", "medium-loopback", "dense-loopback", "seed-proxy", "dense-proxy"]
-CONTENDERS = ["eochips-1w", "eochips-2w", "torchgeo", "torchgeo-files", "rslearn", "seed", "odc-stac", "limit"]
+CONTENDERS = ["eochips-2w", "torchgeo", "torchgeo-files", "rslearn", "seed", "odc-stac", "limit"]
+# eochips-1w (one worker) runs on request only (--contenders): the 2-vs-1-worker target gave way
+# to CPU-seconds per chip and worker utilisation during the build (issue 15)
+KNOWN = ["eochips-1w"] + CONTENDERS
 # the peers users pick instead of a notebook, each a script of its own (they import torch):
 # name -> (script, arguments before the common ones). Each prints one JSON line
 # {"chips", "kept", "files", "seconds"} and takes --workers (as many as eochips-2w's).
@@ -155,6 +158,7 @@ def run_one(contender: str, case: str, wl: dict, scratch: Path) -> dict:
         m["chips"] = len(chips)
         # per worker: the worker processes are every process but the main one and the nannies
         m["worker_rss_mb"] = max((v for v in m["rss_by_process_mb"] if v != m["root_rss_mb"]), default=0.0)
+        m["build"], m["stages"] = build_timings(out, summary)
     elif contender in PEERS:
         script, pre = PEERS[contender]
         m = measure([PY, str(HERE / script), *pre, str(Path(wl["root"]) / "workload.json"), density, net, str(out),
@@ -172,6 +176,15 @@ def run_one(contender: str, case: str, wl: dict, scratch: Path) -> dict:
     m.pop("stdout")
     shutil.rmtree(out, ignore_errors=True)
     return m
+
+
+def build_timings(out: Path, summary: dict) -> tuple[dict, dict]:
+    """eochips' own account of a run: the build's worker CPU and utilisation, and seconds per
+    stage (``timings.json`` when the run wrote one, else the ``build`` / ``stages`` keys of
+    ``summary.json``); empty dicts when neither is there."""
+    path = out / "timings.json"
+    rec = json.loads(path.read_text()) if path.exists() else summary
+    return dict(rec.get("build") or {}), dict(rec.get("stages") or {})
 
 
 def intersected_tile_bytes(wl: dict, density: str, granules: int | None = None) -> int:
@@ -226,7 +239,7 @@ def intersected_tile_bytes(wl: dict, density: str, granules: int | None = None) 
 def summarise(records: list[dict], wl: dict, tiles: dict[str, int]) -> list[dict]:
     rows = []
     for case in CASES:
-        for con in CONTENDERS:
+        for con in KNOWN:
             rs = [r for r in records if r["case"] == case and r["contender"] == con]
             if not rs:
                 continue
@@ -256,6 +269,12 @@ def summarise(records: list[dict], wl: dict, tiles: dict[str, int]) -> list[dict
             }
             if con.startswith("eochips"):
                 row["worker_rss_mb"] = round(statistics.median(r["worker_rss_mb"] for r in rs), 1)
+                row["root_rss_mb"] = round(statistics.median(r["root_rss_mb"] for r in rs), 1)
+                util = [r["build"]["utilisation"] for r in rs if r.get("build", {}).get("utilisation") is not None]
+                if util:
+                    row["build_utilisation"] = round(statistics.median(util), 3)
+                stages = {k for r in rs for k in r.get("stages", {})}
+                row["stages_s"] = {k: round(statistics.median(r["stages"].get(k, 0.0) for r in rs), 3) for k in sorted(stages)}
             rows.append(row)
     for row in rows:
         if row["contender"].startswith("eochips"):
@@ -264,17 +283,93 @@ def summarise(records: list[dict], wl: dict, tiles: dict[str, int]) -> list[dict
     return rows
 
 
+EOCHIPS_ROW = "eochips-2w"  # eochips' default on this machine (a worker per core)
+PEER_ROWS = ("torchgeo", "torchgeo-files", "rslearn")
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """The issue's targets, each ``{"target", "measured", "met"}``, from the summary rows (a
+    target whose contenders did not run is left out)."""
+    def row(case, con):
+        return next((r for r in rows if r["case"] == case and r["contender"] == con), None)
+
+    out = []
+    cases = sorted({r["case"] for r in rows}, key=CASES.index)
+    for case in cases:
+        e = row(case, EOCHIPS_ROW)
+        if e is None:
+            continue
+        for peer in PEER_ROWS:
+            p = row(case, peer)
+            if p is not None:
+                out.append({"target": f"{case}: faster than {peer} (chips/s)",
+                            "measured": f"{e['chips_per_s']:.2f} vs {p['chips_per_s']:.2f} = {e['chips_per_s'] / p['chips_per_s']:.2f}x",
+                            "met": e["chips_per_s"] > p["chips_per_s"]})
+                out.append({"target": f"{case}: lower peak RSS than {peer} (largest process)",
+                            "measured": f"{e['peak_rss_mb']:.0f} vs {p['peak_rss_mb']:.0f} MB",
+                            "met": e["peak_rss_mb"] < p["peak_rss_mb"]})
+        s = row(case, "seed")
+        if s is not None and case.startswith("seed"):
+            out.append({"target": f"{case}: >= 5x the seed method's chips/s",
+                        "measured": f"{e['chips_per_s']:.2f} vs {s['chips_per_s']:.2f} = {e['chips_per_s'] / s['chips_per_s']:.1f}x"
+                                    + ("" if s["granules"] == e["granules"] else f" (seed on {s['granules']} granules)"),
+                        "met": e["chips_per_s"] >= 5 * s["chips_per_s"]})
+            out.append({"target": f"{case}: <= 1/4 of the seed method's peak RSS (largest process)",
+                        "measured": f"{e['peak_rss_mb']:.0f} vs {s['peak_rss_mb']:.0f} MB = {e['peak_rss_mb'] / s['peak_rss_mb']:.2f}",
+                        "met": e["peak_rss_mb"] <= s["peak_rss_mb"] / 4})
+        lim = row(case, "limit")
+        if lim is not None:
+            out.append({"target": f"{case}: within 1.5x of the limit's time",
+                        "measured": f"{e['seconds']:.1f} vs {lim['seconds']:.1f} s = {e['seconds'] / lim['seconds']:.2f}x",
+                        "met": e["seconds"] <= 1.5 * lim["seconds"]})
+            out.append({"target": f"{case}: CPU-seconds per chip <= 1.2x the limit's",
+                        "measured": f"{e['cpu_s_per_chip']:.3f} vs {lim['cpu_s_per_chip']:.3f} = {e['cpu_s_per_chip'] / lim['cpu_s_per_chip']:.2f}x",
+                        "met": e["cpu_s_per_chip"] <= 1.2 * lim["cpu_s_per_chip"]})
+        if e.get("bytes_ratio") is not None:
+            out.append({"target": f"{case}: bytes sent <= 1.3x the intersected tiles",
+                        "measured": f"{e['bytes_ratio']:.2f}", "met": e["bytes_ratio"] <= 1.3})
+        if e.get("build_utilisation") is not None:
+            out.append({"target": f"{case}: worker utilisation during build >= 85 % of the cores given",
+                        "measured": f"{100 * e['build_utilisation']:.0f} %", "met": e["build_utilisation"] >= 0.85})
+    return out
+
+
+def git_rev() -> str | None:
+    """The checkout's commit (short), or None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def stages_md(rows: list[dict]) -> str:
+    """eochips' seconds per stage (its own ``timings``), one column per case; "" without any."""
+    es = [r for r in rows if r["contender"] == EOCHIPS_ROW and r.get("stages_s")]
+    if not es:
+        return ""
+    names = list(dict.fromkeys(k for r in es for k in r["stages_s"]))
+    md = "\n| eochips-2w: seconds per stage | " + " | ".join(r["case"] for r in es) + " |\n"
+    md += "|---|" + "---|" * len(es) + "\n"
+    for n in names:
+        md += f"| {n} | " + " | ".join(f"{r['stages_s'].get(n, 0.0):.2f}" for r in es) + " |\n"
+    if any("build_utilisation" in r for r in es):
+        md += "| build: worker utilisation | " + " | ".join(
+            f"{100 * r['build_utilisation']:.0f} %" if "build_utilisation" in r else "" for r in es) + " |\n"
+    return md
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| case | contender | chips (kept) | runs | chips/s (min-max) | chips/s per core | peak MB: largest RSS / tree PSS "
-            "| MB sent | / tiles | eochips-1w vs this |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| case | contender | chips (kept) | runs | chips/s (min-max) | CPU-s per chip | peak MB: largest RSS / tree PSS "
+            f"| MB sent | / tiles | {EOCHIPS_ROW} vs this |\n|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
-        base = next((o for o in rows if o["case"] == r["case"] and o["contender"] == "eochips-1w"), None)
-        vs = "" if r["contender"] == "eochips-1w" or base is None else f"{base['chips_per_s'] / r['chips_per_s']:.2f}x"
+        base = next((o for o in rows if o["case"] == r["case"] and o["contender"] == EOCHIPS_ROW), None)
+        vs = "" if r["contender"] == EOCHIPS_ROW or base is None else f"{base['chips_per_s'] / r['chips_per_s']:.2f}x"
         chips = f"{r['chips']} ({r['kept']})" + (f", {r['granules']} gran." if r["granules"] else "")
         lines.append(
             f"| {r['case']} | {r['contender']} | {chips} | {r['runs']} | {r['chips_per_s']:.2f} "
-            f"({r['chips_per_s_min_max'][0]:.2f}-{r['chips_per_s_min_max'][1]:.2f}) | {r['chips_per_s_per_core']:.2f} "
+            f"({r['chips_per_s_min_max'][0]:.2f}-{r['chips_per_s_min_max'][1]:.2f}) | {r['cpu_s_per_chip']:.3f} "
             f"| {r['peak_rss_mb']:.0f} / {r['peak_pss_sum_mb']:.0f} | {r['bytes_sent_mb']:.0f} | {r['bytes_ratio']:.2f} | {vs} |")
     return head + "\n".join(lines) + "\n"
 
@@ -287,13 +382,18 @@ def main(argv=None) -> None:
                     help="granules the seed method and odc-stac process at seed density")
     ap.add_argument("--cache", type=Path, default=HERE / ".cache", help="workload files (about 0.5 GB, reused)")
     ap.add_argument("--only", nargs="*", default=None, help="cases to run (default: all)")
-    ap.add_argument("--contenders", nargs="*", default=CONTENDERS)
+    ap.add_argument("--contenders", nargs="*", default=CONTENDERS, choices=KNOWN)
     ap.add_argument("--scale40", action="store_true", default=True, help="also eochips at 40 granules (RSS per worker)")
     ap.add_argument("--no-scale40", dest="scale40", action="store_false")
     ap.add_argument("--results", type=Path, default=HERE / "results")
+    ap.add_argument("--quick", action="store_true",
+                    help="one round, no 40-granule row: every contender and case once (under 10 minutes)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.heavy_runs, args.scale40 = 1, 1, False
     PROTOCOL["heavy_granules"] = args.heavy_granules
     t_start = time.perf_counter()
+    load_start = list(os.getloadavg())
     cases = args.only or CASES
     args.cache.mkdir(parents=True, exist_ok=True)
     workload.build_base(args.cache)
@@ -334,27 +434,32 @@ def main(argv=None) -> None:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     rows = summarise(records, wl, tiles)
+    tg = targets(rows)
     result = {
-        "machine": {"cores": CORES, "python": sys.version.split()[0]},
+        "machine": {"cores": CORES, "python": sys.version.split()[0], "load_average_start": load_start,
+                    "load_average_end": list(os.getloadavg()), "git_rev": git_rev()},
         "protocol": {"runs": args.runs, "heavy_runs": args.heavy_runs, "heavy_granules_at_seed_density": PROTOCOL["heavy_granules"],
                      "latency_s": 0.040, "bandwidth_mb_s": 50.0, "workload_build_s": round(t_built - t_start, 1),
                      "total_s": round(time.perf_counter() - t_start, 1)},
         "results": rows,
+        "targets": tg,
         "scale": [{"granules": m["granules"], "chips": m["chips"], "seconds": round(m["wall_s"], 2),
                    "worker_rss_mb": round(m["worker_rss_mb"], 1), "peak_rss_mb": round(m["peak_rss_mb"], 1)} for m in scale],
         "runs": [{k: v for k, v in r.items() if k != "rss_by_process_mb"} for r in records],
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    md = table(rows)
+    md = table(rows) + stages_md(rows)
     if scale:
         md += "\n| eochips-2w, seed density | granules | chips | seconds | RSS per worker MB |\n|---|---|---|---|---|\n"
         md += "".join(f"| | {s['granules']} | {s['chips']} | {s['seconds']} | {s['worker_rss_mb']} |\n" for s in result["scale"])
-    tmp = args.results / "latest.json.tmp"
+    md += targets_md(tg)
+    name = "quick" if args.quick else "latest"  # a quick round never replaces the full results
+    tmp = args.results / f"{name}.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
-    tmp.rename(args.results / "latest.json")
-    (args.results / "latest.md").write_text(md)
+    tmp.rename(args.results / f"{name}.json")
+    (args.results / f"{name}.md").write_text(md)
     readme = HERE / "README.md"
-    if readme.exists() and args.results == HERE / "results":
+    if readme.exists() and args.results == HERE / "results" and not args.quick:
         text = readme.read_text()
         a, b = "<!-- results -->", "<!-- /results -->"
         if a in text and b in text:
