@@ -62,7 +62,8 @@ GDAL's suggested resolution and origin, nearest resampling, the VRT's default), 
 granule 0 that VRT grid is 30.02 m with its origin 0.58 px (x) and 0.11 px (y) off the label
 grid. eochips' chips equal a one-step bilinear ``rasterio.warp.reproject`` exactly; TorchGeo's
 do not (about 2-12 % of the reflectance pixels identical, mean |diff| 15-105 for means of
-375-3272; Fmask 97-99 % identical). File handles: ``_cached_load_warp_file`` is one
+375-3272; Fmask 97-99 % identical). The VRT is read by its 512 x 128 px blocks, so a chip warps
+and fetches the source under every block it touches. File handles: ``_cached_load_warp_file`` is one
 ``functools.lru_cache(maxsize=128)`` for every ``RasterDataset`` of a process, so beyond 128
 files (the seed density's 10 granules x 21 files) handles are closed and reopened.
 """
