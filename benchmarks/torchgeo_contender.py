@@ -42,10 +42,13 @@ What it does:
   ``batch_size=1`` with ``stack_samples``). Not the Linux default ``fork``: ``RasterDataset``
   opens every file in the main process (its index), so forked workers inherit GDAL's open
   ``/vsicurl/`` connections, and GDAL state shared across ``fork()`` is unsupported
-  (OSGeo/gdal#2368). Here one of two ``fork`` runs ended in a worker's "CURL error: Operation
-  timed out after 60002 milliseconds with 0 bytes received". The forkserver process starts
-  clean and imports this module (torch, TorchGeo) once; workers fork from it.
-  ``--mp-context fork`` runs the default anyway.
+  (OSGeo/gdal#2368). One of five ``fork`` runs here ended in a worker's "CURL error: Operation
+  timed out after 60002 milliseconds with 0 bytes received"; with plain rasterio (the parent
+  opens one ``/vsicurl/`` COG, two forked children then read others) a child timed out so in 4
+  of 6 trials, with forkserver in none of 4. The forkserver process starts clean and imports
+  this module (torch, TorchGeo) once; workers fork from it. That costs TorchGeo about 0.3 CPU-s
+  per chip and 0.9 GB of tree PSS at 50 chips (``fork`` when it works: 0.43-0.51 CPU-s per chip,
+  PSS 1.45-1.49 GB; forkserver 0.78, 2.42 GB). ``--mp-context fork`` runs the default anyway.
 - ``tensors``: a chip counts when its tensors arrive in the main process; ``kept`` applies seed
   001's filter to them (no -9999 in the reflectance, ``contenders.bad_pct`` < 5 on every date's
   Fmask, no label 0), as ``contenders.finish_chip`` does; no files.
