@@ -50,6 +50,7 @@ KNOWN = ["eochips-1w"] + CONTENDERS
 PEERS = {"torchgeo": ("torchgeo_contender.py", ["tensors"]), "torchgeo-files": ("torchgeo_contender.py", ["files"]),
          "rslearn": ("rslearn_contender.py", [])}
 PEER_WORKERS = 2
+PEER_TIMEOUT_S = 900.0  # a hung DataLoader worker (a CURL timeout per request) must not stall the run
 LOOPBACK_ONLY = {"eochips-1w"}  # the 1-vs-2-worker comparison is a CPU question
 # The seed method and odc-stac decode and warp every granule whole whatever its chips (about
 # 28 s per granule here). To keep `make bench` under 20 minutes they run --heavy-runs times
@@ -98,16 +99,35 @@ def targets_md(targets: list[dict]) -> str:
         f"| {t['target']} | {t['measured']} | {'met' if t['met'] else '**missed**'} |\n" for t in targets)
 
 
-def measure(cmd: list[str], env: dict | None = None) -> dict:
+class TimedOut(RuntimeError):
+    """A contender's run took longer than the harness allows (its process tree was killed)."""
+
+
+def _kill_tree(root: psutil.Process) -> None:
+    procs = [root] + root.children(recursive=True)
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def measure(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> dict:
     """Run ``cmd``; return wall seconds, CPU seconds of the whole process tree, and peak RSS
     (largest process, largest sum over the tree, and per process: every 50 ms), and the peak
-    PSS summed over the tree (shared pages counted once: every 0.5 s)."""
+    PSS summed over the tree (shared pages counted once: every 0.5 s). After ``timeout``
+    seconds the tree is killed and :class:`TimedOut` raised."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     root = psutil.Process(proc.pid)
     peak_sum, peak_pss, peaks, cpu_seen, n = 0, 0, {}, {}, 0
     while proc.poll() is None:
+        if timeout is not None and time.perf_counter() - t0 > timeout:
+            _kill_tree(root)
+            proc.communicate()
+            raise TimedOut(f"{' '.join(cmd[:3])} ... killed after {timeout:.0f} s")
         total = total_pss = 0
         try:
             procs = [root] + root.children(recursive=True)
@@ -162,7 +182,7 @@ def run_one(contender: str, case: str, wl: dict, scratch: Path) -> dict:
     elif contender in PEERS:
         script, pre = PEERS[contender]
         m = measure([PY, str(HERE / script), *pre, str(Path(wl["root"]) / "workload.json"), density, net, str(out),
-                     "--workers", str(PEER_WORKERS)])
+                     "--workers", str(PEER_WORKERS)], timeout=PEER_TIMEOUT_S)
         res = json.loads(m["stdout"].strip().splitlines()[-1])
         m["kept"], m["chips"] = res["kept"], res["chips"]
     else:
@@ -400,6 +420,7 @@ def main(argv=None) -> None:
     server = Server(args.cache)
     scratch = Path(tempfile.mkdtemp(prefix="eochips-bench-"))
     records: list[dict] = []
+    timed_out: list[dict] = []
     try:
         wl = workload.build(args.cache, server.urls["loopback"], server.urls["proxy"])
         t_built = time.perf_counter()
@@ -412,7 +433,12 @@ def main(argv=None) -> None:
                 k = rnd % len(cons)
                 for con in cons[k:] + cons[:k]:
                     server.reset()
-                    m = run_one(con, case, wl, scratch)
+                    try:
+                        m = run_one(con, case, wl, scratch)
+                    except TimedOut as e:
+                        timed_out.append({"case": case, "contender": con, "round": rnd, "error": str(e)})
+                        print(f"[{time.perf_counter() - t_start:7.1f}s] round {rnd + 1} {case:16s} {con:11s} {e}", flush=True)
+                        continue
                     st = server.stats()
                     heavy = con in HEAVY and case.startswith("seed")
                     m.update(case=case, contender=con, round=rnd, bytes=st["bytes"], requests=st["requests"],
@@ -443,6 +469,7 @@ def main(argv=None) -> None:
                      "total_s": round(time.perf_counter() - t_start, 1)},
         "results": rows,
         "targets": tg,
+        "timed_out": timed_out,
         "scale": [{"granules": m["granules"], "chips": m["chips"], "seconds": round(m["wall_s"], 2),
                    "worker_rss_mb": round(m["worker_rss_mb"], 1), "peak_rss_mb": round(m["peak_rss_mb"], 1)} for m in scale],
         "runs": [{k: v for k, v in r.items() if k != "rss_by_process_mb"} for r in records],
