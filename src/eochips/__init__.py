@@ -38,6 +38,14 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
     the others check that theirs is the same; ``finalize(out)`` merges the shards once all are
     done. Returns ``{"recipe", "shard", "units_total", "build"}`` (the shard's counts).
 
+    The summary also has ``"stages"``: seconds per stage key (``search:SOURCE``,
+    ``selection:SOURCE``, ``label_scan``, ``asset_probe``, ``plan``, ``plan_write``,
+    ``cluster_start``, ``processing``, ``cluster_stop``, ``build``, ``finalize:NAME``, ``total``;
+    :mod:`eochips.progress`), and ``"build"["processing"]`` the units' processing: wall seconds,
+    the workers' CPU seconds, cores given, utilisation. Both are in ``state/timings.json``
+    (:func:`eochips.engine.write_timings`), not in ``summary.json``: that file, and the manifest,
+    stay byte-identical from one finalize to the next.
+
     Raises
     ------
     EochipsError
@@ -48,11 +56,21 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
     KeyboardInterrupt
         Ctrl-C / SIGTERM during the build, after the workers are stopped (rerun to resume).
     """
+    from .progress import recording
+
+    with recording() as rec:
+        return _run(recipe, out, rec, workers=workers, scheduler=scheduler, progress=progress, overwrite=overwrite,
+                    shard=shard)
+
+
+def _run(recipe: Recipe, out, rec, *, workers, scheduler, progress, overwrite, shard) -> dict[str, Any]:
+    """:func:`run`, its stages recorded in ``rec`` (:func:`eochips.progress.recording`)."""
     from .dataset import finalize
-    from .engine import build, check_output, check_scheduler, check_shard, share_plan
+    from .engine import build, check_output, check_scheduler, check_shard, share_plan, write_timings
     from .errors import RecipeError
     from .lock import dataset_lock
     from .plan import make_plan, write_plan
+    from .progress import stage
     from .writers import OutputStore
 
     if shard is not None:
@@ -63,7 +81,8 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
     store = OutputStore(out)
     if scheduler or recipe.engine.scheduler:
         check_scheduler(scheduler or recipe.engine.scheduler)  # before anything is searched or written
-    plan = make_plan(recipe)
+    with stage(None, "plan"):
+        plan = make_plan(recipe)
     created = store.is_local and not store.root.exists()
     command = "run" if shard is None else f"run --shard {shard[0]}/{shard[1]}"
     try:
@@ -71,15 +90,19 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
             store.ensure()
             if shard is None:
                 check_output(store, recipe, overwrite)
-                write_plan(plan, store)
+                with stage(None, "plan_write"):
+                    write_plan(plan, store)
             else:
-                share_plan(store, recipe, plan)
+                with stage(None, "plan_write"):
+                    share_plan(store, recipe, plan)
             build_summary = build(store.location, plan=plan, workers=workers, scheduler=scheduler, progress=progress,
                                   shard=shard)
             if shard is not None:
+                write_timings(store, command, rec, build_summary.processing)
                 return {"recipe": recipe.name, "shard": list(shard), "units_total": len(plan.units),
                         "build": build_summary.as_dict()}
             summary = finalize(store.location)
+            timings = write_timings(store, command, rec, build_summary.processing)
     except EochipsError:
         if created and not any(p.is_file() for p in store.root.rglob("*")):
             import shutil
@@ -87,4 +110,5 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
             shutil.rmtree(store.root, ignore_errors=True)
         raise
     summary["build"] = build_summary.as_dict()
+    summary["stages"] = timings["stages"]
     return summary

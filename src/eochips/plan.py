@@ -825,11 +825,11 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
             raise RecipeError(f"recipe field 'sources.{g.source}.selection.kind': {sel} chooses scenes for the whole AOI, "
                               f"not the scenes of a scene grid; use grid: {{kind: crs, ...}} for it")
         sp = sources[g.source]
-        with stage(f"plan: searching {g.source}"):
+        with stage(f"plan: searching {g.source}", f"search:{g.source}"):
             found[g.source] = search(recipe.sources[g.source].search, aoi_ll)
         _check_assets(found[g.source], sp)
         matcher = _Matcher(recipe, sources, g.source, found[g.source], found)
-        with stage(f"plan: selecting {g.source} scene grids from {len(found[g.source])} scene(s)"):
+        with stage(f"plan: selecting {g.source} scene grids from {len(found[g.source])} scene(s)", f"selection:{g.source}"):
             grids, chosen, report = _scene_grids(recipe, sp, found[g.source], aoi, aoi_crs, matcher)
         if recipe.units.extent == "grid":  # units reach past the AOI: the other sources are searched over the grids too
             aoi_ll = shapely.union_all([aoi_ll] + [reproject_geometry(shapely.box(*gr.gbox.boundingbox), gr.gbox.crs.to_wkt(),
@@ -842,7 +842,7 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
         c.selection.kind in AOI_WIDE for c in recipe.sources.values()) else None
     spec = label_spec(recipe)
     if spec is not None:
-        with stage(f"plan: scanning labels of {len(units)} unit(s)"):
+        with stage(f"plan: scanning labels of {len(units)} unit(s)", "label_scan"):
             _scan_labels(recipe, spec, units, grids)
         if spec.vector:
             release_vector_indexes()  # the workers build their own; the planning process need not hold it
@@ -864,10 +864,10 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
                 elif up.status == "planned":
                     up.drop(Reason("selection", matcher.reasons[sid]))
             continue
-        with stage(f"plan: searching {name}"):
+        with stage(f"plan: searching {name}", f"search:{name}"):
             found[name] = search(cfg.search, aoi_ll)  # unsigned: signed hrefs never reach the plan files
         _check_assets(found[name], sources[name])
-        with stage(f"plan: selecting {name} scenes from {len(found[name])} for {len(units)} unit(s)"):
+        with stage(f"plan: selecting {name} scenes from {len(found[name])} for {len(units)} unit(s)", f"selection:{name}"):
             log = _select(recipe, name, sources[name], found[name], units, grids, aoi_ea)
         if log is not None:
             selection_log[name] = log
@@ -877,7 +877,7 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
 
     check_plan(plan)
     if probe:
-        with stage("plan: probing the assets of each source's first scene"):
+        with stage("plan: probing the assets of each source's first scene", "asset_probe"):
             probe_assets(plan)
     return plan
 

@@ -1,10 +1,15 @@
-"""Progress of the long stages, reported by the library and shown by the CLI (on stderr).
+"""Progress of the long stages, reported by the library and shown by the CLI (on stderr), and
+the seconds each stage took.
 
 The stages before the unit bar (``eochips plan`` / ``run``: the STAC search of each source, the
 scene selection, the label scan, the asset probe) and after it (each finalizer) call
 :func:`stage`; whoever wants to see them registers a listener with :func:`listening` (the CLI
-does unless ``--no-progress``). With no listener a stage costs one clock read. Messages carry
-no credential: they name stages and sources, never hrefs.
+does unless ``--no-progress``). Messages carry no credential: they name stages and sources,
+never hrefs.
+
+A stage given a ``key`` also adds its seconds to every open :func:`recording` (the commands
+``eochips run`` / ``build`` / ``finalize`` open one and write it to ``state/timings.json``,
+:func:`eochips.engine.write_timings`), listened to or not: two clock reads per stage.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Callable, Iterator
 
 Listener = Callable[[str], None]
 _listeners: list[Listener] = []
+_recordings: list[dict[str, float]] = []
 
 
 def report(text: str) -> None:
@@ -27,19 +33,56 @@ SLOW_S = 1.0
 """A stage that took at least this long (seconds) also reports its end."""
 
 
+def add_seconds(key: str, seconds: float) -> None:
+    """Add ``seconds`` to ``key`` of every open :func:`recording`."""
+    for rec in _recordings:
+        rec[key] = rec.get(key, 0.0) + seconds
+
+
 @contextmanager
-def stage(text: str) -> Iterator[None]:
+def stage(text: str | None, key: str | None = None) -> Iterator[None]:
     """Report ``text ...`` when a stage starts and, after at least :data:`SLOW_S` seconds,
-    ``text: done in S s`` when it ends (not on an error: the error says what happened)."""
-    if not _listeners:
-        yield
-        return
-    report(f"{text} ...")
+    ``text: done in S s`` when it ends (not on an error: the error says what happened); with
+    ``key``, add the stage's seconds to the open recordings (also on an error). ``text`` None:
+    record only, report nothing."""
     t0 = time.perf_counter()
-    yield
-    took = time.perf_counter() - t0
-    if took >= SLOW_S:
+    if _listeners and text:
+        report(f"{text} ...")
+    try:
+        yield
+    finally:
+        took = time.perf_counter() - t0
+        if key:
+            add_seconds(key, took)
+    if _listeners and text and took >= SLOW_S:
         report(f"{text}: done in {took:.1f} s")
+
+
+class Timings(dict):
+    """``{stage key: seconds}`` of one :func:`recording`; ``outermost``: no other recording was
+    open when it began (the one that writes them, when commands nest: ``run`` calls ``build``)."""
+
+    def __init__(self, outermost: bool):
+        super().__init__()
+        self.outermost = outermost
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds since the recording began."""
+        return time.perf_counter() - self.started
+
+
+@contextmanager
+def recording() -> Iterator[Timings]:
+    """Collect ``{stage key: seconds}`` of the keyed stages run inside the block (a key met
+    twice sums), in the order they first ran; at the end ``"total"``: the block's own seconds."""
+    rec = Timings(outermost=not _recordings)
+    _recordings.append(rec)
+    try:
+        yield rec
+    finally:
+        rec["total"] = rec.elapsed()
+        _recordings.remove(rec)
 
 
 @contextmanager
