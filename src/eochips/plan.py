@@ -1077,14 +1077,15 @@ def estimate_bytes(plan: Plan) -> int:
 def _touched_blocks(boxes: list, src: GeoBox, block: tuple[int, int], margin: int) -> np.ndarray:
     """``(block rows, block cols)`` bool: the blocks of ``src`` under the units' footprints
     (edges densified, 9 points a side, grown by ``margin`` px), computed for all units at once
-    (one CRS transform per unit CRS; the rule of :func:`eochips.reading.footprint_box`)."""
+    (one CRS transform per unit CRS, its transformer cached; the rule of :func:`eochips.reading.footprint_box`)."""
     from affine import Affine
-    from pyproj import CRS, Transformer
+
+    from .geo import _transformer
 
     bh, bw = block
     mask = np.zeros((-(-src.shape[0] // bh), -(-src.shape[1] // bw)), dtype=bool)
     ts = np.linspace(0, 1, 9)
-    src_crs = CRS.from_wkt(src.crs.to_wkt())
+    src_wkt = src.crs.to_wkt()
     inv = ~Affine(*tuple(src.affine)[:6])
     by_crs: dict[Any, list] = defaultdict(list)
     for gb in boxes:  # units of one grid share its CRS object: no WKT per unit
@@ -1098,9 +1099,9 @@ def _touched_blocks(boxes: list, src: GeoBox, block: tuple[int, int], margin: in
         ey = np.concatenate([np.zeros((len(group), 9)), ts * h, np.repeat(h, 9, 1), ts[::-1] * h], axis=1)
         xs = aff[:, 0:1] * ex + aff[:, 1:2] * ey + aff[:, 2:3]
         ys = aff[:, 3:4] * ex + aff[:, 4:5] * ey + aff[:, 5:6]
-        crs = CRS.from_wkt(grid_crs.to_wkt())
-        if crs != src_crs:
-            tx, ty = Transformer.from_crs(crs, src_crs, always_xy=True).transform(xs.ravel(), ys.ravel())
+        tr = _transformer(grid_crs.to_wkt(), src_wkt)  # cached: making one costs up to 50 ms, once per scene and asset before
+        if tr is not None:
+            tx, ty = tr.transform(xs.ravel(), ys.ravel())
             xs, ys = np.asarray(tx).reshape(xs.shape), np.asarray(ty).reshape(ys.shape)
         cols = inv.a * xs + inv.b * ys + inv.c
         rows = inv.d * xs + inv.e * ys + inv.f
