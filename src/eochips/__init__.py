@@ -66,7 +66,7 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
 def _run(recipe: Recipe, out, rec, *, workers, scheduler, progress, overwrite, shard) -> dict[str, Any]:
     """:func:`run`, its stages recorded in ``rec`` (:func:`eochips.progress.recording`)."""
     from .dataset import finalize
-    from .engine import build, check_output, check_scheduler, check_shard, share_plan, write_timings
+    from .engine import build, check_output, check_scheduler, check_shard, share_plan, start_forkserver, write_timings
     from .errors import RecipeError
     from .lock import dataset_lock
     from .plan import make_plan, write_plan
@@ -81,6 +81,8 @@ def _run(recipe: Recipe, out, rec, *, workers, scheduler, progress, overwrite, s
     store = OutputStore(out)
     if scheduler or recipe.engine.scheduler:
         check_scheduler(scheduler or recipe.engine.scheduler)  # before anything is searched or written
+    if not (scheduler or recipe.engine.scheduler) and recipe.engine.processes:
+        start_forkserver()  # the workers' imports run while this process plans
     with stage(None, "plan"):
         plan = make_plan(recipe)
     created = store.is_local and not store.root.exists()

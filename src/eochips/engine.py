@@ -35,6 +35,7 @@ import os
 import re
 import signal
 import sqlite3
+import sys
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager
@@ -407,6 +408,40 @@ def _quiet_distributed() -> Iterator[None]:
             lg.setLevel(lv)
 
 
+WORKER_PRELOAD = ["eochips._forkserver", "distributed", "rasterio", "eochips.chips", "eochips.engine"]
+"""What the LocalCluster workers' forkserver imports once, before it forks any worker."""
+
+
+def _forkserver_method() -> str:
+    return "forkserver" if sys.platform != "win32" else "spawn"
+
+
+def _set_forkserver_preload() -> None:
+    """distributed's own preload list first (it sets it once per process), then ours on top."""
+    import multiprocessing
+
+    import dask
+    from distributed.utils import get_mp_context
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        get_mp_context()
+    multiprocessing.get_context("forkserver").set_forkserver_preload(WORKER_PRELOAD)
+
+
+def start_forkserver() -> None:
+    """Start the LocalCluster workers' forkserver now, so that its imports (:data:`WORKER_PRELOAD`,
+    about 1.5 s of GDAL, dask and eochips) run while the caller plans; :func:`dask_client`
+    then finds it running and its workers start in milliseconds. ``eochips run`` calls it
+    before planning when it will build on a local cluster of processes. Nothing on Windows
+    (spawn). The forkserver stops with this process (:mod:`eochips._forkserver`)."""
+    if _forkserver_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    _set_forkserver_preload()
+    forkserver.ensure_running()
+
+
 @contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None, processes: bool = True) -> Iterator[Any]:
     """A ``distributed.Client``: on ``scheduler`` if given, else on a new LocalCluster (closed,
@@ -423,9 +458,6 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
     RecipeError
         ``workers`` below 1, or ``scheduler`` cannot be reached (:func:`check_scheduler`).
     """
-    import multiprocessing
-    import sys
-
     import dask
     from distributed import Client, LocalCluster
 
@@ -433,7 +465,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
 
     if workers is not None and workers < 1:
         raise RecipeError(f"--workers {workers}: give at least 1 worker process")
-    method = "forkserver" if sys.platform != "win32" else "spawn"
+    method = _forkserver_method()
     # The worker's statistical profiler is off: every 10 ms it calls sys._current_frames(), which
     # on CPython 3.11 can deadlock the worker when a garbage collection starts inside it
     # (python/cpython#106883; seen here as a build hanging with the worker's threads all
@@ -442,11 +474,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
                           "distributed.worker.multiprocessing-method": method,
                           "distributed.worker.profile.enabled": False}), _quiet_distributed():
         if method == "forkserver":
-            from distributed.utils import get_mp_context
-
-            get_mp_context()  # distributed's own preload list first, then ours on top
-            multiprocessing.get_context("forkserver").set_forkserver_preload(
-                ["eochips._forkserver", "distributed", "rasterio", "eochips.chips", "eochips.engine"])
+            _set_forkserver_preload()  # (a forkserver already running, start_forkserver's, is used as it is)
         if scheduler:
             check_scheduler(scheduler)
             with Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT * 2}s") as client:
