@@ -17,12 +17,24 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .api import ChipDataset, open_dataset
 from .config import Recipe, load_recipe
 from .errors import EochipsError
 
 __version__ = "0.2.0"
 __all__ = ["Recipe", "load_recipe", "run", "open_dataset", "ChipDataset", "EochipsError", "__version__"]
+_LAZY = {"open_dataset": "api", "ChipDataset": "api"}
+"""Names imported on first use: ``eochips.api`` imports rasterio (GDAL, about 70 MB and 1 s), which
+``eochips --help``, ``recipes`` or ``validate`` never need."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, scheduler: str | None = None,
