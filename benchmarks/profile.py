@@ -8,8 +8,9 @@ it), then runs ``eochips run RECIPE --workers N --no-progress`` once under py-sp
 sampled ``--rate`` times a second, idle threads left out) and writes
 
 - ``benchmarks/results/profile.json``: the wall seconds, the stage table eochips recorded
-  (``state/timings.json``: seconds per stage and its share of the run's wall, and the build's
-  worker CPU seconds, cores and utilisation), and py-spy's top functions: per process role (the
+  (``state/timings.json``: seconds per stage and its share of the run's wall, the main process's
+  peak RSS at the end of each stage, and the build's worker CPU seconds, cores and
+  utilisation), and py-spy's top functions: per process role (the
   main process; the workers and their forkserver) the functions with the most samples on the
   top of the stack (self) and anywhere on it (inclusive), in samples and seconds;
 - ``benchmarks/results/profile.md``: the same as tables.
@@ -128,8 +129,9 @@ def stage_table(timings: dict, wall: float) -> list[dict]:
     """The recorded stages with their share of the run's wall (the process's own start and
     imports are ``startup``: wall minus the recorded total)."""
     st = dict(timings["stages"])
+    rss = timings.get("main_peak_rss_mb", {})
     rows = [{"stage": "startup (interpreter, imports, recipe)", "seconds": round(wall - st["total"], 3)}]
-    rows += [{"stage": k, "seconds": v} for k, v in st.items()]
+    rows += [{"stage": k, "seconds": v, "main_peak_rss_mb": rss.get(k)} for k, v in st.items()]
     rows.append({"stage": "wall (measured here)", "seconds": round(wall, 3)})
     for r in rows:
         r["share"] = round(r["seconds"] / wall, 4) if wall else 0.0
@@ -143,8 +145,10 @@ def markdown(doc: dict) -> str:
           f"{b.get('worker_cpu_s')} worker CPU-s on {b.get('cores')} cores, utilisation {b.get('utilisation')}.\n",
           "Stages nest: `plan` holds `search:*`, `selection:*`, `label_scan`, `asset_probe`; `build` holds "
           "`cluster_start`, `processing`, `cluster_stop`; `finalize` holds `finalize:*`.\n",
-          "| stage | seconds | share of wall |", "|---|---|---|"]
-    md += [f"| {r['stage']} | {r['seconds']:.3f} | {r['share']:.1%} |" for r in doc["stages"]]
+          "`main peak RSS`: the main process's peak resident memory (MB) when the stage ended.\n",
+          "| stage | seconds | share of wall | main peak RSS MB |", "|---|---|---|---|"]
+    md += [f"| {r['stage']} | {r['seconds']:.3f} | {r['share']:.1%} | {r.get('main_peak_rss_mb') or ''} |"
+           for r in doc["stages"]]
     for r, t in doc["py_spy"].items():
         for kind in ("self", "inclusive"):
             md += ["", f"## {r}: top functions by {kind} samples ({t['samples']} thread-samples, "

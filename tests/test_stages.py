@@ -55,6 +55,8 @@ def test_run_records_every_stage(demo_run):
     assert sum(st[k] for k in BUILD_PARTS) <= st["build"] + 1e-3
     assert sum(v for k, v in st.items() if k.startswith("finalize:")) <= st["finalize"] + 1e-3
     assert st["plan"] + st["plan_write"] + st["build"] + st["finalize"] <= st["total"] + 1e-3
+    rss = t["main_peak_rss_mb"]  # a peak so far: never falls from one stage to the next
+    assert set(rss) == set(st) and 0 < rss["plan"] <= rss["build"] <= rss["finalize"] <= rss["total"]
 
 
 def test_build_figures(demo_run):

@@ -807,12 +807,15 @@ TIMINGS_FILE = "state/timings.json"
 
 def write_timings(store: OutputStore, command: str, rec, processing: dict[str, float] | None = None) -> dict[str, Any]:
     """Write :data:`TIMINGS_FILE` when ``rec`` (:func:`eochips.progress.recording`) is the outermost
-    recording; return ``{"command", "stages", "build"}``: seconds per stage key (``total``: the
-    command so far) and the units' processing figures (:func:`processing_figures`, empty when
-    no unit ran)."""
+    recording; return ``{"command", "stages", "build", "main_peak_rss_mb"}``: seconds per stage
+    key (``total``: the command so far), the units' processing figures (:func:`processing_figures`,
+    empty when no unit ran) and this (the main) process's peak RSS in MB at the end of each stage."""
+    from .progress import peak_rss_mb
+
     stages = {k: round(v, 3) for k, v in rec.items()}
     stages["total"] = round(rec.elapsed(), 3)
-    doc = {"command": command, "stages": stages, "build": dict(processing or {})}
+    rss = {**rec.peak_rss_mb, "total": round(peak_rss_mb(), 1)}
+    doc = {"command": command, "stages": stages, "build": dict(processing or {}), "main_peak_rss_mb": rss}
     if rec.outermost:
         store.write_text(TIMINGS_FILE, json.dumps(doc, indent=2))
     return doc

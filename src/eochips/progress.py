@@ -33,10 +33,27 @@ SLOW_S = 1.0
 """A stage that took at least this long (seconds) also reports its end."""
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB (``getrusage``; 0 where it is unknown)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 def add_seconds(key: str, seconds: float) -> None:
-    """Add ``seconds`` to ``key`` of every open :func:`recording`."""
+    """Add ``seconds`` to ``key`` of every open :func:`recording`, and note the process's peak
+    RSS at the stage's end (``Timings.peak_rss_mb``)."""
+    if not _recordings:
+        return
+    rss = round(peak_rss_mb(), 1)
     for rec in _recordings:
         rec[key] = rec.get(key, 0.0) + seconds
+        rec.peak_rss_mb[key] = rss
 
 
 @contextmanager
@@ -60,12 +77,14 @@ def stage(text: str | None, key: str | None = None) -> Iterator[None]:
 
 class Timings(dict):
     """``{stage key: seconds}`` of one :func:`recording`; ``outermost``: no other recording was
-    open when it began (the one that writes them, when commands nest: ``run`` calls ``build``)."""
+    open when it began (the one that writes them, when commands nest: ``run`` calls ``build``);
+    ``peak_rss_mb``: ``{stage key: this process's peak RSS (MB) when the stage (last) ended}``."""
 
     def __init__(self, outermost: bool):
         super().__init__()
         self.outermost = outermost
         self.started = time.perf_counter()
+        self.peak_rss_mb: dict[str, float] = {}
 
     def elapsed(self) -> float:
         """Seconds since the recording began."""
