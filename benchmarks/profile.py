@@ -8,15 +8,15 @@ it), then runs ``eochips run RECIPE --workers N --no-progress`` once under py-sp
 sampled ``--rate`` times a second, idle threads left out) and writes
 
 - ``benchmarks/results/profile.json``: the wall seconds, the stage table eochips recorded
-  (``state/timings.json``: seconds per stage and its share of the run's wall, the main process's
+  (``eochips run --timings FILE``: seconds per stage and its share of the run's wall, the main process's
   peak RSS at the end of each stage, and the build's worker CPU seconds, cores and
   utilisation), and py-spy's top functions: per process role (the
   main process; the workers and their forkserver) the functions with the most samples on the
   top of the stack (self) and anywhere on it (inclusive), in samples and seconds;
 - ``benchmarks/results/profile.md``: the same as tables.
 
-py-spy's sampling slows the processes a little; the stage table of a run without py-spy is in
-``state/timings.json`` of any dataset (and ``run.py``'s figures are measured without it).
+py-spy's sampling slows the processes a little; ``eochips run ... --timings FILE`` gives the stage
+table of a run without it (and ``run.py``'s figures are measured without it).
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ def py_spy() -> str:
     return str(here) if here.exists() else (shutil.which("py-spy") or "py-spy")
 
 
-def record(recipe: str, out: Path, workers: int, rate: int, raw: Path, env: dict) -> float:
-    """Run ``eochips run`` under py-spy; return its wall seconds."""
+def record(recipe: str, out: Path, workers: int, rate: int, raw: Path, timings: Path, env: dict) -> float:
+    """Run ``eochips run --timings TIMINGS`` under py-spy; return its wall seconds."""
     cmd = [py_spy(), "record", "--subprocesses", "-r", str(rate), "-f", "raw", "-o", str(raw), "--",
-           bench.EOCHIPS, "run", recipe, "--output", str(out), "--workers", str(workers), "--no-progress"]
+           bench.EOCHIPS, "run", recipe, "--output", str(out), "--workers", str(workers), "--no-progress",
+           "--timings", str(timings)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -173,10 +174,10 @@ def main(argv=None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="eochips-profile-"))
     try:
         wl = workload.build(args.cache, server.urls["loopback"], server.urls["proxy"])
-        out, raw = scratch / "out", scratch / "py-spy.txt"
+        out, raw, tfile = scratch / "out", scratch / "py-spy.txt", scratch / "timings.json"
         env = dict(os.environ, EOCHIPS_STATE_DIR=str(scratch / "state"))
-        wall = record(wl["recipes"][args.case], out, args.workers, args.rate, raw, env)
-        timings = json.loads((out / "state" / "timings.json").read_text())
+        wall = record(wl["recipes"][args.case], out, args.workers, args.rate, raw, tfile, env)
+        timings = json.loads(tfile.read_text())
         doc = {"case": args.case, "workers": args.workers, "rate": args.rate, "wall_s": round(wall, 3),
                "chips": len(wl["chips"][args.case.split("-")[0]]), "stages": stage_table(timings, wall),
                "build": timings["build"], "py_spy": top_functions(parse_raw(raw), args.rate, args.top)}

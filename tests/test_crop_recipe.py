@@ -234,9 +234,9 @@ def test_split_stats_weights_manifest(which, crop_run, request):
         digest, rel = ln.split("  ", 1)
         assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    # left out of the manifest: itself, the state (SQLite, completion markers, timings) and the run settings
+    # left out of the manifest: itself, the state (SQLite, completion markers) and the run settings
     assert {p for p in set(on_disk) - set(paths) if not p.startswith("state/units/")} <= {
-        "checksums.sha256", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "plan/run.json", "state/timings.json"}
+        "checksums.sha256", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "plan/run.json"}
 
 
 def test_rerun_skips_done_chips(crop_run):

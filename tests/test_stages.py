@@ -1,6 +1,7 @@
-"""Stage timings (issue 15): every ``eochips run`` / ``build`` / ``finalize`` writes the seconds of
-its stages and the units' processing figures to ``state/timings.json``, listened to or not, and
-nothing of it reaches ``summary.json`` or the manifest (finalize twice stays byte-identical).
+"""Stage timings (issue 15): every ``eochips run`` / ``build`` / ``finalize`` records the seconds of
+its stages and the units' processing figures, listened to or not; ``--timings PATH`` writes them
+to a file of the user's, and nothing of it reaches the dataset (``summary.json`` and the manifest
+stay byte-identical on a second finalize, a rerun with nothing to do changes no file).
 
 Runs the demo recipe on the embedded real sample (as tests/test_demo.py: skipped without it)."""
 
@@ -33,7 +34,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def _timings(out: Path) -> dict:
-    return json.loads((out / "state" / "timings.json").read_text())
+    return json.loads((out.parent / "timings.json").read_text())
+
+
+def _tree(out: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.relative_to(out).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +46,7 @@ def demo_run(tmp_path_factory):
     if not (SAMPLE / "catalog.json").is_file():
         pytest.skip(f"no sample at {SAMPLE}; run `make demo`")
     out = tmp_path_factory.mktemp("stages") / "demo"
-    _cli("run", "demo", "-o", str(out), "--workers", "2")
+    _cli("run", "demo", "-o", str(out), "--workers", "2", "--timings", str(out.parent / "timings.json"))
     return out
 
 
@@ -69,11 +74,11 @@ def test_build_figures(demo_run):
 
 
 def test_timings_stay_out_of_the_dataset(demo_run):
-    """summary.json has no seconds; the manifest leaves timings.json out; a second finalize
-    rewrites the timings (command finalize) and every manifested file byte for byte."""
+    """summary.json has no seconds and no file of the dataset is a timings file; a second
+    finalize rewrites the timings file (command finalize) and every manifested file byte for byte."""
     summary, manifest = (demo_run / "summary.json").read_bytes(), (demo_run / "checksums.sha256").read_text()
-    assert "stages" not in json.loads(summary) and "timings.json" not in manifest
-    _cli("finalize", str(demo_run))
+    assert "stages" not in json.loads(summary) and not [p for p in demo_run.rglob("*timings*")]
+    _cli("finalize", str(demo_run), "--timings", str(demo_run.parent / "timings.json"))
     assert (demo_run / "summary.json").read_bytes() == summary and (demo_run / "checksums.sha256").read_text() == manifest
     t = _timings(demo_run)
     assert t["command"] == "finalize" and t["build"] == {} and "finalize:index" in t["stages"]
@@ -81,9 +86,11 @@ def test_timings_stay_out_of_the_dataset(demo_run):
 
 
 def test_build_alone_records_build_stages(demo_run):
-    _cli("build", str(demo_run), "--workers", "1")  # every unit done: nothing to process, no cluster
-    t = _timings(demo_run)
+    before = _tree(demo_run)
+    _cli("build", str(demo_run), "--workers", "1", "--timings", str(demo_run.parent / "timings.json"))
+    t = _timings(demo_run)  # every unit done: nothing to process, no cluster, no file of the dataset touched
     assert t["command"] == "build" and {"build", "total"} <= set(t["stages"]) and "processing" not in t["stages"]
+    assert _tree(demo_run) == before
 
 
 def test_stages_record_without_listeners():

@@ -38,7 +38,8 @@ def __getattr__(name: str) -> Any:
 
 
 def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, scheduler: str | None = None,
-        progress: bool = False, overwrite: bool = False, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+        progress: bool = False, overwrite: bool = False, shard: tuple[int, int] | None = None,
+        timings: str | os.PathLike | None = None) -> dict[str, Any]:
     """Plan, build and finalise ``recipe`` into ``out`` (a folder or an fsspec URL such as
     ``s3://bucket/prefix``); return the dataset summary.
 
@@ -54,9 +55,10 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
     ``selection:SOURCE``, ``label_scan``, ``asset_probe``, ``plan``, ``plan_write``,
     ``cluster_start``, ``processing``, ``cluster_stop``, ``build``, ``finalize:NAME``, ``total``;
     :mod:`eochips.progress`), and ``"build"["processing"]`` the units' processing: wall seconds,
-    the workers' CPU seconds, cores given, utilisation. Both are in ``state/timings.json``
-    (:func:`eochips.engine.write_timings`), not in ``summary.json``: that file, and the manifest,
-    stay byte-identical from one finalize to the next.
+    the workers' CPU seconds, cores given, utilisation. ``timings``: a local file that gets both
+    and the main process's peak RSS per stage as JSON (:func:`eochips.engine.write_timings`).
+    None of it goes into the dataset: ``summary.json`` and the manifest stay byte-identical from
+    one finalize to the next, and a rerun with nothing to do changes no file.
 
     Raises
     ------
@@ -72,10 +74,10 @@ def run(recipe: Recipe, out: str | os.PathLike, *, workers: int | None = None, s
 
     with recording() as rec:
         return _run(recipe, out, rec, workers=workers, scheduler=scheduler, progress=progress, overwrite=overwrite,
-                    shard=shard)
+                    shard=shard, timings=timings)
 
 
-def _run(recipe: Recipe, out, rec, *, workers, scheduler, progress, overwrite, shard) -> dict[str, Any]:
+def _run(recipe: Recipe, out, rec, *, workers, scheduler, progress, overwrite, shard, timings) -> dict[str, Any]:
     """:func:`run`, its stages recorded in ``rec`` (:func:`eochips.progress.recording`)."""
     from .dataset import finalize
     from .engine import build, check_output, check_scheduler, check_shard, share_plan, start_forkserver, write_timings
@@ -112,11 +114,11 @@ def _run(recipe: Recipe, out, rec, *, workers, scheduler, progress, overwrite, s
             build_summary = build(store.location, plan=plan, workers=workers, scheduler=scheduler, progress=progress,
                                   shard=shard)
             if shard is not None:
-                write_timings(store, command, rec, build_summary.processing)
+                write_timings(timings, command, rec, build_summary.processing)
                 return {"recipe": recipe.name, "shard": list(shard), "units_total": len(plan.units),
                         "build": build_summary.as_dict()}
             summary = finalize(store.location)
-            timings = write_timings(store, command, rec, build_summary.processing)
+            figures = write_timings(timings, command, rec, build_summary.processing)
     except EochipsError:
         if created and not any(p.is_file() for p in store.root.rglob("*")):
             import shutil
@@ -124,5 +126,5 @@ def _run(recipe: Recipe, out, rec, *, workers, scheduler, progress, overwrite, s
             shutil.rmtree(store.root, ignore_errors=True)
         raise
     summary["build"] = build_summary.as_dict()
-    summary["stages"] = timings["stages"]
+    summary["stages"] = figures["stages"]
     return summary

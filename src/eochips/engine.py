@@ -346,6 +346,7 @@ class BuildSummary:
     shard: Shard | None = None
     units: int = 0  # planned units of this build (of its shard)
     processing: dict[str, float] = field(default_factory=dict)  # the units' processing: :func:`processing_figures`
+    timings: dict[str, Any] = field(default_factory=dict)  # :func:`write_timings` of this build (not in as_dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = {"kept": self.kept, "dropped": self.dropped, "failed": len(self.failed), "failed_reasons": self.failed,
@@ -800,29 +801,30 @@ def prune(store: OutputStore, state: State, planned: set[str], all_units: set[st
     return n
 
 
-TIMINGS_FILE = "state/timings.json"
-"""Seconds per stage of the last ``eochips run`` / ``build`` / ``finalize`` of a dataset: under
-``state/``, so neither the manifest nor the archive holds it (a rerun changes every figure)."""
+def write_timings(path: str | os.PathLike | None, command: str, rec, processing: dict[str, float] | None = None) -> dict[str, Any]:
+    """Return ``{"command", "stages", "build", "main_peak_rss_mb"}`` of ``rec``
+    (:func:`eochips.progress.recording`): seconds per stage key (``total``: the command so far),
+    the units' processing figures (:func:`processing_figures`, empty when no unit ran) and this
+    (the main) process's peak RSS in MB at the end of each stage; and write it as JSON to the
+    local file ``path`` when given and ``rec`` is the outermost recording (``eochips run`` calls
+    ``build``: the run writes).
 
-
-def write_timings(store: OutputStore, command: str, rec, processing: dict[str, float] | None = None) -> dict[str, Any]:
-    """Write :data:`TIMINGS_FILE` when ``rec`` (:func:`eochips.progress.recording`) is the outermost
-    recording; return ``{"command", "stages", "build", "main_peak_rss_mb"}``: seconds per stage
-    key (``total``: the command so far), the units' processing figures (:func:`processing_figures`,
-    empty when no unit ran) and this (the main) process's peak RSS in MB at the end of each stage."""
+    The figures never go into the dataset: ``summary.json`` and every file the manifest lists
+    stay byte-identical from one finalize to the next, and a rerun that has nothing to do
+    changes no file of the dataset (``--timings PATH`` of the CLI names a file of the user's)."""
     from .progress import peak_rss_mb
 
     stages = {k: round(v, 3) for k, v in rec.items()}
     stages["total"] = round(rec.elapsed(), 3)
     rss = {**rec.peak_rss_mb, "total": round(peak_rss_mb(), 1)}
     doc = {"command": command, "stages": stages, "build": dict(processing or {}), "main_peak_rss_mb": rss}
-    if rec.outermost:
-        store.write_text(TIMINGS_FILE, json.dumps(doc, indent=2))
+    if path is not None and rec.outermost:
+        Path(path).write_text(json.dumps(doc, indent=2) + "\n")
     return doc
 
 
 def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, scheduler: str | None = None,
-          progress: bool = True, shard: Shard | None = None) -> BuildSummary:
+          progress: bool = True, shard: Shard | None = None, timings: str | os.PathLike | None = None) -> BuildSummary:
     """Build every planned unit of the plan in ``out`` (see the module docstring), or the units
     of one shard.
 
@@ -842,6 +844,9 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
     shard
         ``(i, n)``: build only shard ``i`` (0-based) of ``n`` (:func:`shard_units`), with its own
         state and lock, leaving the dataset unfinalised (``eochips finalize`` merges the shards).
+    timings
+        A local file to write the build's stage seconds and processing figures to
+        (:func:`write_timings`; ``BuildSummary.timings`` has them either way).
 
     Raises
     ------
@@ -864,7 +869,7 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
     with recording() as rec, dataset_lock(store, command, create=False, shard=shard):
         with stage(None, "build"):
             summary = _build(store, plan, workers, scheduler, progress, shard)
-        write_timings(store, command, rec, summary.processing)
+        summary.timings = write_timings(timings, command, rec, summary.processing)
         return summary
 
 

@@ -7,9 +7,10 @@ scene selection, the label scan, the asset probe) and after it (each finalizer) 
 does unless ``--no-progress``). Messages carry no credential: they name stages and sources,
 never hrefs.
 
-A stage given a ``key`` also adds its seconds to every open :func:`recording` (the commands
-``eochips run`` / ``build`` / ``finalize`` open one and write it to ``state/timings.json``,
-:func:`eochips.engine.write_timings`), listened to or not: two clock reads per stage.
+A stage given a ``key`` also adds its seconds to every open :func:`recording`, listened to or
+not: two clock reads and a ``getrusage`` per stage. ``eochips run`` / ``build`` / ``finalize``
+open one; their summaries carry the figures and ``--timings PATH`` writes them
+(:func:`eochips.engine.write_timings`).
 """
 
 from __future__ import annotations

@@ -233,7 +233,7 @@ def _manifest(ctx: Context) -> None:
     write_manifest(ctx.store, ctx.hashes)
 
 
-def finalize(out: str | os.PathLike) -> dict[str, Any]:
+def finalize(out: str | os.PathLike, timings: str | os.PathLike | None = None) -> dict[str, Any]:
     """Finalise the dataset in ``out`` (a folder or URL; see the module docstring); return the summary.
 
     Before anything is written, every kept unit's files are checked against the sha256 the
@@ -259,7 +259,7 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
     with recording() as rec, dataset_lock(store, "finalize", create=False):
         with stage(None, "finalize"):
             summary = _finalize(store)
-        write_timings(store, "finalize", rec)
+        summary["stages"] = write_timings(timings, "finalize", rec)["stages"]  # also to the file ``timings`` if given
         return summary
 
 
