@@ -236,6 +236,11 @@ ShardOpt = typer.Option(None, "--shard", metavar="I/N",
                              "no finalize: run 'eochips finalize OUTPUT' once every shard is done.")
 
 
+TimingsOpt = typer.Option(None, "--timings", metavar="PATH",
+                          help="Write the seconds of each stage, the build's worker CPU and utilisation and the main "
+                               "process's peak memory per stage to this JSON file (not into the dataset).")
+
+
 def _shard(text: str | None):
     from .engine import parse_shard
 
@@ -264,6 +269,7 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset built from a different recipe."),
     progress: Optional[bool] = ProgressOpt,
     shard: Optional[str] = ShardOpt,
+    timings: Optional[str] = TimingsOpt,
 ) -> None:
     """Plan + build + finalize RECIPE into OUTPUT (a rerun resumes); with --shard, plan + build one shard."""
     from . import run as run_all
@@ -274,7 +280,7 @@ def run(
         show = _progress(progress)
         with _listen(show):
             return run_all(_load(recipe, sets), output, workers=workers, scheduler=scheduler, progress=show,
-                           overwrite=overwrite, shard=sh)
+                           overwrite=overwrite, shard=sh, timings=timings)
 
     summary = _guard(go)
     if shard is not None:
@@ -363,6 +369,7 @@ def build(
     scheduler: Optional[str] = SchedulerOpt,
     progress: Optional[bool] = ProgressOpt,
     shard: Optional[str] = ShardOpt,
+    timings: Optional[str] = TimingsOpt,
 ) -> None:
     """Build the planned units (skips units already done); with --shard, one shard's units."""
     from .engine import build as build_units
@@ -370,7 +377,8 @@ def build(
     def go():
         sh = _shard(shard)
         _check_output_args(output, workers)
-        return build_units(output, workers=workers, scheduler=scheduler, progress=_progress(progress), shard=sh)
+        return build_units(output, workers=workers, scheduler=scheduler, progress=_progress(progress), shard=sh,
+                           timings=timings)
 
     s = _guard(go).as_dict()
     if shard is not None:
@@ -385,6 +393,7 @@ def build(
 def finalize(
     output: str = typer.Argument(..., metavar="DATASET", help="Dataset folder or URL (built: eochips build)."),
     progress: Optional[bool] = ProgressOpt,
+    timings: Optional[str] = TimingsOpt,
 ) -> None:
     """Run the recipe's finalizers: index, split, statistics, STAC catalog, card, report, manifest, ..."""
     from .dataset import finalize as fin
@@ -392,7 +401,7 @@ def finalize(
     def go():
         _check_output_args(output, None)
         with _listen(_progress(progress)):
-            return fin(output)
+            return fin(output, timings=timings)
 
     summary = _guard(go)
     _print_summary(summary, output)

@@ -35,6 +35,7 @@ import os
 import re
 import signal
 import sqlite3
+import sys
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager
@@ -344,11 +345,15 @@ class BuildSummary:
     seconds: float = 0.0
     shard: Shard | None = None
     units: int = 0  # planned units of this build (of its shard)
+    processing: dict[str, float] = field(default_factory=dict)  # the units' processing: :func:`processing_figures`
+    timings: dict[str, Any] = field(default_factory=dict)  # :func:`write_timings` of this build (not in as_dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = {"kept": self.kept, "dropped": self.dropped, "failed": len(self.failed), "failed_reasons": self.failed,
              "skipped_done": self.skipped, "ran": self.ran, "read_retries": self.retries,
              "seconds": round(self.seconds, 2)}
+        if self.processing:
+            d["processing"] = dict(self.processing)
         if self.shard is not None:
             d.update(shard=f"{self.shard[0]}/{self.shard[1]}", units=self.units)
         return d
@@ -404,6 +409,57 @@ def _quiet_distributed() -> Iterator[None]:
             lg.setLevel(lv)
 
 
+WORKER_PRELOAD = ["eochips._forkserver", "distributed", "rasterio", "eochips.chips", "eochips.engine"]
+"""What the LocalCluster workers' forkserver imports once, before it forks any worker."""
+
+
+def _forkserver_method() -> str:
+    return "forkserver" if sys.platform != "win32" else "spawn"
+
+
+def _set_forkserver_preload() -> None:
+    """distributed's own preload list first (it sets it once per process), then ours on top."""
+    import multiprocessing
+
+    import dask
+    from distributed.utils import get_mp_context
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        get_mp_context()
+    multiprocessing.get_context("forkserver").set_forkserver_preload(WORKER_PRELOAD)
+
+
+def start_forkserver() -> None:
+    """Start the LocalCluster workers' forkserver now, so that its imports (:data:`WORKER_PRELOAD`,
+    about 1.5 s of GDAL, dask and eochips) run while the caller plans; :func:`dask_client`
+    then finds it running and its workers start in milliseconds. ``eochips run`` calls it
+    before planning when it will build on a local cluster of processes. Nothing on Windows
+    (spawn). The forkserver stops with this process (:mod:`eochips._forkserver`)."""
+    if _forkserver_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    _set_forkserver_preload()
+    os.environ.update(_pre_spawn_environ())
+    forkserver.ensure_running()
+
+
+def _pre_spawn_environ() -> dict[str, str]:
+    """The variables a distributed Nanny puts into this process's environment before it starts
+    its first worker (``distributed.nanny.pre-spawn-environ``: ``MALLOC_TRIM_THRESHOLD_``, the BLAS
+    thread counts, and a fixed ``PYTHONHASHSEED``), which a forkserver started by the Nanny
+    inherits and passes to every worker. A forkserver started earlier (:func:`start_forkserver`)
+    needs them too: without them glibc keeps freed memory and each worker's RSS was 30-40 MB
+    higher on the benchmark (and string hashes differed between workers)."""
+    import dask
+
+    cfg = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    env = {k: os.environ.get(k, str(v)) for k, v in cfg.items() if v is not None}
+    if env.get("PYTHONHASHSEED") in (None, "0"):
+        env["PYTHONHASHSEED"] = "6640"  # what the Nanny sets (distributed.nanny.Nanny.__init__)
+    return env
+
+
 @contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None, processes: bool = True) -> Iterator[Any]:
     """A ``distributed.Client``: on ``scheduler`` if given, else on a new LocalCluster (closed,
@@ -420,9 +476,6 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
     RecipeError
         ``workers`` below 1, or ``scheduler`` cannot be reached (:func:`check_scheduler`).
     """
-    import multiprocessing
-    import sys
-
     import dask
     from distributed import Client, LocalCluster
 
@@ -430,7 +483,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
 
     if workers is not None and workers < 1:
         raise RecipeError(f"--workers {workers}: give at least 1 worker process")
-    method = "forkserver" if sys.platform != "win32" else "spawn"
+    method = _forkserver_method()
     # The worker's statistical profiler is off: every 10 ms it calls sys._current_frames(), which
     # on CPython 3.11 can deadlock the worker when a garbage collection starts inside it
     # (python/cpython#106883; seen here as a build hanging with the worker's threads all
@@ -439,11 +492,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, proces
                           "distributed.worker.multiprocessing-method": method,
                           "distributed.worker.profile.enabled": False}), _quiet_distributed():
         if method == "forkserver":
-            from distributed.utils import get_mp_context
-
-            get_mp_context()  # distributed's own preload list first, then ours on top
-            multiprocessing.get_context("forkserver").set_forkserver_preload(
-                ["eochips._forkserver", "distributed", "rasterio", "eochips.chips", "eochips.engine"])
+            _set_forkserver_preload()  # (a forkserver already running, start_forkserver's, is used as it is)
         if scheduler:
             check_scheduler(scheduler)
             with Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT * 2}s") as client:
@@ -769,8 +818,30 @@ def prune(store: OutputStore, state: State, planned: set[str], all_units: set[st
     return n
 
 
+def write_timings(path: str | os.PathLike | None, command: str, rec, processing: dict[str, float] | None = None) -> dict[str, Any]:
+    """Return ``{"command", "stages", "build", "main_peak_rss_mb"}`` of ``rec``
+    (:func:`eochips.progress.recording`): seconds per stage key (``total``: the command so far),
+    the units' processing figures (:func:`processing_figures`, empty when no unit ran) and this
+    (the main) process's peak RSS in MB at the end of each stage; and write it as JSON to the
+    local file ``path`` when given and ``rec`` is the outermost recording (``eochips run`` calls
+    ``build``: the run writes).
+
+    The figures never go into the dataset: ``summary.json`` and every file the manifest lists
+    stay byte-identical from one finalize to the next, and a rerun that has nothing to do
+    changes no file of the dataset (``--timings PATH`` of the CLI names a file of the user's)."""
+    from .progress import peak_rss_mb
+
+    stages = {k: round(v, 3) for k, v in rec.items()}
+    stages["total"] = round(rec.elapsed(), 3)
+    rss = {**rec.peak_rss_mb, "total": round(peak_rss_mb(), 1)}
+    doc = {"command": command, "stages": stages, "build": dict(processing or {}), "main_peak_rss_mb": rss}
+    if path is not None and rec.outermost:
+        Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
 def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, scheduler: str | None = None,
-          progress: bool = True, shard: Shard | None = None) -> BuildSummary:
+          progress: bool = True, shard: Shard | None = None, timings: str | os.PathLike | None = None) -> BuildSummary:
     """Build every planned unit of the plan in ``out`` (see the module docstring), or the units
     of one shard.
 
@@ -790,6 +861,9 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
     shard
         ``(i, n)``: build only shard ``i`` (0-based) of ``n`` (:func:`shard_units`), with its own
         state and lock, leaving the dataset unfinalised (``eochips finalize`` merges the shards).
+    timings
+        A local file to write the build's stage seconds and processing figures to
+        (:func:`write_timings`; ``BuildSummary.timings`` has them either way).
 
     Raises
     ------
@@ -803,12 +877,17 @@ def build(out: str | os.PathLike, *, plan=None, workers: int | None = None, sche
         On Ctrl-C / SIGTERM, after the cluster is closed; finished units are kept.
     """
     from .lock import dataset_lock
+    from .progress import recording, stage
 
     shard = None if shard is None else check_shard(shard)
     store = OutputStore(out)
     store.check_links()
-    with dataset_lock(store, "build" if shard is None else f"build --shard {shard[0]}/{shard[1]}", create=False, shard=shard):
-        return _build(store, plan, workers, scheduler, progress, shard)
+    command = "build" if shard is None else f"build --shard {shard[0]}/{shard[1]}"
+    with recording() as rec, dataset_lock(store, command, create=False, shard=shard):
+        with stage(None, "build"):
+            summary = _build(store, plan, workers, scheduler, progress, shard)
+        summary.timings = write_timings(timings, command, rec, summary.processing)
+        return summary
 
 
 def _build(store: OutputStore, plan, workers: int | None, scheduler: str | None, progress: bool,
@@ -850,7 +929,7 @@ def _build(store: OutputStore, plan, workers: int | None, scheduler: str | None,
                 todo.append(t)
         failpoints.hit("build:before-first-chip")
         if todo:
-            _run(todo, state, plan.recipe, n_workers, scheduler, progress)
+            summary.processing = _run(todo, state, plan.recipe, n_workers, scheduler, progress)
         summary.ran = len(todo)
         for uid, rec in state.all().items():
             if shard is not None and uid not in prints:
@@ -898,7 +977,64 @@ def _cpu_threads(client, processes: bool) -> int:
     return min(shares) if shares else 1
 
 
-def _run(todo: list[UnitTask], state: State, recipe, workers: int, scheduler: str | None, progress: bool) -> None:
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds this process has used (run on each worker by :func:`_worker_cpu`)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _worker_cpu(client) -> dict[str, float]:
+    """``{worker address: CPU seconds}`` of every worker that answers (none: empty)."""
+    try:
+        return dict(client.run(process_cpu_seconds))
+    except Exception:  # noqa: BLE001 - a worker that cannot answer: no CPU figure rather than a failed build
+        return {}
+
+
+def _cores_given(client, workers_info: dict, share: int, scheduler: str | None) -> int:
+    """Cores the build's tasks may use: per host, its workers' threads x warp threads per task
+    (``share``), at most the host's cores (this host's for a LocalCluster)."""
+    per_host: dict[str, int] = {}
+    for w in workers_info.values():
+        per_host[w.get("host", "")] = per_host.get(w.get("host", ""), 0) + int(w.get("nthreads", 1)) * share
+    if not scheduler:
+        return max(1, min(sum(per_host.values()), os.cpu_count() or 1))
+    try:
+        cores = client.run(os.cpu_count)
+        host_cores = {workers_info[a].get("host", ""): c or 1 for a, c in cores.items() if a in workers_info}
+    except Exception:  # noqa: BLE001
+        host_cores = {}
+    return max(1, sum(min(n, host_cores.get(h, n)) for h, n in per_host.items()))
+
+
+def processing_figures(seconds: float, before: dict[str, float], after: dict[str, float], cores: int) -> dict[str, float]:
+    """``{"seconds", "worker_cpu_s", "cores", "utilisation"}`` of the units' processing: its wall
+    seconds, the CPU seconds the workers used meanwhile (workers present before and after),
+    the cores given and ``worker_cpu_s / (seconds * cores)``."""
+    cpu = sum(after[a] - before[a] for a in after if a in before)
+    return {"seconds": round(seconds, 3), "worker_cpu_s": round(cpu, 3), "cores": cores,
+            "utilisation": round(cpu / (seconds * cores), 4) if seconds > 0 else 0.0}
+
+
+def _run(todo: list[UnitTask], state: State, recipe, workers: int, scheduler: str | None, progress: bool) -> dict[str, float]:
+    """Process ``todo`` on a cluster, recording each result in ``state``; return the processing
+    figures (:func:`processing_figures`). Stages (:mod:`eochips.progress`): ``cluster_start``,
+    ``processing`` (submitting the batches to the last result), ``cluster_stop``."""
+    from .progress import add_seconds, stage
+
+    stopping: list[float] = []
+    with ExitStack() as stack:  # callbacks run last first: the cluster's close sits between the two
+        stack.callback(lambda: add_seconds("cluster_stop", time.perf_counter() - stopping[0]) if stopping else None)
+        with stage(None, "cluster_start"):
+            client = stack.enter_context(dask_client(workers, scheduler, recipe.engine.processes))
+        stack.callback(lambda: stopping.append(time.perf_counter()))
+        with stage(None, "processing"):
+            return _process(client, todo, state, recipe, scheduler, progress)
+
+
+def _process(client, todo: list[UnitTask], state: State, recipe, scheduler: str | None, progress: bool) -> dict[str, float]:
     from dataclasses import replace
 
     from distributed import as_completed
@@ -907,30 +1043,34 @@ def _run(todo: list[UnitTask], state: State, recipe, workers: int, scheduler: st
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     eng = recipe.engine
-    with dask_client(workers, scheduler, eng.processes) as client:
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        if scheduler:
-            share = _cpu_threads(client, eng.processes)
-            todo = [replace(t, cpu_threads=share) for t in todo]
-        batches = make_batches(todo, n_workers, eng.batch_chips)
-        by_key = {f"units-{b[0].unit_id}-{len(b)}-{time.time_ns()}": b for b in batches}
-        futures = [client.submit(process_batch, b, key=k, pure=False) for k, b in by_key.items()]
-        with Progress(TextColumn("units"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=Console(stderr=True), disable=not progress, transient=False) as bar:
-            job = bar.add_task("units", total=len(todo))
-            for fut in as_completed(futures):
-                try:
-                    results = fut.result()
-                except KilledWorker as exc:  # the worker process died (e.g. out of memory): its units failed
-                    results = [UnitResult(t.unit_id, "failed", "io", f"worker died: {exc}", fingerprint=t.fingerprint)
-                               for t in by_key[fut.key]]
-                full = None
-                for res in results:
-                    state.record(res)
-                    failpoints.hit("build:after-record")
-                    bar.advance(job)
-                    if res.status == "failed" and res.reason.startswith(DISK_FULL) and full is None:
-                        full = res.reason
-                fut.release()
-                if full is not None:  # every next unit would fail the same way: stop, rerun resumes
-                    raise OutputError(full if "rerun" in full else f"{full} (finished units are kept: rerun the same command to resume)")
+    info = client.scheduler_info().get("workers", {})
+    n_workers = max(1, len(info))
+    share = todo[0].cpu_threads if todo else 1
+    if scheduler:
+        share = _cpu_threads(client, eng.processes)
+        todo = [replace(t, cpu_threads=share) for t in todo]
+    cores = _cores_given(client, info, share, scheduler)
+    t0, cpu0 = time.perf_counter(), _worker_cpu(client)
+    batches = make_batches(todo, n_workers, eng.batch_chips)
+    by_key = {f"units-{b[0].unit_id}-{len(b)}-{time.time_ns()}": b for b in batches}
+    futures = [client.submit(process_batch, b, key=k, pure=False) for k, b in by_key.items()]
+    with Progress(TextColumn("units"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), disable=not progress, transient=False) as bar:
+        job = bar.add_task("units", total=len(todo))
+        for fut in as_completed(futures):
+            try:
+                results = fut.result()
+            except KilledWorker as exc:  # the worker process died (e.g. out of memory): its units failed
+                results = [UnitResult(t.unit_id, "failed", "io", f"worker died: {exc}", fingerprint=t.fingerprint)
+                           for t in by_key[fut.key]]
+            full = None
+            for res in results:
+                state.record(res)
+                failpoints.hit("build:after-record")
+                bar.advance(job)
+                if res.status == "failed" and res.reason.startswith(DISK_FULL) and full is None:
+                    full = res.reason
+            fut.release()
+            if full is not None:  # every next unit would fail the same way: stop, rerun resumes
+                raise OutputError(full if "rerun" in full else f"{full} (finished units are kept: rerun the same command to resume)")
+    return processing_figures(time.perf_counter() - t0, cpu0, _worker_cpu(client), cores)

@@ -825,11 +825,11 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
             raise RecipeError(f"recipe field 'sources.{g.source}.selection.kind': {sel} chooses scenes for the whole AOI, "
                               f"not the scenes of a scene grid; use grid: {{kind: crs, ...}} for it")
         sp = sources[g.source]
-        with stage(f"plan: searching {g.source}"):
+        with stage(f"plan: searching {g.source}", f"search:{g.source}"):
             found[g.source] = search(recipe.sources[g.source].search, aoi_ll)
         _check_assets(found[g.source], sp)
         matcher = _Matcher(recipe, sources, g.source, found[g.source], found)
-        with stage(f"plan: selecting {g.source} scene grids from {len(found[g.source])} scene(s)"):
+        with stage(f"plan: selecting {g.source} scene grids from {len(found[g.source])} scene(s)", f"selection:{g.source}"):
             grids, chosen, report = _scene_grids(recipe, sp, found[g.source], aoi, aoi_crs, matcher)
         if recipe.units.extent == "grid":  # units reach past the AOI: the other sources are searched over the grids too
             aoi_ll = shapely.union_all([aoi_ll] + [reproject_geometry(shapely.box(*gr.gbox.boundingbox), gr.gbox.crs.to_wkt(),
@@ -842,7 +842,7 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
         c.selection.kind in AOI_WIDE for c in recipe.sources.values()) else None
     spec = label_spec(recipe)
     if spec is not None:
-        with stage(f"plan: scanning labels of {len(units)} unit(s)"):
+        with stage(f"plan: scanning labels of {len(units)} unit(s)", "label_scan"):
             _scan_labels(recipe, spec, units, grids)
         if spec.vector:
             release_vector_indexes()  # the workers build their own; the planning process need not hold it
@@ -864,10 +864,10 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
                 elif up.status == "planned":
                     up.drop(Reason("selection", matcher.reasons[sid]))
             continue
-        with stage(f"plan: searching {name}"):
+        with stage(f"plan: searching {name}", f"search:{name}"):
             found[name] = search(cfg.search, aoi_ll)  # unsigned: signed hrefs never reach the plan files
         _check_assets(found[name], sources[name])
-        with stage(f"plan: selecting {name} scenes from {len(found[name])} for {len(units)} unit(s)"):
+        with stage(f"plan: selecting {name} scenes from {len(found[name])} for {len(units)} unit(s)", f"selection:{name}"):
             log = _select(recipe, name, sources[name], found[name], units, grids, aoi_ea)
         if log is not None:
             selection_log[name] = log
@@ -877,7 +877,7 @@ def make_plan(recipe: Recipe, probe: bool = True) -> Plan:
 
     check_plan(plan)
     if probe:
-        with stage("plan: probing the assets of each source's first scene"):
+        with stage("plan: probing the assets of each source's first scene", "asset_probe"):
             probe_assets(plan)
     return plan
 
@@ -1077,14 +1077,15 @@ def estimate_bytes(plan: Plan) -> int:
 def _touched_blocks(boxes: list, src: GeoBox, block: tuple[int, int], margin: int) -> np.ndarray:
     """``(block rows, block cols)`` bool: the blocks of ``src`` under the units' footprints
     (edges densified, 9 points a side, grown by ``margin`` px), computed for all units at once
-    (one CRS transform per unit CRS; the rule of :func:`eochips.reading.footprint_box`)."""
+    (one CRS transform per unit CRS, its transformer cached; the rule of :func:`eochips.reading.footprint_box`)."""
     from affine import Affine
-    from pyproj import CRS, Transformer
+
+    from .geo import _transformer
 
     bh, bw = block
     mask = np.zeros((-(-src.shape[0] // bh), -(-src.shape[1] // bw)), dtype=bool)
     ts = np.linspace(0, 1, 9)
-    src_crs = CRS.from_wkt(src.crs.to_wkt())
+    src_wkt = src.crs.to_wkt()
     inv = ~Affine(*tuple(src.affine)[:6])
     by_crs: dict[Any, list] = defaultdict(list)
     for gb in boxes:  # units of one grid share its CRS object: no WKT per unit
@@ -1098,9 +1099,9 @@ def _touched_blocks(boxes: list, src: GeoBox, block: tuple[int, int], margin: in
         ey = np.concatenate([np.zeros((len(group), 9)), ts * h, np.repeat(h, 9, 1), ts[::-1] * h], axis=1)
         xs = aff[:, 0:1] * ex + aff[:, 1:2] * ey + aff[:, 2:3]
         ys = aff[:, 3:4] * ex + aff[:, 4:5] * ey + aff[:, 5:6]
-        crs = CRS.from_wkt(grid_crs.to_wkt())
-        if crs != src_crs:
-            tx, ty = Transformer.from_crs(crs, src_crs, always_xy=True).transform(xs.ravel(), ys.ravel())
+        tr = _transformer(grid_crs.to_wkt(), src_wkt)  # cached: making one costs up to 50 ms, once per scene and asset before
+        if tr is not None:
+            tx, ty = tr.transform(xs.ravel(), ys.ravel())
             xs, ys = np.asarray(tx).reshape(xs.shape), np.asarray(ty).reshape(ys.shape)
         cols = inv.a * xs + inv.b * ys + inv.c
         rows = inv.d * xs + inv.e * ys + inv.f

@@ -233,7 +233,7 @@ def _manifest(ctx: Context) -> None:
     write_manifest(ctx.store, ctx.hashes)
 
 
-def finalize(out: str | os.PathLike) -> dict[str, Any]:
+def finalize(out: str | os.PathLike, timings: str | os.PathLike | None = None) -> dict[str, Any]:
     """Finalise the dataset in ``out`` (a folder or URL; see the module docstring); return the summary.
 
     Before anything is written, every kept unit's files are checked against the sha256 the
@@ -251,11 +251,16 @@ def finalize(out: str | os.PathLike) -> dict[str, Any]:
         shard of it); a file cannot be written; a unit's files still differ from the state
         after its rebuild.
     """
+    from ..engine import write_timings
     from ..lock import dataset_lock
+    from ..progress import recording
 
     store = OutputStore(out)
-    with dataset_lock(store, "finalize", create=False):
-        return _finalize(store)
+    with recording() as rec, dataset_lock(store, "finalize", create=False):
+        with stage(None, "finalize"):
+            summary = _finalize(store)
+        summary["stages"] = write_timings(timings, "finalize", rec)["stages"]  # also to the file ``timings`` if given
+        return summary
 
 
 def _records(store: OutputStore, plan: Plan) -> dict[str, dict[str, Any]]:
@@ -293,13 +298,15 @@ def _finalize(store: OutputStore) -> dict[str, Any]:
     from ..engine import build, state_path
     from .checks import check_built, dataset_problems
 
-    plan = load_plan(store)
-    check_built(store, state_path(store).exists())
-    records = _records(store, plan)
-    check_shards_done(store, plan, records)
-    store.remove_temporaries()
+    with stage(None, "finalize:load"):
+        plan = load_plan(store)
+        check_built(store, state_path(store).exists())
+        records = _records(store, plan)
+        check_shards_done(store, plan, records)
+        store.remove_temporaries()
     r = plan.recipe
-    hashes, bad = verify_files(store, records)
+    with stage(None, "finalize:verify"):
+        hashes, bad = verify_files(store, records)
     if bad:  # edited or deleted since the build: build those units again (the build redoes exactly them)
         for files in bad.values():
             for rel in files:
@@ -320,11 +327,12 @@ def _finalize(store: OutputStore) -> dict[str, Any]:
     ctx = Context(store, plan, records, kept, parts.train, parts.validation, parts.test)
     ctx.excluded = parts.excluded
     ctx.hashes = hashes
-    ctx.rows = _index_rows(ctx)
-    ctx.summary = summarize(ctx)
-    ctx.summary["problems"] = dataset_problems(ctx.summary, r)
+    with stage(None, "finalize:rows"):
+        ctx.rows = _index_rows(ctx)
+        ctx.summary = summarize(ctx)
+        ctx.summary["problems"] = dataset_problems(ctx.summary, r)
     for name in r.dataset.finalizers:
-        with stage(f"finalize: {name}"):
+        with stage(f"finalize: {name}", f"finalize:{name}"):
             FINALIZERS[name](ctx)
     return {**ctx.summary, "rebuilt": sorted(bad)}
 
