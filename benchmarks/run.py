@@ -170,7 +170,9 @@ def run_one(contender: str, case: str, wl: dict, scratch: Path) -> dict:
     chips = wl["chips"][density]
     if contender.startswith("eochips"):
         workers = contender.split("-")[1].rstrip("w")
-        cmd = [EOCHIPS, "run", wl["recipes"][case], "--output", str(out), "--workers", workers, "--no-progress"]
+        timings = scratch / f"timings-{contender}-{case}.json"
+        cmd = [EOCHIPS, "run", wl["recipes"][case], "--output", str(out), "--workers", workers, "--no-progress",
+               "--timings", str(timings)]
         env = dict(os.environ, EOCHIPS_STATE_DIR=str(scratch / "state"))
         m = measure(cmd, env)
         summary = json.loads((out / "summary.json").read_text())
@@ -178,7 +180,7 @@ def run_one(contender: str, case: str, wl: dict, scratch: Path) -> dict:
         m["chips"] = len(chips)
         # per worker: the worker processes are every process but the main one and the nannies
         m["worker_rss_mb"] = max((v for v in m["rss_by_process_mb"] if v != m["root_rss_mb"]), default=0.0)
-        m["build"], m["stages"] = build_timings(out, summary)
+        m["build"], m["stages"] = build_timings(timings)
     elif contender in PEERS:
         script, pre = PEERS[contender]
         m = measure([PY, str(HERE / script), *pre, str(Path(wl["root"]) / "workload.json"), density, net, str(out),
@@ -198,12 +200,10 @@ def run_one(contender: str, case: str, wl: dict, scratch: Path) -> dict:
     return m
 
 
-def build_timings(out: Path, summary: dict) -> tuple[dict, dict]:
-    """eochips' own account of a run: the build's worker CPU and utilisation, and seconds per
-    stage (``timings.json`` when the run wrote one, else the ``build`` / ``stages`` keys of
-    ``summary.json``); empty dicts when neither is there."""
-    path = out / "timings.json"
-    rec = json.loads(path.read_text()) if path.exists() else summary
+def build_timings(path: Path) -> tuple[dict, dict]:
+    """eochips' own account of a run (``eochips run --timings PATH``): the units' processing
+    (seconds, worker CPU-seconds, cores given, utilisation) and seconds per stage."""
+    rec = json.loads(path.read_text())
     return dict(rec.get("build") or {}), dict(rec.get("stages") or {})
 
 
@@ -368,7 +368,9 @@ def stages_md(rows: list[dict]) -> str:
     es = [r for r in rows if r["contender"] == EOCHIPS_ROW and r.get("stages_s")]
     if not es:
         return ""
-    names = list(dict.fromkeys(k for r in es for k in r["stages_s"]))
+    # the top-level stages, and the parts of a stage that took at least 0.3 s somewhere
+    names = [k for k in dict.fromkeys(k for r in es for k in r["stages_s"])
+             if ":" not in k or max(r["stages_s"].get(k, 0.0) for r in es) >= 0.3]
     md = "\n| eochips-2w: seconds per stage | " + " | ".join(r["case"] for r in es) + " |\n"
     md += "|---|" + "---|" * len(es) + "\n"
     for n in names:
