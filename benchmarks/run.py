@@ -293,8 +293,8 @@ def summarise(records: list[dict], wl: dict, tiles: dict[str, int]) -> list[dict
                 util = [r["build"]["utilisation"] for r in rs if r.get("build", {}).get("utilisation") is not None]
                 if util:
                     row["build_utilisation"] = round(statistics.median(util), 3)
-                stages = {k for r in rs for k in r.get("stages", {})}
-                row["stages_s"] = {k: round(statistics.median(r["stages"].get(k, 0.0) for r in rs), 3) for k in sorted(stages)}
+                stages = dict.fromkeys(k for r in rs for k in r.get("stages", {}))  # in the order the run took them
+                row["stages_s"] = {k: round(statistics.median(r["stages"].get(k, 0.0) for r in rs), 3) for k in stages}
             rows.append(row)
     for row in rows:
         if row["contender"].startswith("eochips"):
