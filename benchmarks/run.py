@@ -58,7 +58,7 @@ LOOPBACK_ONLY = {"eochips-1w"}  # the 1-vs-2-worker comparison is a CPU question
 # --heavy-granules granules (default 2, 5 chips each): their chips/s is a per-granule rate.
 # `--heavy-runs 3 --heavy-granules 10` is the full protocol (about an hour).
 HEAVY = {"seed", "odc-stac"}
-PROTOCOL = {"heavy_granules": 2}
+PROTOCOL = {"heavy_granules": 2, "peer_chips": 50}
 
 
 def free_port() -> int:
@@ -183,7 +183,8 @@ def run_one(contender: str, case: str, wl: dict, scratch: Path) -> dict:
         m["build"], m["stages"] = build_timings(timings)
     elif contender in PEERS:
         script, pre = PEERS[contender]
-        m = measure([PY, str(HERE / script), *pre, str(Path(wl["root"]) / "workload.json"), density, net, str(out),
+        wl_path = peer_workload(wl, scratch) if subset(contender, density) == "peer" else Path(wl["root"]) / "workload.json"
+        m = measure([PY, str(HERE / script), *pre, str(wl_path), density, net, str(out),
                      "--workers", str(PEER_WORKERS)], timeout=PEER_TIMEOUT_S)
         res = json.loads(m["stdout"].strip().splitlines()[-1])
         m["kept"], m["chips"] = res["kept"], res["chips"]
@@ -207,7 +208,37 @@ def build_timings(path: Path) -> tuple[dict, dict]:
     return dict(rec.get("build") or {}), dict(rec.get("stages") or {})
 
 
-def intersected_tile_bytes(wl: dict, density: str, granules: int | None = None) -> int:
+def subset(contender: str, density: str) -> str:
+    """Which chips of the density a contender builds: ``all``; ``heavy`` (the seed method and
+    odc-stac at seed density: the first ``heavy_granules`` granules); ``peer`` (TorchGeo and
+    rslearn: the first ``peer_chips`` chips, in the workload's row-major order)."""
+    if contender in HEAVY and density == "seed":
+        return "heavy"
+    if contender in PEERS and PROTOCOL.get("peer_chips"):
+        return "peer"
+    return "all"
+
+
+def subset_chips(wl: dict, density: str, which: str) -> list[list[int]]:
+    """The ``[k, r, c]`` chips of :func:`subset` ``which``."""
+    chips = wl["chips"][density]
+    if which == "heavy":
+        return [c for c in chips if c[0] < PROTOCOL["heavy_granules"]]
+    if which == "peer":
+        return chips[:PROTOCOL["peer_chips"]]
+    return chips
+
+
+def peer_workload(wl: dict, scratch: Path) -> Path:
+    """workload.json with every density's chips cut to the peers' subset (written once per run)."""
+    path = scratch / "workload-peer.json"
+    if not path.exists():
+        doc = dict(wl, chips={d: subset_chips(wl, d, "peer") for d in wl["chips"]})
+        path.write_text(json.dumps(doc))
+    return path
+
+
+def intersected_tile_bytes(wl: dict, density: str, granules: int | None = None, chips: list | None = None) -> int:
     """Bytes of the full-resolution COG tiles that the chips' source windows (footprint plus one
     pixel for bilinear) intersect, each tile counted once."""
     import rasterio
@@ -226,7 +257,7 @@ def intersected_tile_bytes(wl: dict, density: str, granules: int | None = None) 
     size = wl["chip"]
     seen = set()
     total = 0
-    chips = wl["chips"][density]
+    chips = wl["chips"][density] if chips is None else chips
     if granules is not None:
         chips = [c for c in chips if c[0] < granules]
 
@@ -270,10 +301,10 @@ def summarise(records: list[dict], wl: dict, tiles: dict[str, int]) -> list[dict
             med_cpu = statistics.median(r["cpu_s"] for r in rs)
             bytes_sent = statistics.median(r["bytes"] for r in rs)
             density, net = case.split("-")
-            tile_bytes = tiles[f"{density}-{con in HEAVY and density == 'seed'}"]
+            tile_bytes = tiles[(density, subset(con, density))]
             row = {
                 "case": case, "density": density, "network": net, "contender": con, "chips": chips,
-                "kept": rs[0]["kept"], "granules": rs[0]["granules"], "runs": len(rs),
+                "kept": rs[0]["kept"], "granules": rs[0]["granules"], "of_chips": rs[0].get("of_chips", chips), "runs": len(rs),
                 "seconds": round(med_wall, 2), "seconds_min_max": [round(min(walls), 2), round(max(walls), 2)],
                 "chips_per_s": round(chips / med_wall, 3), "chips_per_s_min_max": [round(cps[0], 3), round(cps[-1], 3)],
                 "cpu_s": round(med_cpu, 1), "cores_busy": round(med_cpu / med_wall, 2),
@@ -388,7 +419,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         base = next((o for o in rows if o["case"] == r["case"] and o["contender"] == EOCHIPS_ROW), None)
         vs = "" if r["contender"] == EOCHIPS_ROW or base is None else f"{base['chips_per_s'] / r['chips_per_s']:.2f}x"
-        chips = f"{r['chips']} ({r['kept']})" + (f", {r['granules']} gran." if r["granules"] else "")
+        chips = (f"{r['chips']}" + (f" of {r['of_chips']}" if r["of_chips"] != r["chips"] else "") + f" ({r['kept']})"
+                 + (f", {r['granules']} gran." if r["granules"] else ""))
         lines.append(
             f"| {r['case']} | {r['contender']} | {chips} | {r['runs']} | {r['chips_per_s']:.2f} "
             f"({r['chips_per_s_min_max'][0]:.2f}-{r['chips_per_s_min_max'][1]:.2f}) | {r['cpu_s_per_chip']:.3f} "
@@ -402,6 +434,9 @@ def main(argv=None) -> None:
     ap.add_argument("--heavy-runs", type=int, default=1, help="runs of the seed method and odc-stac per case")
     ap.add_argument("--heavy-granules", type=int, default=PROTOCOL["heavy_granules"],
                     help="granules the seed method and odc-stac process at seed density")
+    ap.add_argument("--peer-runs", type=int, default=1, help="runs of TorchGeo and rslearn per case")
+    ap.add_argument("--peer-chips", type=int, default=PROTOCOL["peer_chips"],
+                    help="chips TorchGeo and rslearn build per case (the first N of the density's; 0: all)")
     ap.add_argument("--cache", type=Path, default=HERE / ".cache", help="workload files (about 0.5 GB, reused)")
     ap.add_argument("--only", nargs="*", default=None, help="cases to run (default: all)")
     ap.add_argument("--contenders", nargs="*", default=CONTENDERS, choices=KNOWN)
@@ -414,6 +449,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.runs, args.heavy_runs, args.scale40 = 1, 1, False
     PROTOCOL["heavy_granules"] = args.heavy_granules
+    PROTOCOL["peer_chips"] = args.peer_chips
     t_start = time.perf_counter()
     load_start = list(os.getloadavg())
     cases = args.only or CASES
@@ -426,11 +462,12 @@ def main(argv=None) -> None:
     try:
         wl = workload.build(args.cache, server.urls["loopback"], server.urls["proxy"])
         t_built = time.perf_counter()
-        tiles = {f"{d}-{heavy}": intersected_tile_bytes(wl, d, PROTOCOL["heavy_granules"] if heavy else None)
-                 for d in {c.split('-')[0] for c in cases} for heavy in (False, True)}
+        tiles = {(d, which): intersected_tile_bytes(wl, d, chips=subset_chips(wl, d, which))
+                 for d in {c.split('-')[0] for c in cases} for which in ("all", "heavy", "peer")}
         for rnd in range(args.runs):
             for case in cases:
                 cons = [c for c in args.contenders if (rnd < args.heavy_runs or c not in HEAVY)
+                        and (rnd < args.peer_runs or c not in PEERS)
                         and not (c in LOOPBACK_ONLY and case.endswith("proxy"))]
                 k = rnd % len(cons)
                 for con in cons[k:] + cons[:k]:
@@ -442,10 +479,10 @@ def main(argv=None) -> None:
                         print(f"[{time.perf_counter() - t_start:7.1f}s] round {rnd + 1} {case:16s} {con:11s} {e}", flush=True)
                         continue
                     st = server.stats()
-                    heavy = con in HEAVY and case.startswith("seed")
+                    density = case.split("-")[0]
                     m.update(case=case, contender=con, round=rnd, bytes=st["bytes"], requests=st["requests"],
-                             connections=st["connections"],
-                             granules=PROTOCOL["heavy_granules"] if heavy else len({c[0] for c in wl["chips"][case.split('-')[0]]}))
+                             connections=st["connections"], of_chips=len(wl["chips"][density]),
+                             granules=len({c[0] for c in subset_chips(wl, density, subset(con, density))}))
                     records.append(m)
                     print(f"[{time.perf_counter() - t_start:7.1f}s] round {rnd + 1} {case:16s} {con:11s} "
                           f"{m['wall_s']:6.1f}s {m['chips'] / m['wall_s']:6.2f} chips/s rss {m['peak_rss_mb']:5.0f}/"
@@ -467,6 +504,7 @@ def main(argv=None) -> None:
         "machine": {"cores": CORES, "python": sys.version.split()[0], "load_average_start": load_start,
                     "load_average_end": list(os.getloadavg()), "git_rev": git_rev()},
         "protocol": {"runs": args.runs, "heavy_runs": args.heavy_runs, "heavy_granules_at_seed_density": PROTOCOL["heavy_granules"],
+                     "peer_runs": args.peer_runs, "peer_chips": PROTOCOL["peer_chips"],
                      "latency_s": 0.040, "bandwidth_mb_s": 50.0, "workload_build_s": round(t_built - t_start, 1),
                      "total_s": round(time.perf_counter() - t_start, 1)},
         "results": rows,
