@@ -96,27 +96,28 @@ class Workload:
         return sorted({k for k, _, _ in self.chips})
 
 
-def vrt_xml(href: str, width: int, height: int, transform: list[float], crs: str, dtype: str, nodata) -> str:
-    """A one-band VRT whose only source is ``href`` (band 1, whole raster, same grid)."""
-    t = Affine(*transform[:6])
-    gt = ", ".join(repr(float(v)) for v in t.to_gdal())
+def vrt_xml(sources: list[str], width: int, height: int, transform: list[float], crs: str, dtype: str, nodata) -> str:
+    """A VRT with one band per source (band 1 of each, whole raster, all on the same grid)."""
+    gt = ", ".join(repr(float(v)) for v in Affine(*transform[:6]).to_gdal())
     nd = f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else ""
     vt = VRT_TYPES[dtype]
+    rect = f'xOff="0" yOff="0" xSize="{width}" ySize="{height}"'
+    bands = "".join(
+        f'<VRTRasterBand dataType="{vt}" band="{i}">{nd}<SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{escape(src)}</SourceFilename><SourceBand>1</SourceBand>'
+        f'<SourceProperties RasterXSize="{width}" RasterYSize="{height}" DataType="{vt}"/>'
+        f"<SrcRect {rect}/><DstRect {rect}/></SimpleSource></VRTRasterBand>"
+        for i, src in enumerate(sources, 1))
     return (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{escape(crs)}</SRS>'
-            f"<GeoTransform>{gt}</GeoTransform><VRTRasterBand dataType=\"{vt}\" band=\"1\">{nd}"
-            f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(href)}</SourceFilename><SourceBand>1</SourceBand>'
-            f'<SourceProperties RasterXSize="{width}" RasterYSize="{height}" DataType="{vt}"/>'
-            f'<SrcRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/>'
-            f'<DstRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/></SimpleSource>'
-            "</VRTRasterBand></VRTDataset>\n")
+            f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>\n")
 
 
-def asset_vrt(href: str, asset: dict) -> str:
-    """The VRT of one asset at ``href`` (read over /vsicurl/), its grid and type from the STAC
-    asset's projection and raster extensions."""
+def assets_vrt(hrefs: list[str], asset: dict) -> str:
+    """The VRT of assets at ``hrefs`` (read over /vsicurl/; one band each), their grid and type
+    from the (first) STAC asset's projection and raster extensions."""
     h, w = asset["proj:shape"]
     band = asset["raster:bands"][0]
-    return vrt_xml("/vsicurl/" + href, w, h, asset["proj:transform"], f"EPSG:{asset['proj:epsg']}",
+    return vrt_xml(["/vsicurl/" + u for u in hrefs], w, h, asset["proj:transform"], f"EPSG:{asset['proj:epsg']}",
                    band["data_type"], band.get("nodata"))
 
 
@@ -124,7 +125,7 @@ def label_vrt(path: str) -> str:
     import rasterio
 
     with rasterio.open(path) as ds:
-        return vrt_xml(str(Path(path).resolve()), ds.width, ds.height, list(ds.transform)[:6], ds.crs.to_wkt(),
+        return vrt_xml([str(Path(path).resolve())], ds.width, ds.height, list(ds.transform)[:6], ds.crs.to_wkt(),
                        ds.dtypes[0], None if ds.nodata is None else int(ds.nodata))
 
 
@@ -139,25 +140,28 @@ def layer_name(kind: str, date: str) -> str:
     return f"{kind}_{date.replace('-', '')}"  # rslearn layer names may not contain periods
 
 
-def write_sources(w: Workload, root: Path) -> dict[str, list[dict]]:
-    """VRTs of the used granules' assets, one folder per layer; returns each layer's item specs."""
+def write_sources(w: Workload, root: Path, stacked: bool) -> dict[str, list[dict]]:
+    """VRTs of the used granules' assets, one folder per layer; returns each layer's item specs.
+    ``stacked``: one 6-band VRT per granule and date for the reflectance (one file per item, as
+    LocalFiles assumes by default); else one VRT per asset, combined by ``raster_item_specs``."""
     items = load_items(w)
     specs: dict[str, list[dict]] = {}
     for k in w.granules():
         ids = w.m["granules"][str(k)]["items"]
         for date, item_id in zip(w.dates, ids, strict=True):
-            item = items[item_id]
-            for kind, assets in (("hls", w.refl), ("fmask", ["Fmask"])):
+            assets = items[item_id]["assets"]
+            files = {"hls": [("hls", list(w.refl))] if stacked else [(a, [a]) for a in w.refl],
+                     "fmask": [("Fmask", ["Fmask"])]}
+            for kind, groups in files.items():
                 name = layer_name(kind, date)
                 folder = root / "sources" / name
                 folder.mkdir(parents=True, exist_ok=True)
-                fnames = []
-                for a in assets:
-                    fn = f"g{k:02d}_{a}.vrt"
-                    (folder / fn).write_text(asset_vrt(w.href(k, date, a), item["assets"][a]))
-                    fnames.append(fn)
-                specs.setdefault(name, []).append(
-                    {"fnames": fnames, "bands": [[a] for a in assets], "name": f"g{k:02d}_{date}"})
+                for stem, bands in groups:
+                    (folder / f"g{k:02d}_{stem}.vrt").write_text(
+                        assets_vrt([w.href(k, date, b) for b in bands], assets[bands[0]]))
+                specs.setdefault(name, []).append({"fnames": [f"g{k:02d}_{stem}.vrt" for stem, _ in groups],
+                                                   "bands": [bands for _, bands in groups],
+                                                   "name": f"g{k:02d}_{date}"})
     folder = root / "sources" / "label"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cdl_labels.vrt").write_text(label_vrt(w.m["labels"]))
@@ -298,6 +302,8 @@ def main() -> None:
     ap.add_argument("net")
     ap.add_argument("outdir")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--vrt", choices=["stacked", "per-asset"], default="stacked",
+                    help="reflectance sources: one 6-band VRT per granule and date, or one VRT per asset")
     ap.add_argument("--compare", type=Path, help="after the run, compare chips with this eochips output folder")
     ap.add_argument("--compare-chips", type=int, default=2)
     a = ap.parse_args()
@@ -306,7 +312,7 @@ def main() -> None:
     root = Path(a.outdir)
     root.mkdir(parents=True, exist_ok=True)
     (root / "logs").mkdir(exist_ok=True)
-    specs = write_sources(w, root)
+    specs = write_sources(w, root, a.vrt == "stacked")
     cfg = dataset_config(w, specs)
     (root / "config.json").write_text(json.dumps(cfg, indent=1))
     add_windows(w, root)
