@@ -11,11 +11,15 @@ What it does, each step timed (a user has to do all of them):
    reads files on disk (docs: ``docs/data_sources/local_files_LocalFiles.md``,
    ``docs/AddRasterData.md``, "combine bands stored in separate files" with
    ``raster_item_specs``). The COGs exist only on the benchmark's server (granule k is the base
-   granule with a shifted tie point), so each asset of each used granule and date gets a small
-   VRT (written from the STAC item's ``proj:shape``/``proj:transform`` and ``raster:bands``,
-   no request) whose only source is ``/vsicurl/{url}/gKK/DATE/ASSET.tif``: every pixel is read
-   from the server, as eochips reads it. The label raster (workload.json ``labels``, local)
-   gets a VRT the same way.
+   granule with a shifted tie point), so the sources are small VRTs (written from the STAC
+   items' ``proj:shape``/``proj:transform`` and ``raster:bands``, no request) whose sources are
+   ``/vsicurl/{url}/gKK/DATE/ASSET.tif``: every pixel is read from the server, as eochips
+   reads it. ``--vrt stacked`` (default): per granule and date one 6-band VRT of the
+   reflectance assets (one file per item with all its bands, LocalFiles' default
+   assumption) and one of Fmask. ``--vrt per-asset``: one VRT per asset, combined into items
+   by ``raster_item_specs``; rslearn then opens, bounds and warps each band file on its own
+   per window (slower; same pixels). The label raster (workload.json ``labels``, local) gets
+   a VRT the same way.
 2. **config.json.** Per date d one reflectance layer ``hls_d`` (B02 B03 B04 B8A B11 B12, int16,
    ``resampling_method: bilinear``) and one ``fmask_d`` (uint8, ``nearest``; rslearn's
    resampling is per layer, so Fmask cannot share the reflectance layer), and ``label`` (CDL
