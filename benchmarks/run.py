@@ -55,7 +55,8 @@ PEER_WORKERS = 2
 # under 30 minutes. TorchGeo gets faster with density (GDAL's block cache), so it builds them all.
 CAPPED = {"rslearn"}
 LOOPBACK_ONLY_PEERS = {"torchgeo-files"}  # the second TorchGeo row (files) is a CPU/writing question
-PEER_TIMEOUT_S = 900.0  # a hung DataLoader worker (a CURL timeout per request) must not stall the run
+PEER_TIMEOUT_S = 900.0
+QUICK_PEER_CHIPS = 20  # a hung DataLoader worker (a CURL timeout per request) must not stall the run
 LOOPBACK_ONLY = {"eochips-1w"}  # the 1-vs-2-worker comparison is a CPU question
 # The seed method and odc-stac decode and warp every granule whole whatever its chips (about
 # 28 s per granule here). To keep `make bench` under 20 minutes they run --heavy-runs times
@@ -125,13 +126,17 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float | None = Non
     seconds the tree is killed and :class:`TimedOut` raised."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # stdout/stderr go to files, not pipes: a contender that logs more than a pipe holds (64 KB:
+    # rslearn's logs, tqdm bars) would block on a pipe nobody reads until it exits
+    out_f, err_f = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, env=env)
     root = psutil.Process(proc.pid)
     peak_sum, peak_pss, peaks, cpu_seen, n = 0, 0, {}, {}, 0
     while proc.poll() is None:
         if timeout is not None and time.perf_counter() - t0 > timeout:
             _kill_tree(root)
-            proc.communicate()
+            proc.wait()
+            out_f.close(), err_f.close()
             raise TimedOut(f"{' '.join(cmd[:3])} ... killed after {timeout:.0f} s")
         total = total_pss = 0
         try:
@@ -155,8 +160,11 @@ def measure(cmd: list[str], env: dict | None = None, timeout: float | None = Non
             peak_pss = max(peak_pss, total_pss)
         n += 1
         time.sleep(0.05)
-    out, err = proc.communicate()
+    proc.wait()
     wall = time.perf_counter() - t0
+    out_f.seek(0), err_f.seek(0)
+    out, err = out_f.read(), err_f.read()
+    out_f.close(), err_f.close()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # CPU of the whole tree: waited-for children's rusage, or (when grandchildren are reaped by
     # a forkserver, whose rusage we never see) the sum of the last samples, whichever is larger
@@ -449,10 +457,13 @@ def main(argv=None) -> None:
     ap.add_argument("--no-scale40", dest="scale40", action="store_false")
     ap.add_argument("--results", type=Path, default=HERE / "results")
     ap.add_argument("--quick", action="store_true",
-                    help="one round, no 40-granule row: every contender and case once (under 10 minutes)")
+                    help="one round of the loopback cases, rslearn on 20 chips, no torchgeo-files or 40-granule row (under 10 minutes)")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.runs, args.heavy_runs, args.scale40 = 1, 1, False
+    if args.quick:  # one round of the loopback cases, rslearn on 20 chips, no second TorchGeo row
+        args.runs, args.heavy_runs, args.peer_runs, args.scale40 = 1, 1, 1, False
+        args.peer_chips = min(args.peer_chips or QUICK_PEER_CHIPS, QUICK_PEER_CHIPS)
+        args.only = args.only or [c for c in CASES if c.endswith("loopback")]
+        args.contenders = [c for c in args.contenders if c != "torchgeo-files"]
     PROTOCOL["heavy_granules"] = args.heavy_granules
     PROTOCOL["peer_chips"] = args.peer_chips
     t_start = time.perf_counter()
