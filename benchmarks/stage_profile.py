@@ -1,6 +1,6 @@
 """Profile one ``eochips run`` of a benchmark case: seconds per stage and the functions that take the time.
 
-    python benchmarks/profile.py --case seed-loopback [--cache DIR] [--workers 2] [--rate 50] [--top 25]
+    python benchmarks/stage_profile.py --case seed-loopback [--cache DIR] [--workers 2] [--rate 50] [--top 25]
 
 Starts the COG server of ``run.py`` on the case's workload (``--cache``, built as ``run.py`` builds
 it), then runs ``eochips run RECIPE --workers N --no-progress`` once under py-spy
