@@ -84,6 +84,11 @@ class Server:
     def reset(self) -> None:
         urllib.request.urlopen(urllib.request.Request(self.urls["loopback"] + "/_reset", method="POST")).read()
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used so far: it shares the cores."""
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
     def stats(self) -> dict:
         return json.loads(urllib.request.urlopen(self.urls["loopback"] + "/_stats").read())
 
@@ -330,6 +335,7 @@ def summarise(records: list[dict], wl: dict, tiles: dict[str, int]) -> list[dict
                 "intersected_tiles_mb": round(tile_bytes / 1e6, 1),
                 "bytes_ratio": round(bytes_sent / tile_bytes, 3) if tile_bytes else None,
                 "requests": int(statistics.median(r["requests"] for r in rs)),
+                "server_cpu_s": round(statistics.median(r.get("server_cpu_s", 0.0) for r in rs), 1),
             }
             if con.startswith("eochips"):
                 row["worker_rss_mb"] = round(statistics.median(r["worker_rss_mb"] for r in rs), 1)
@@ -488,6 +494,7 @@ def main(argv=None) -> None:
                 k = rnd % len(cons)
                 for con in cons[k:] + cons[:k]:
                     server.reset()
+                    server_cpu0 = server.cpu_s()
                     try:
                         m = run_one(con, case, wl, scratch)
                     except TimedOut as e:
@@ -495,6 +502,7 @@ def main(argv=None) -> None:
                         print(f"[{time.perf_counter() - t_start:7.1f}s] round {rnd + 1} {case:16s} {con:11s} {e}", flush=True)
                         continue
                     st = server.stats()
+                    m["server_cpu_s"] = server.cpu_s() - server_cpu0
                     density = case.split("-")[0]
                     m.update(case=case, contender=con, round=rnd, bytes=st["bytes"], requests=st["requests"],
                              connections=st["connections"], of_chips=len(wl["chips"][density]),
