@@ -428,6 +428,8 @@ def stages_md(rows: list[dict]) -> str:
     if any("build_utilisation" in r for r in es):
         md += "| build: worker utilisation | " + " | ".join(
             f"{100 * r['build_utilisation']:.0f} %" if "build_utilisation" in r else "" for r in es) + " |\n"
+    md += "| CPU-s of the whole run / of the COG server meanwhile | " + " | ".join(
+        f"{r['cpu_s']:.1f} / {r['server_cpu_s']:.1f}" for r in es) + " |\n"
     return md
 
 
