@@ -56,10 +56,12 @@ def test_run_records_every_stage(demo_run):
     assert t["command"] == "run" and RUN_KEYS <= set(st), RUN_KEYS - set(st)
     assert all(v >= 0 for v in st.values())
     assert all(v <= st["total"] for v in st.values())
-    assert sum(st[k] for k in PLAN_PARTS) <= st["plan"] + 1e-3
-    assert sum(st[k] for k in BUILD_PARTS) <= st["build"] + 1e-3
-    assert sum(v for k, v in st.items() if k.startswith("finalize:")) <= st["finalize"] + 1e-3
-    assert st["plan"] + st["plan_write"] + st["build"] + st["finalize"] <= st["total"] + 1e-3
+    # each figure is rounded to 1 ms: a sum of n of them may exceed its whole by n / 2 ms
+    assert sum(st[k] for k in PLAN_PARTS) <= st["plan"] + 1e-3 * len(PLAN_PARTS)
+    assert sum(st[k] for k in BUILD_PARTS) <= st["build"] + 1e-3 * len(BUILD_PARTS)
+    fin = [v for k, v in st.items() if k.startswith("finalize:")]
+    assert sum(fin) <= st["finalize"] + 1e-3 * len(fin)
+    assert st["plan"] + st["plan_write"] + st["build"] + st["finalize"] <= st["total"] + 4e-3
     rss = t["main_peak_rss_mb"]  # a peak so far: never falls from one stage to the next
     assert set(rss) == set(st) and 0 < rss["plan"] <= rss["build"] <= rss["finalize"] <= rss["total"]
 
