@@ -465,12 +465,14 @@ def main(argv=None) -> None:
     ap.add_argument("--no-scale40", dest="scale40", action="store_false")
     ap.add_argument("--results", type=Path, default=HERE / "results")
     ap.add_argument("--quick", action="store_true",
-                    help="one round of the loopback cases, rslearn on 20 chips, no torchgeo-files or 40-granule row (under 10 minutes)")
+                    help="one round of seed-loopback and dense-loopback, rslearn on 20 chips, the seed method and odc-stac on 1 granule, no torchgeo-files or 40-granule row (under 10 minutes)")
     args = ap.parse_args(argv)
-    if args.quick:  # one round of the loopback cases, rslearn on 20 chips, no second TorchGeo row
+    if args.quick:  # one round of the two ends (seed and dense, loopback), rslearn on 20 chips,
+        # the seed method and odc-stac on 1 granule at seed density, no second TorchGeo row
         args.runs, args.heavy_runs, args.peer_runs, args.scale40 = 1, 1, 1, False
         args.peer_chips = min(args.peer_chips or QUICK_PEER_CHIPS, QUICK_PEER_CHIPS)
-        args.only = args.only or [c for c in CASES if c.endswith("loopback")]
+        args.heavy_granules = 1
+        args.only = args.only or ["seed-loopback", "dense-loopback"]
         args.contenders = [c for c in args.contenders if c != "torchgeo-files"]
     PROTOCOL["heavy_granules"] = args.heavy_granules
     PROTOCOL["peer_chips"] = args.peer_chips
